@@ -1,0 +1,3 @@
+from cmc_cli.app import main
+
+main()

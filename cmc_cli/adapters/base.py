@@ -1,0 +1,180 @@
+"""The adapter contract, and the Hugging Face machinery the built-in adapters share.
+
+An adapter knows one LLM family: how to recognise it (`matches`), load its tokenizer and model
+offline, turn its tokenizer into normalised surfaces (`token_surfaces`), and which prompt format a
+delta trained on it uses by default. Third-party families subclass `Adapter` (or `HFAdapter`) and
+register through the `cmc` entry-point group (docs/plugins.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from cmc_cli.errors import TokenizerError
+from cmc_cli.refs import ModelRef
+from cmc_cli.tokenmaps.surfaces import BYTE_LEVEL, CHAT_MARKER_ROLES, PLAIN, SPM, Vocab, build_vocab
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT_FORMAT = "<|user|>\n{prompt}\n<|assistant|>\n"
+
+# Roles of special tokens known by their text, for tokenizers that do not declare them.
+KNOWN_SPECIAL_ROLES = {
+    "<s>": "bos", "</s>": "eos", "<unk>": "unk", "<pad>": "pad", "<bos>": "bos", "<eos>": "eos",
+    "<|endoftext|>": "eos", "<|begin_of_text|>": "bos", "<|end_of_text|>": "eos", "[PAD]": "pad",
+    "[UNK]": "unk", **CHAT_MARKER_ROLES,
+}
+# Added tokens that only pad or reserve space: special, with no role (unmapped).
+_FILLER = re.compile(r"^(\[PAD\d+\]|<\|reserved_special_token_\d+\|>|<unused\d+>|<\|extra_\d+\|>)$")
+
+
+class Adapter:
+    """Base class of adapters. Subclasses set the class attributes and may override methods."""
+
+    name: str = ""
+    description: str = ""
+    convention: str | None = None  # spm | byte-level | plain; None: detect from the tokenizer
+    model_types: tuple[str, ...] = ()  # config.json model_type values of this family
+    gguf_archs: tuple[str, ...] = ()  # GGUF general.architecture values
+    tokenizer_classes: tuple[str, ...] = ()  # tokenizer_config.json tokenizer_class values
+    default_prompt_format: str = DEFAULT_PROMPT_FORMAT
+
+    def matches(self, ref: ModelRef) -> bool:
+        h = ref.hints
+        return bool((h.get("family") == self.name)
+                    or (h.get("model_type") and h["model_type"] in self.model_types)
+                    or (h.get("gguf_arch") and h["gguf_arch"] in self.gguf_archs)
+                    or (h.get("tokenizer_class") and h["tokenizer_class"] in self.tokenizer_classes))
+
+    def load_tokenizer(self, ref: ModelRef):
+        raise NotImplementedError
+
+    def load_model(self, ref: ModelRef, dtype=None, device: str = "cpu"):
+        raise NotImplementedError
+
+    def token_surfaces(self, tokenizer, name: str = "") -> Vocab:
+        raise NotImplementedError
+
+    def load_vocab(self, ref: ModelRef) -> Vocab:
+        return self.token_surfaces(self.load_tokenizer(ref), name=ref.name)
+
+
+class HFAdapter(Adapter):
+    """Loads with `transformers` (never `trust_remote_code`) and reads conventions from tokenizer.json."""
+
+    spm_tokenizer_class = "LlamaTokenizer"  # class used for a bare SentencePiece `tokenizer.model`
+
+    # ---- loading ------------------------------------------------------------------------------
+    def load_tokenizer(self, ref: ModelRef):
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+        what = f"cannot load a tokenizer from {ref.path}"
+        try:
+            gguf = ref.gguf_file()
+            if gguf is not None:
+                return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+            if ref.kind == "dir":
+                if not any((ref.path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")):
+                    raise TokenizerError(f"{what}: the directory has no tokenizer.json, tokenizer.model or .gguf file")
+                return AutoTokenizer.from_pretrained(str(ref.path), trust_remote_code=False)
+            if ref.kind == "tokenizer.json":
+                return PreTrainedTokenizerFast(tokenizer_file=str(ref.path))
+            return self._load_sentencepiece(ref.path)
+        except TokenizerError:
+            raise
+        except Exception as e:  # transformers raises many types for unreadable files
+            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise TokenizerError(f"{what} ({msg}); expected a tokenizer directory, tokenizer.json, "
+                                 "tokenizer.model or .gguf file") from None
+
+    def _load_sentencepiece(self, path: Path):
+        from transformers import AutoTokenizer
+
+        with open(path, "rb") as f:
+            head = f.read(64)
+        if head.lstrip().startswith((b"{", b"[")):
+            raise TokenizerError(f"{path} is not a SentencePiece model file")
+        tmp = Path(tempfile.mkdtemp(prefix="cmc-spm-"))
+        try:
+            shutil.copyfile(path, tmp / "tokenizer.model")
+            (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": self.spm_tokenizer_class}))
+            tok = AutoTokenizer.from_pretrained(str(tmp), trust_remote_code=False)
+            if len(tok) <= 3:
+                raise TokenizerError(f"{path} is not a SentencePiece model file (no vocabulary read)")
+            return tok
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load_model(self, ref: ModelRef, dtype=None, device: str = "cpu"):
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"trust_remote_code": False}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        try:
+            gguf = ref.gguf_file()
+            if gguf is not None:
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kwargs)
+            elif ref.kind == "dir" and (ref.path / "config.json").is_file():
+                model = AutoModelForCausalLM.from_pretrained(str(ref.path), **kwargs)
+            else:
+                raise TokenizerError(f"{ref.path} holds no model (no config.json or .gguf); give a model directory")
+        except TokenizerError:
+            raise
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise TokenizerError(f"cannot load a model from {ref.path} ({msg})") from None
+        return model.to(device).eval()
+
+    # ---- surfaces -----------------------------------------------------------------------------
+    def detect_convention(self, tokenizer) -> tuple[str, bool]:
+        """(convention, byte_fallback) read from the fast tokenizer's decoder and model."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return self.convention or PLAIN, False
+        spec = json.loads(backend.to_str())
+        text = json.dumps(spec.get("decoder"))
+        byte_fallback = bool((spec.get("model") or {}).get("byte_fallback")) or '"ByteFallback"' in text
+        if '"ByteLevel"' in text:
+            return BYTE_LEVEL, byte_fallback
+        if '"Metaspace"' in text or "\u2581" in text:
+            return SPM, byte_fallback
+        return self.convention or PLAIN, byte_fallback
+
+    def token_surfaces(self, tokenizer, name: str = "") -> Vocab:
+        n = len(tokenizer)
+        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+        special: dict[int, list[str]] = {}
+        raw_text: set[int] = set()
+        for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
+            if i >= n:
+                continue
+            if tok.special or _FILLER.match(tok.content):
+                special[i] = []
+            else:
+                raw_text.add(i)
+        for i in getattr(tokenizer, "all_special_ids", []):
+            if i is not None and 0 <= i < n:
+                special.setdefault(i, [])
+        for attr, role in (("eos_token_id", "eos"), ("bos_token_id", "bos"), ("unk_token_id", "unk"), ("pad_token_id", "pad")):
+            i = getattr(tokenizer, attr, None)
+            if isinstance(i, int) and 0 <= i < n:
+                special.setdefault(i, []).append(role)
+        for i in list(special):
+            role = KNOWN_SPECIAL_ROLES.get(pieces[i] or "")
+            if role and role not in special[i]:
+                special[i].append(role)
+        for i, p in enumerate(pieces):
+            if p is None:
+                special.setdefault(i, [])
+                pieces[i] = f"<missing-{i}>"
+        convention, byte_fallback = self.detect_convention(tokenizer)
+        if n == 0:
+            raise TokenizerError(f"the tokenizer '{name}' has an empty vocabulary")
+        return build_vocab(name or getattr(tokenizer, "name_or_path", "") or "tokenizer", pieces, convention,
+                           special=special, raw_text_ids=raw_text, byte_fallback=byte_fallback)

@@ -1,0 +1,22 @@
+"""Llama family: Llama-2 (SentencePiece `▁`, byte fallback) and Llama-3 (byte-level BPE).
+
+The convention is read from each tokenizer, so one adapter serves both generations.
+"""
+
+from cmc_cli.adapters.base import HFAdapter
+from cmc_cli.hookspecs import hookimpl
+from cmc_cli.tokenmaps.surfaces import SPM
+
+
+class LlamaAdapter(HFAdapter):
+    name = "llama"
+    description = "Llama-2 / Llama-3 (SentencePiece or byte-level BPE, detected)"
+    convention = SPM
+    model_types = ("llama",)
+    gguf_archs = ("llama",)
+    tokenizer_classes = ("LlamaTokenizer", "LlamaTokenizerFast")
+
+
+@hookimpl
+def cmc_register_adapters(register):
+    register(LlamaAdapter())

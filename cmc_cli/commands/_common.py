@@ -1,0 +1,85 @@
+"""What the commands share: consoles, the error handler, progress that `--quiet` turns off."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cmc_cli.errors import CmcError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UI:
+    quiet = False
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    UI.quiet = quiet
+    level = logging.WARNING if quiet or verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("transformers", "huggingface_hub", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def handle_errors(fn):
+    """Turn a CmcError into one red line on stderr and exit 1 (traceback only with CMC_DEBUG=1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CmcError as e:
+            if os.environ.get("CMC_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def info(msg: str) -> None:
+    if not UI.quiet:
+        err_console.print(msg, highlight=False)
+
+
+@contextmanager
+def progress_bar(description: str):
+    """Yields update(done, total); a no-op under --quiet."""
+    if UI.quiet:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as p:
+        task = p.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            p.update(task, completed=done, total=total)
+
+        yield update
+
+
+@contextmanager
+def status(initial: str):
+    """Yields set_phase(msg) showing a spinner; a no-op under --quiet."""
+    if UI.quiet:
+        yield lambda msg: None
+        return
+    with err_console.status(initial) as s:
+        yield lambda msg: s.update(msg)

@@ -1,0 +1,59 @@
+"""`cmc map-vocab DELTA USER`: build a token map from the user vocabulary onto the delta's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cmc_cli.commands._common import UI, console, handle_errors, info, status
+from cmc_cli.config import MapVocabConfig
+from cmc_cli.tokenmaps.build import map_vocab_files, sample_mappings
+from cmc_cli.tokenmaps.strategies import KIND_NAMES
+
+
+@handle_errors
+def map_vocab(
+    delta: Annotated[str, typer.Argument(help="Delta/template tokenizer: path, cmc.yaml name or family (llama, ...).")],
+    user: Annotated[str, typer.Argument(help="User LLM tokenizer: path, cmc.yaml name or family (mistral, ...).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output file [default: tokenmaps/DELTA__USER.safetensors].")] = None,
+    strategy: Annotated[str, typer.Option(help="pm-mined (prefix match, then min edit distance), min-ed, or exact.")] = "pm-mined",
+    fallback: Annotated[str, typer.Option(help="For pm-mined tokens with no candidate: none (unmapped) or min-ed.")] = "none",
+    delta_adapter: Annotated[str | None, typer.Option(help="Force the delta's adapter (see `cmc adapters`).")] = None,
+    user_adapter: Annotated[str | None, typer.Option(help="Force the user's adapter (see `cmc adapters`).")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Print the coverage table and sample mappings.")] = False,
+) -> None:
+    """Build a token map (user vocabulary -> delta vocabulary), saved as safetensors."""
+    cfg = MapVocabConfig(delta=delta, user=user, output=output, strategy=strategy, fallback=fallback,
+                         delta_adapter=delta_adapter, user_adapter=user_adapter, show=show)
+    with status("resolving tokenizers") as phase:
+        res = map_vocab_files(cfg, on_phase=phase)
+    tm = res.token_map
+    counts = tm.counts()
+    mapped = tm.user_size - counts["unmapped"]
+    info(f"[green]wrote[/green] {res.path}  ({mapped}/{tm.user_size} user tokens mapped, "
+         f"{counts['exact']} exact, {counts['unmapped']} unmapped)")
+    if cfg.show:
+        console.print(coverage_table(tm, title=f"{res.user.name} (user) -> {res.delta.name} (delta), {cfg.strategy}"))
+        t = Table(title="sample mappings")
+        for col in ("kind", "user id", "user token", "delta token"):
+            t.add_column(col)
+        for kind, i, up, dp in sample_mappings(tm, res.delta, res.user):
+            t.add_row(kind, str(i), repr(up), repr(dp))
+        console.print(t)
+    elif UI.quiet:
+        print(res.path)
+
+
+def coverage_table(tm, title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("kind")
+    t.add_column("tokens", justify="right")
+    t.add_column("%", justify="right")
+    counts = tm.counts()
+    for name in KIND_NAMES:
+        t.add_row(name, f"{counts[name]:,}", f"{100 * counts[name] / max(1, tm.user_size):.2f}")
+    t.add_row("total", f"{tm.user_size:,}", "100.00", style="bold")
+    return t

@@ -1,0 +1,31 @@
+"""Errors the user sees as one line, never as a traceback (unless CMC_DEBUG=1)."""
+
+
+class CmcError(Exception):
+    """Base class: the message is what the user reads; it says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(CmcError):
+    """A configuration file or option is invalid."""
+
+
+class ModelRefError(CmcError):
+    """A model or tokenizer reference cannot be resolved offline."""
+
+
+class TokenizerError(CmcError):
+    """A tokenizer cannot be loaded or has an unusable vocabulary."""
+
+
+class TokenMapError(CmcError):
+    """A token map file is missing, corrupt, or built for other tokenizers."""
+
+
+class AdapterError(CmcError):
+    """An adapter is unknown, duplicated, or broken."""
+
+
+class AssetError(CmcError):
+    """A real asset (tokenizer, model) could not be fetched or verified."""

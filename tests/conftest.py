@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny tokenizers trained offline, an isolated cmc cache and working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cmc_cli.zoo.tokenizers import sample_corpus, train_byte_level_tokenizer, train_spm_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizers(tmp_path_factory) -> dict[str, Path]:
+    """Two families trained on the same text: SentencePiece-style (delta side) and byte-level BPE."""
+    root = tmp_path_factory.mktemp("tok")
+    corpus = sample_corpus()
+    return {
+        "spm": train_spm_tokenizer(corpus, 420, root / "tiny-spm"),
+        "spm_small": train_spm_tokenizer(corpus, 330, root / "tiny-spm-small"),
+        "bl": train_byte_level_tokenizer(corpus, 420, root / "tiny-bl"),
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Run in an empty directory with no cmc.yaml and an empty asset cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CMC_CONFIG", raising=False)
+    monkeypatch.setenv("CMC_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def cli():
+    from cmc_cli.app import app
+
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("CMC_DEBUG", raising=False)
+    yield
+    os.environ.pop("CMC_DEBUG", None)
