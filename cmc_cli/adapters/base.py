@@ -96,9 +96,10 @@ class HFAdapter(Adapter):
         from transformers import AutoTokenizer
 
         with open(path, "rb") as f:
-            head = f.read(64)
-        if head.lstrip().startswith((b"{", b"[")):
-            raise TokenizerError(f"{path} is not a SentencePiece model file")
+            head = f.read(1)
+        if head != b"\x0a":  # a SentencePiece ModelProto starts with its `pieces` field (tag 0x0A)
+            raise TokenizerError(f"{path} is not a tokenizer file; expected a tokenizer directory, "
+                                 "tokenizer.json, a SentencePiece tokenizer.model or a .gguf file")
         tmp = Path(tempfile.mkdtemp(prefix="cmc-spm-"))
         try:
             shutil.copyfile(path, tmp / "tokenizer.model")

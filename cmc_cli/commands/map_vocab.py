@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,24 +10,29 @@ import typer
 from rich.table import Table
 
 from cmc_cli.commands._common import UI, console, handle_errors, info, status
-from cmc_cli.config import MapVocabConfig
+from cmc_cli.config import FALLBACKS, STRATEGIES, MapVocabConfig
 from cmc_cli.tokenmaps.build import map_vocab_files, sample_mappings
 from cmc_cli.tokenmaps.strategies import KIND_NAMES
 
 
+Strategy = Enum("Strategy", {s: s for s in STRATEGIES}, type=str)
+Fallback = Enum("Fallback", {s: s for s in FALLBACKS}, type=str)
+
+
 @handle_errors
 def map_vocab(
-    delta: Annotated[str, typer.Argument(help="Delta/template tokenizer: path, cmc.yaml name or family (llama, ...).")],
-    user: Annotated[str, typer.Argument(help="User LLM tokenizer: path, cmc.yaml name or family (mistral, ...).")],
+    delta: Annotated[str, typer.Argument(metavar="DELTA", help="Delta/template tokenizer: path, cmc.yaml name or family (llama, ...).")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User LLM tokenizer: path, cmc.yaml name or family (mistral, ...).")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output file [default: tokenmaps/DELTA__USER.safetensors].")] = None,
-    strategy: Annotated[str, typer.Option(help="pm-mined (prefix match, then min edit distance), min-ed, or exact.")] = "pm-mined",
-    fallback: Annotated[str, typer.Option(help="For pm-mined tokens with no candidate: none (unmapped) or min-ed.")] = "none",
+    strategy: Annotated[Strategy, typer.Option(help="pm-mined: prefix match, then min edit distance; min-ed; exact.")] = "pm-mined",
+    fallback: Annotated[Fallback, typer.Option(help="For pm-mined tokens with no candidate: none (unmapped) or min-ed.")] = "none",
     delta_adapter: Annotated[str | None, typer.Option(help="Force the delta's adapter (see `cmc adapters`).")] = None,
     user_adapter: Annotated[str | None, typer.Option(help="Force the user's adapter (see `cmc adapters`).")] = None,
     show: Annotated[bool, typer.Option("--show", help="Print the coverage table and sample mappings.")] = False,
 ) -> None:
     """Build a token map (user vocabulary -> delta vocabulary), saved as safetensors."""
-    cfg = MapVocabConfig(delta=delta, user=user, output=output, strategy=strategy, fallback=fallback,
+    cfg = MapVocabConfig(delta=delta, user=user, output=output, strategy=Strategy(strategy).value,
+                         fallback=Fallback(fallback).value,
                          delta_adapter=delta_adapter, user_adapter=user_adapter, show=show)
     with status("resolving tokenizers") as phase:
         res = map_vocab_files(cfg, on_phase=phase)

@@ -1,0 +1,132 @@
+import numpy as np
+
+from cmc_cli import __version__
+from cmc_cli.tokenmaps import TokenMap
+from cmc_cli.tokenmaps.build import load_vocab
+from cmc_cli.refs import resolve
+
+
+def test_version_and_help(cli):
+    r = cli("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"cmc {__version__}"
+    r = cli("--help")
+    assert r.exit_code == 0 and "map-vocab" in r.output and "adapters" in r.output
+
+
+def test_map_vocab_writes_default_path_and_shows_table(cli, workdir, tiny_tokenizers):
+    r = cli("map-vocab", tiny_tokenizers["spm"], tiny_tokenizers["bl"], "--show")
+    assert r.exit_code == 0, r.output
+    out = workdir / "tokenmaps" / "tiny-spm__tiny-bl.safetensors"
+    assert out.is_file()
+    for word in ("exact", "prefix", "unmapped", "sample mappings"):
+        assert word in r.output
+    delta = load_vocab(resolve(str(tiny_tokenizers["spm"])))
+    user = load_vocab(resolve(str(tiny_tokenizers["bl"])))
+    tm = TokenMap.load(out, delta=delta, user=user)
+    assert tm.meta["strategy"] == "pm-mined" and tm.user_size == user.size == 420
+    # the map equals a direct library build
+    ref = TokenMap.build(delta, user)
+    assert np.array_equal(tm.index, ref.index) and np.array_equal(tm.kind, ref.kind)
+    # the two families segment differently: not a trivially exact map
+    c = tm.counts()
+    assert c["exact"] < user.size - 10 and c["prefix"] + c["extension"] > 0
+    # <|endoftext|> (eos of the byte-level family) maps to the SentencePiece </s>
+    eot = user.pieces.index("<|endoftext|>")
+    assert delta.pieces[tm.index[eot]] == "</s>"
+
+
+def test_map_vocab_quiet_prints_only_the_path(cli, workdir, tiny_tokenizers):
+    r = cli("-q", "map-vocab", tiny_tokenizers["bl"], tiny_tokenizers["spm"], "-o", "m.safetensors",
+            "--strategy", "exact")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "m.safetensors"
+    assert TokenMap.load(workdir / "m.safetensors").meta["strategy"] == "exact"
+
+
+def test_bad_option_value_is_a_usage_error(cli, workdir, tiny_tokenizers):
+    r = cli("map-vocab", tiny_tokenizers["spm"], tiny_tokenizers["bl"], "--strategy", "fuzzy")
+    assert r.exit_code == 2
+
+
+def test_missing_path_is_one_line_error(cli, workdir):
+    r = cli("map-vocab", "no/such/dir", "llama")
+    assert r.exit_code == 1
+    assert r.output.count("\n") == 1 and "error: model reference 'no/such/dir' not found" in r.output
+
+
+def test_family_name_not_fetched_says_how(cli, workdir, tiny_tokenizers):
+    r = cli("map-vocab", "llama", tiny_tokenizers["bl"])
+    assert r.exit_code == 1 and "cmc fetch tokenizers" in r.output
+
+
+def test_not_a_tokenizer(cli, workdir, tiny_tokenizers):
+    junk = workdir / "notes.txt"
+    junk.write_text("hello\n")
+    r = cli("map-vocab", tiny_tokenizers["spm"], junk)
+    assert r.exit_code == 1 and "is not a tokenizer file" in r.output
+    empty_dir = workdir / "empty"
+    empty_dir.mkdir()
+    r = cli("map-vocab", empty_dir, tiny_tokenizers["spm"])
+    assert r.exit_code == 1 and "no tokenizer.json" in r.output
+    bad_json = workdir / "tokenizer.json"
+    bad_json.write_text('{"version": "1.0", "model": {"type": "Nope"}}')
+    r = cli("map-vocab", bad_json, tiny_tokenizers["spm"])
+    assert r.exit_code == 1 and "cannot load a tokenizer" in r.output
+    fake_gguf = workdir / "m.gguf"
+    fake_gguf.write_bytes(b"GGUF\x03\x00")
+    r = cli("map-vocab", fake_gguf, tiny_tokenizers["spm"])
+    assert r.exit_code == 1 and "truncated GGUF" in r.output
+
+
+def test_unwritable_output_leaves_nothing(cli, workdir, tiny_tokenizers):
+    blocker = workdir / "file"
+    blocker.write_text("x")
+    r = cli("map-vocab", tiny_tokenizers["spm"], tiny_tokenizers["bl"], "-o", blocker / "m.safetensors")
+    assert r.exit_code == 1 and "error: cannot write" in r.output
+    r = cli("map-vocab", tiny_tokenizers["spm"], tiny_tokenizers["bl"], "-o", workdir)
+    assert r.exit_code == 1 and "is a directory" in r.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["file"]
+
+
+def test_debug_env_shows_traceback(cli, workdir, monkeypatch):
+    monkeypatch.setenv("CMC_DEBUG", "1")
+    r = cli("map-vocab", "no/such", "x")
+    assert r.exit_code == 1 and r.exception is not None and type(r.exception).__name__ == "ModelRefError"
+
+
+def test_cmc_yaml_names_and_adapters(cli, workdir, tiny_tokenizers):
+    (workdir / "cmc.yaml").write_text(
+        f"models:\n  small: {{path: {tiny_tokenizers['spm']}, adapter: llama}}\n  bl: {tiny_tokenizers['bl']}\n")
+    r = cli("map-vocab", "small", "bl", "--show")
+    assert r.exit_code == 0, r.output
+    assert (workdir / "tokenmaps" / "small__bl.safetensors").is_file()
+
+
+def test_cmc_yaml_errors_name_the_file_and_line(cli, workdir):
+    (workdir / "cmc.yaml").write_text("models:\n  a: [unclosed\n")
+    r = cli("map-vocab", "a", "b")
+    assert r.exit_code == 1 and "cmc.yaml:" in r.output and "invalid YAML" in r.output
+    (workdir / "cmc.yaml").write_text("models:\n  a: {adapter: llama}\n")
+    r = cli("map-vocab", "a", "b")
+    assert r.exit_code == 1 and "model 'a' needs a 'path'" in r.output
+    (workdir / "cmc.yaml").write_text("modles: {}\n")
+    r = cli("map-vocab", "a", "b")
+    assert r.exit_code == 1 and "unknown top-level key(s) modles" in r.output
+
+
+def test_unknown_adapter_suggests(cli, workdir, tiny_tokenizers):
+    r = cli("map-vocab", tiny_tokenizers["spm"], tiny_tokenizers["bl"], "--user-adapter", "gtp2")
+    assert r.exit_code == 1 and "Did you mean 'gpt2'" in r.output
+
+
+def test_adapters_lists_builtins_in_match_order(cli):
+    r = cli("adapters")
+    assert r.exit_code == 0
+    names = ["llama", "mistral", "gpt2", "qwen", "gemma", "hf"]
+    pos = [r.output.index(f" {n} ") for n in names]
+    assert pos == sorted(pos) and "built-in" in r.output
+
+
+def test_fetch_unknown_asset(cli, workdir):
+    r = cli("fetch", "tokenizers", "--only", "llama9")
+    assert r.exit_code == 1 and "unknown tokenizer asset(s) llama9" in r.output
