@@ -37,10 +37,6 @@ def map_vocab(
     with status("resolving tokenizers") as phase:
         res = map_vocab_files(cfg, on_phase=phase)
     tm = res.token_map
-    counts = tm.counts()
-    mapped = tm.user_size - counts["unmapped"]
-    info(f"[green]wrote[/green] {res.path}  ({mapped}/{tm.user_size} user tokens mapped, "
-         f"{counts['exact']} exact, {counts['unmapped']} unmapped)")
     if cfg.show:
         console.print(coverage_table(tm, title=f"{res.user.name} (user) -> {res.delta.name} (delta), {cfg.strategy}"))
         t = Table(title="sample mappings")
@@ -49,7 +45,11 @@ def map_vocab(
         for kind, i, up, dp in sample_mappings(tm, res.delta, res.user):
             t.add_row(kind, str(i), repr(up), repr(dp))
         console.print(t)
-    elif UI.quiet:
+    counts = tm.counts()
+    mapped = tm.user_size - counts["unmapped"]
+    info(f"[green]wrote[/green] {res.path}  ({mapped:,}/{tm.user_size:,} user tokens mapped, "
+         f"{counts['exact']:,} exact, {counts['unmapped']:,} unmapped)")
+    if UI.quiet:
         print(res.path)
 
 
