@@ -11,6 +11,7 @@ from cmc_cli.commands._common import setup_logging
 from cmc_cli.commands.adapters import adapters
 from cmc_cli.commands.fetch import fetch
 from cmc_cli.commands.map_vocab import map_vocab
+from cmc_cli.commands.train import train, unlearn
 
 app = typer.Typer(
     name="cmc",
@@ -38,6 +39,8 @@ def main_options(
 
 
 app.command("map-vocab")(map_vocab)
+app.command("train")(train)
+app.command("unlearn")(unlearn)
 app.command("adapters")(adapters)
 app.command("fetch")(fetch)
 

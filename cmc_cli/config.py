@@ -117,3 +117,104 @@ class MapVocabConfig:
             raise ConfigError(f"--fallback must be one of {', '.join(FALLBACKS)}, got '{self.fallback}'")
         if self.fallback != "none" and self.strategy != "pm-mined":
             raise ConfigError("--fallback applies to --strategy pm-mined only")
+
+
+TASKS = ("instruct", "unlearn")
+UNLEARN_LOSSES = ("grad-diff", "grad-ascent", "kl")
+TASK_DEFAULTS = {
+    # the paper's settings
+    "instruct": {"lr": 2e-4, "batch_size": 64, "epochs": 4},
+    "unlearn": {"lr": 1e-4, "batch_size": 16, "epochs": 20},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Options of `cmc train` / `cmc unlearn`. `None` means "the task's default" (TASK_DEFAULTS)."""
+
+    task: str = "instruct"
+    template: str = ""
+    output: str = ""
+    delta: str = "tiny"  # a preset (tiny, 15m, 42m, 110m) or a model directory
+    data: str | None = None  # instruct: Alpaca JSON/JSONL or chat messages
+    forget: str | None = None  # unlearn: TOFU-format forget set
+    retain: str | None = None  # unlearn: TOFU-format retain set
+    loss: str = "grad-diff"
+    forget_weight: float = 1.0
+    retain_weight: float = 1.0
+    stop_forget_loss: float | None = None  # unlearn: stop once the forget CE exceeds this
+    combine: str = "log-softmax-template"
+    prompt_format: str | None = None  # default: the template adapter's
+    max_length: int = 512
+    lr: float | None = None
+    batch_size: int | None = None
+    micro_batch_size: int | None = None  # gradient accumulation when smaller than batch_size
+    epochs: int | None = None
+    max_steps: int | None = None
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"  # template dtype: bf16 on GPU, fp32 on CPU
+    loss_chunk: int = 1024  # positions per chunk of the combined loss
+    checkpoint_every: int = 0  # steps; 0 = only at the end (and on Ctrl-C)
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        from cmc_cli.engine.combine import COMBINE_MODES
+
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'")
+        for key, val in TASK_DEFAULTS[self.task].items():
+            if getattr(self, key) is None:
+                setattr(self, key, val)
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.batch_size
+        if not self.template:
+            raise ConfigError("--template is required: the frozen template LLM the delta trains beside")
+        if not self.output:
+            raise ConfigError("--output is required: the directory the delta is written to")
+        if self.task == "instruct" and not self.data:
+            raise ConfigError("--data is required for --task instruct (Alpaca JSON/JSONL or chat messages)")
+        if self.task == "unlearn" and not self.forget:
+            raise ConfigError("--forget is required for --task unlearn (TOFU-format forget set)")
+        if self.task == "unlearn" and self.loss in ("grad-diff", "kl") and not self.retain:
+            raise ConfigError(f"--retain is required for --loss {self.loss}")
+        if self.loss not in UNLEARN_LOSSES:
+            raise ConfigError(f"--loss must be one of {', '.join(UNLEARN_LOSSES)}, got '{self.loss}'")
+        if self.combine not in COMBINE_MODES:
+            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
+        for key in ("lr", "batch_size", "micro_batch_size", "epochs", "max_length", "loss_chunk"):
+            if not getattr(self, key) or getattr(self, key) <= 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "TrainConfig":
+        """Defaults < YAML file < command-line flags (flags that are None were not given)."""
+        from dataclasses import fields
+
+        merged: dict = {}
+        names = {f.name for f in fields(cls)}
+        if yaml_path is not None:
+            data = read_yaml_mapping(Path(yaml_path))
+            unknown = sorted(set(k.replace("-", "_") for k in data) - names)
+            if unknown:
+                raise ConfigError(f"{yaml_path}: unknown option(s) {', '.join(unknown)}")
+            merged.update({k.replace("-", "_"): v for k, v in data.items()})
+        merged.update({k: v for k, v in flags.items() if v is not None})
+        try:
+            return cls(**merged)
+        except TypeError as e:
+            raise ConfigError(f"invalid training options: {e}") from None
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)

@@ -1,0 +1,111 @@
+"""`cmc train --task instruct|unlearn` and `cmc unlearn`: train a delta beside a frozen template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cmc_cli.commands._common import UI, err_console, handle_errors, info, status
+from cmc_cli.config import TrainConfig
+
+Opt = typer.Option
+
+
+def _run(flags: dict, config: Path | None) -> None:
+    from cmc_cli.engine.train import Trainer
+
+    cfg = TrainConfig.from_sources(config, flags)
+    with status("preparing") as phase:
+        trainer = Trainer(cfg, on_phase=phase)
+    if UI.quiet:
+        result = trainer.run()
+    else:
+        cols = [TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*cols, console=err_console) as p:
+            task = p.add_task("train", total=trainer.total_steps, stats="")
+
+            def on_step(m):
+                stats = f"loss {m.loss:.4f}"
+                if m.forget_loss is not None:
+                    stats += f" forget {m.forget_loss:.3f}"
+                if m.retain_loss is not None:
+                    stats += f" retain {m.retain_loss:.3f}"
+                stats += f" lr {m.lr:.2e} {m.tokens_per_s:,.0f} tok/s"
+                p.update(task, completed=m.step, stats=stats)
+
+            trainer.on_step = on_step
+            result = trainer.run()
+    last = result.last
+    summary = f"loss {last.loss:.4f}" if last else "no step taken"
+    if last and last.forget_loss is not None:
+        summary += f", forget CE {last.forget_loss:.3f}"
+    if last and last.retain_loss is not None:
+        summary += f", retain {last.retain_loss:.3f}"
+    info(f"[green]wrote[/green] delta {result.output} after {result.steps} steps ({result.stopped}; {summary})")
+    if UI.quiet:
+        print(result.output)
+
+
+@handle_errors
+def train(
+    task: Annotated[str, Opt(help="instruct (Alpaca/chat data) or unlearn (TOFU forget/retain).")] = None,
+    template: Annotated[str, Opt(help="Frozen template LLM: path, cmc.yaml name or hub id in the local cache.")] = None,
+    output: Annotated[str, Opt("-o", "--output", help="Directory the delta is written to.")] = None,
+    delta: Annotated[str, Opt(help="Delta: preset tiny|15m|42m|110m or a model directory. [default: tiny]")] = None,
+    data: Annotated[str, Opt(help="instruct: Alpaca JSON/JSONL (instruction, input, output) or chat messages.")] = None,
+    forget: Annotated[str, Opt(help="unlearn: TOFU-format forget set (question, answer).")] = None,
+    retain: Annotated[str, Opt(help="unlearn: TOFU-format retain set.")] = None,
+    loss: Annotated[str, Opt(help="unlearn loss: grad-diff | grad-ascent | kl. [default: grad-diff]")] = None,
+    forget_weight: Annotated[float, Opt(help="Weight of -CE(forget). [default: 1.0]")] = None,
+    retain_weight: Annotated[float, Opt(help="Weight of the retain term. [default: 1.0]")] = None,
+    stop_forget_loss: Annotated[float, Opt(help="unlearn: stop once forget CE reaches this (gradient difference is unbounded).")] = None,
+    combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. [default: log-softmax-template]")] = None,
+    prompt_format: Annotated[str, Opt(help="Prompt format with {prompt}. [default: the template adapter's, <|user|>\\n{prompt}\\n<|assistant|>\\n]")] = None,
+    max_length: Annotated[int, Opt(help="Truncate examples to this many tokens. [default: 512]")] = None,
+    lr: Annotated[float, Opt(help="Peak learning rate. [default: 2e-4 instruct, 1e-4 unlearn]")] = None,
+    batch_size: Annotated[int, Opt(help="Examples per optimizer step. [default: 64 instruct, 16 unlearn]")] = None,
+    micro_batch_size: Annotated[int, Opt(help="Examples per forward pass (gradient accumulation). [default: batch size]")] = None,
+    epochs: Annotated[int, Opt(help="Passes over the data. [default: 4 instruct, 20 unlearn]")] = None,
+    max_steps: Annotated[int, Opt(help="Stop after this many optimizer steps.")] = None,
+    warmup_ratio: Annotated[float, Opt(help="Share of steps with linear warmup, then cosine decay. [default: 0.03]")] = None,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay. [default: 0.0]")] = None,
+    clip: Annotated[float, Opt(help="Gradient-norm clipping, 0 = off. [default: 1.0]")] = None,
+    seed: Annotated[int, Opt(help="Random seed. [default: 0]")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. [default: auto]")] = None,
+    dtype: Annotated[str, Opt(help="Template dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16. [default: auto]")] = None,
+    loss_chunk: Annotated[int, Opt(help="Positions per chunk of the combined loss. [default: 1024]")] = None,
+    checkpoint_every: Annotated[int, Opt(help="Checkpoint every N steps (0: at the end and on Ctrl-C). [default: 0]")] = None,
+    resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
+    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+) -> None:
+    """Train a delta model alongside a frozen template LLM (instruction tuning or unlearning)."""
+    flags = {k: v for k, v in locals().items() if k != "config"}
+    _run(flags, config)
+
+
+@handle_errors
+def unlearn(
+    template: Annotated[str, Opt(help="Frozen template LLM.")] = None,
+    forget: Annotated[str, Opt(help="TOFU-format forget set (question, answer).")] = None,
+    retain: Annotated[str, Opt(help="TOFU-format retain set.")] = None,
+    output: Annotated[str, Opt("-o", "--output", help="Directory the delta is written to.")] = None,
+    delta: Annotated[str, Opt(help="Preset tiny|15m|42m|110m or a model directory. [default: tiny]")] = None,
+    loss: Annotated[str, Opt(help="grad-diff | grad-ascent | kl. [default: grad-diff]")] = None,
+    stop_forget_loss: Annotated[float, Opt(help="Stop once forget CE reaches this.")] = None,
+    lr: Annotated[float, Opt(help="[default: 1e-4]")] = None,
+    batch_size: Annotated[int, Opt(help="[default: 16]")] = None,
+    epochs: Annotated[int, Opt(help="[default: 20]")] = None,
+    max_steps: Annotated[int, Opt(help="Stop after this many steps.")] = None,
+    seed: Annotated[int, Opt(help="[default: 0]")] = None,
+    device: Annotated[str, Opt(help="[default: auto]")] = None,
+    resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
+    config: Annotated[Path, Opt("--config", "-c", help="YAML file of options (any of `cmc train`'s); flags override it.")] = None,
+) -> None:
+    """Unlearning: the same as `cmc train --task unlearn` (gradient difference by default)."""
+    flags = {k: v for k, v in locals().items() if k != "config"}
+    flags["task"] = "unlearn"
+    _run(flags, config)

@@ -1,0 +1,1 @@
+"""Training and evaluation data: instruction (Alpaca, chat messages) and TOFU formats, collation."""

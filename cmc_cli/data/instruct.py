@@ -1,0 +1,113 @@
+"""Prompt/response examples from Alpaca (`instruction`, `input`, `output`), chat (`messages`) and
+TOFU (`question`, `answer`) records, rendered in a prompt format and tokenized with labels on the
+response only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cmc_cli.data.records import DataError, read_records, require_text
+from cmc_cli.engine.combine import IGNORE
+
+DEFAULT_PROMPT_FORMAT = "<|user|>\n{prompt}\n<|assistant|>\n"
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # the user's request, before formatting
+    response: str
+    source: str  # "file:line"
+
+
+def alpaca_prompt(instruction: str, input_text: str = "") -> str:
+    return f"{instruction}\n\n{input_text}" if input_text.strip() else instruction
+
+
+def load_instruct(path: str | Path) -> list[Example]:
+    """Alpaca JSON/JSONL or chat `messages` records (the last assistant turn is the response)."""
+    out = []
+    for line, rec in read_records(path):
+        src = f"{path}:{line}"
+        if "messages" in rec:
+            msgs = rec["messages"]
+            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+                raise DataError(f"{src}: 'messages' must be a non-empty list of {{role, content}} objects")
+            if msgs[-1].get("role") != "assistant":
+                raise DataError(f"{src}: the last message must have role 'assistant' (the response to learn)")
+            response = msgs[-1].get("content")
+            if not isinstance(response, str) or not response.strip():
+                raise DataError(f"{src}: the assistant message is empty")
+            prompt = "\n".join(str(m.get("content", "")) for m in msgs[:-1])
+            if not prompt.strip():
+                raise DataError(f"{src}: no user message before the assistant's")
+            out.append(Example(prompt, response, src))
+        else:
+            instruction = require_text(path, line, rec, "instruction")
+            input_text = rec.get("input", "") or ""
+            if not isinstance(input_text, str):
+                raise DataError(f"{src}: field 'input' must be a string")
+            response = require_text(path, line, rec, "output")
+            out.append(Example(alpaca_prompt(instruction, input_text), response, src))
+    return out
+
+
+def load_tofu(path: str | Path) -> list[Example]:
+    """TOFU records: `question`, `answer` (other fields are for evaluation)."""
+    return [Example(require_text(path, line, rec, "question"), require_text(path, line, rec, "answer"),
+                    f"{path}:{line}") for line, rec in read_records(path)]
+
+
+def render(prompt_format: str, prompt: str) -> str:
+    return prompt_format.replace("{prompt}", prompt)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    source: str
+
+
+def encode(examples: list[Example], tokenizer, prompt_format: str, max_length: int) -> list[Encoded]:
+    """Tokenize `format(prompt) + response + eos` as one text; labels only on response tokens.
+
+    Tokenizing the whole text (not prompt and response apart) gives the same ids the decoder sees.
+    A response cut away entirely by `max_length` is an error naming the record.
+    """
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = tokenizer.eos_token_id
+    out = []
+    for ex in examples:
+        head = render(prompt_format, ex.prompt)
+        text = head + ex.response
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        labels = [tid if end > len(head) else IGNORE for tid, (start, end) in zip(ids, offsets)]
+        ids = bos + list(ids)
+        labels = [IGNORE] * len(bos) + labels
+        if eos is not None:
+            ids.append(eos)
+            labels.append(eos)
+        ids, labels = ids[:max_length], labels[:max_length]
+        if all(lab == IGNORE for lab in labels[1:]):
+            raise DataError(f"{ex.source}: the prompt fills all {max_length} tokens of --max-length, leaving "
+                            "no response to train on; raise --max-length or shorten the prompt")
+        out.append(Encoded(ids, labels, ex.source))
+    return out
+
+
+def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest; labels are shifted so position t predicts token t+1."""
+    T = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    targets = torch.full((len(batch), T), IGNORE, dtype=torch.long)
+    for b, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[b, :n] = torch.tensor(e.input_ids)
+        mask[b, :n] = 1
+        targets[b, : n - 1] = torch.tensor(e.labels[1:])
+    return {"input_ids": ids, "attention_mask": mask, "targets": targets}  # (B, T) each

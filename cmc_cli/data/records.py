@@ -1,0 +1,71 @@
+"""Read JSON / JSONL record files; every error names the file and line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from cmc_cli.errors import CmcError
+
+
+class DataError(CmcError):
+    """A data file is missing, malformed or empty."""
+
+
+def read_records(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) pairs from a JSON list or a JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        out = []
+        # approximate line numbers for list items: the line each object starts on
+        decoder = json.JSONDecoder()
+        pos = text.index("[") + 1
+        for item in data:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            line = text.count("\n", 0, pos) + 1
+            _, end = decoder.raw_decode(text, pos)
+            pos = end
+            out.append((line, item))
+    else:
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+    for n, rec in out:
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+    if not out:
+        raise DataError(f"{path} holds no records; give a JSON list or JSON lines of objects")
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def require_text(path, line: int, rec: dict, key: str, allow_empty: bool = False) -> str:
+    if key not in rec:
+        raise DataError(f"{path}:{line}: missing field '{key}'")
+    val = rec[key]
+    if not isinstance(val, str):
+        raise DataError(f"{path}:{line}: field '{key}' must be a string, got {type(val).__name__}")
+    if not allow_empty and not val.strip():
+        raise DataError(f"{path}:{line}: field '{key}' is empty")
+    return val

@@ -1,0 +1,1 @@
+"""The shared engine: the equations (combine.py), training, decoding, scoring, devices and dtypes."""

@@ -1,0 +1,82 @@
+"""Training checkpoints: delta weights, optimizer state and RNG state in safetensors, progress in JSON.
+
+A checkpoint directory is written under a temp name and renamed into place, so the last good
+checkpoint is never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cmc_cli.errors import CmcError
+
+
+def save_checkpoint(path: Path, delta, optimizer, progress: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file({k: v.detach().contiguous() for k, v in delta.state_dict().items()}, str(tmp / "delta.safetensors"))
+        opt = optimizer.state_dict()
+        tensors, state_meta = {}, {}
+        for pid, st in opt["state"].items():
+            for key, val in st.items():
+                if torch.is_tensor(val):
+                    tensors[f"{pid}.{key}"] = val.detach().contiguous()
+                else:
+                    state_meta[f"{pid}.{key}"] = val
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda{i}"] = s
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "progress.json").write_text(json.dumps({
+            **progress, "param_groups": opt["param_groups"], "state_scalars": state_meta}, indent=2))
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path, delta, optimizer) -> dict:
+    path = Path(path)
+    files = [path / "delta.safetensors", path / "optimizer.safetensors", path / "progress.json"]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CmcError(f"{path} is not a cmc training checkpoint (missing {', '.join(missing)})")
+    try:
+        delta.load_state_dict(load_file(str(files[0])))
+        tensors = load_file(str(files[1]))
+        progress = json.loads(files[2].read_text())
+    except Exception as e:
+        raise CmcError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:100]})") from None
+    state: dict = {}
+    for name, val in tensors.items():
+        if name.startswith("rng."):
+            continue
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    for name, val in progress.pop("state_scalars").items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda"))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    return progress

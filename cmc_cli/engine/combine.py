@@ -1,0 +1,45 @@
+"""The equations of Cross-model Control (DESIGN.md), in one place; everything else calls these.
+
+Training (template frozen, delta trainable, same text):
+    final = LogSoftmax(template_logits) + delta_logits          (mode "log-softmax-template")
+Paper ablations: "sum" (no LogSoftmax), "log-softmax-both" (delta log-softmaxed too).
+The combined distribution is softmax(final); losses take `final` as logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+COMBINE_MODES = ("log-softmax-template", "sum", "log-softmax-both")
+IGNORE = -100
+
+
+def combine(template_logits: torch.Tensor, delta_logits: torch.Tensor, mode: str = "log-softmax-template") -> torch.Tensor:
+    """(..., V) template and delta logits -> (..., V) combined scores, in float32."""
+    t = template_logits.float()
+    d = delta_logits.float()
+    if mode == "log-softmax-template":
+        return F.log_softmax(t, dim=-1) + d
+    if mode == "sum":
+        return t + d
+    if mode == "log-softmax-both":
+        return F.log_softmax(t, dim=-1) + F.log_softmax(d, dim=-1)
+    raise ValueError(f"unknown combine mode {mode!r}; one of {', '.join(COMBINE_MODES)}")
+
+
+def token_nll(final: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of `targets` under softmax(final) and the number of counted tokens.
+
+    final (N, V); targets (N,) with IGNORE where nothing is predicted.
+    """
+    nll = F.cross_entropy(final, targets, ignore_index=IGNORE, reduction="sum")
+    return nll, (targets != IGNORE).sum()
+
+
+def kl_to_reference(final: torch.Tensor, reference_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed KL(p_reference || softmax(final)) over the positions where targets != IGNORE."""
+    keep = targets != IGNORE
+    logp_ref = F.log_softmax(reference_logits[keep].float(), dim=-1)
+    logp = F.log_softmax(final[keep], dim=-1)
+    return (logp_ref.exp() * (logp_ref - logp)).sum()

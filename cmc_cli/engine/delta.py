@@ -1,0 +1,38 @@
+"""Delta models: fresh ones from presets shaped like the paper's, or existing model directories.
+
+A fresh delta's output layer starts at zero, so at step 0 it adds nothing and training starts from
+the template's own distribution (stable; DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cmc_cli.errors import CmcError
+
+# Llama-architecture shapes of the paper's delta models (llama2.c's 15M / 42M / 110M) and a tiny one.
+PRESETS = {
+    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
+    "15m": dict(hidden_size=288, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6),
+    "42m": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
+    "110m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12),
+}
+
+
+def new_delta(preset: str, vocab_size: int, max_length: int, seed: int, bos_id=None, eos_id=None, pad_id=None):
+    """A fresh Llama-architecture delta with a zeroed output layer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if preset not in PRESETS:
+        raise CmcError(f"unknown delta preset '{preset}'; one of {', '.join(PRESETS)} or a model directory")
+    cfg = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max(max_length, 64), tie_word_embeddings=False,
+                      bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, **PRESETS[preset])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    torch.nn.init.zeros_(model.get_output_embeddings().weight)
+    return model
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,355 @@
+"""Train a delta beside a frozen template (DESIGN.md): instruction tuning and unlearning.
+
+The step is cut where scaling will cut it:
+  template_hidden()        template forward in inference mode -> final hidden states (B, T, H)
+  chunked_nll() / _kl()    the combined loss over chunks of target positions, straight from hidden
+                           states through each model's output head; each chunk is recomputed in
+                           backward (activation checkpointing), so at most one chunk of
+                           (positions x vocabulary) logits exists at a time
+  delta_step()             clip, optimizer step, learning-rate schedule
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from cmc_cli import __version__
+from cmc_cli.config import TrainConfig
+from cmc_cli.data.instruct import Encoded, collate, encode, load_instruct, load_tofu
+from cmc_cli.data.records import file_sha256
+from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from cmc_cli.engine.combine import IGNORE, combine, kl_to_reference, token_nll
+from cmc_cli.engine.delta import count_parameters, new_delta
+from cmc_cli.engine.devices import pick_device, pick_dtype
+from cmc_cli.engine.heads import final_hidden, head_logits
+from cmc_cli.errors import CmcError
+from cmc_cli.fileio import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(CmcError):
+    """The loss became NaN or infinite."""
+
+
+# ---- the seams ------------------------------------------------------------------------------------
+def template_hidden(template, batch: dict) -> torch.Tensor:
+    """(B, T, H) final hidden states of the frozen template, computed in inference mode."""
+    with torch.inference_mode():
+        h = final_hidden(template, batch["input_ids"], batch["attention_mask"])
+    return h.clone()  # a normal tensor, usable by autograd as a constant
+
+
+def _select(h_t: torch.Tensor, h_d: torch.Tensor, targets: torch.Tensor):
+    keep = targets != IGNORE  # (B, T)
+    return h_t[keep], h_d[keep], targets[keep]  # (N, H_t), (N, H_d), (N,)
+
+
+def chunked_nll(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
+    """Summed NLL of the targets under softmax(combine(template, delta)), and the token count."""
+    h_t, h_d, y = _select(h_t, h_d, targets)
+    total = h_d.new_zeros((), dtype=torch.float32)
+
+    def piece(hd, ht, yy):
+        with torch.no_grad():
+            t_logits = head_logits(template, ht)  # (n, V)
+        return token_nll(combine(t_logits, head_logits(delta, hd), mode), yy)[0]
+
+    for s in range(0, y.shape[0], chunk):
+        e = s + chunk
+        if h_d.requires_grad:
+            total = total + checkpoint(piece, h_d[s:e], h_t[s:e], y[s:e], use_reentrant=False)
+        else:
+            total = total + piece(h_d[s:e], h_t[s:e], y[s:e])
+    return total, int(y.shape[0])
+
+
+def chunked_kl(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
+    """Summed KL(template || combined) over target positions, and the token count."""
+    h_t, h_d, y = _select(h_t, h_d, targets)
+    total = h_d.new_zeros((), dtype=torch.float32)
+
+    def piece(hd, ht, yy):
+        with torch.no_grad():
+            t_logits = head_logits(template, ht)
+        return kl_to_reference(combine(t_logits, head_logits(delta, hd), mode), t_logits, yy)
+
+    for s in range(0, y.shape[0], chunk):
+        total = total + checkpoint(piece, h_d[s:s + chunk], h_t[s:s + chunk], y[s:s + chunk], use_reentrant=False)
+    return total, int(y.shape[0])
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def delta_step(delta, optimizer, clip: float, lr: float) -> float:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    norm = torch.nn.utils.clip_grad_norm_(delta.parameters(), clip) if clip > 0 else torch.tensor(0.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+@dataclass
+class StepMetrics:
+    step: int
+    total_steps: int
+    epoch: int
+    lr: float
+    loss: float
+    tokens: int
+    tokens_per_s: float
+    forget_loss: float | None = None
+    retain_loss: float | None = None
+    grad_norm: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    stopped: str  # completed | max-steps | stop-forget-loss
+    last: StepMetrics | None
+    history: list[StepMetrics] = field(default_factory=list)
+
+
+class Trainer:
+    """Builds everything from a TrainConfig, then `run()`s. Usable from Python without the CLI."""
+
+    def __init__(self, cfg: TrainConfig, on_step=None, on_phase=None):
+        self.cfg = cfg
+        self.on_step = on_step or (lambda m: None)
+        self.phase = on_phase or (lambda msg: log.info("%s", msg))
+        self.out = Path(cfg.output)
+        self._setup()
+
+    # -- setup --
+    def _setup(self) -> None:
+        from cmc_cli.plugins import adapter_for
+        from cmc_cli.refs import resolve
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        dtype = pick_dtype(cfg.dtype, self.device)
+        ref = resolve(cfg.template)
+        self.adapter = adapter_for(ref)
+        self.phase(f"loading template {cfg.template}")
+        self.tokenizer = self.adapter.load_tokenizer(ref)
+        self.template_vocab = self.adapter.token_surfaces(self.tokenizer, name=ref.name)
+        self.template = self.adapter.load_model(ref, dtype=dtype, device=str(self.device))
+        self.template.requires_grad_(False)
+        self.template.eval()
+        self.prompt_format = cfg.prompt_format or self.adapter.default_prompt_format
+        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
+        self.phase("reading data")
+        self.data_hashes: dict[str, str] = {}
+        if cfg.task == "instruct":
+            self.train_set = self._encode(cfg.data, load_instruct)
+            self.retain_set: list[Encoded] = []
+        else:
+            self.train_set = self._encode(cfg.forget, load_tofu)
+            self.retain_set = self._encode(cfg.retain, load_tofu) if cfg.retain else []
+        self.delta = self._make_delta().to(self.device)
+        self.delta.train()
+        self.optimizer = torch.optim.AdamW(self.delta.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.warmup = int(cfg.warmup_ratio * self.total_steps)
+
+    def _encode(self, path, loader) -> list[Encoded]:
+        self.data_hashes[str(path)] = file_sha256(path)
+        return encode(loader(path), self.tokenizer, self.prompt_format, self.cfg.max_length)
+
+    def _make_delta(self):
+        from transformers import AutoModelForCausalLM
+
+        v_template = self.template.get_output_embeddings().weight.shape[0]
+        path = Path(self.cfg.delta)
+        if path.is_dir():
+            try:
+                delta = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
+            except Exception as e:
+                raise CmcError(f"cannot load the delta from {path} ({str(e).splitlines()[0][:100]})") from None
+            info = path / "cmc.json"
+            if info.is_file():
+                fp = json.loads(info.read_text()).get("template", {}).get("fingerprint")
+                if fp and fp != self.template_vocab.fingerprint:
+                    raise CmcError(f"the delta {path} was trained with another tokenizer than the template's; "
+                                   "cross-vocabulary training is not supported: use a delta with the template's vocabulary")
+        else:
+            delta = new_delta(self.cfg.delta, v_template, self.cfg.max_length, self.cfg.seed,
+                              self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.pad_id)
+        v_delta = delta.get_output_embeddings().weight.shape[0]
+        if v_delta != v_template:
+            raise CmcError(f"the delta's vocabulary ({v_delta}) differs from the template's ({v_template}); "
+                           "cross-vocabulary training is not supported: use a delta with the template's vocabulary")
+        return delta
+
+    # -- data order: a permutation per epoch from the seed, so a resumed run sees the same batches --
+    def _order(self, n: int, epoch: int, salt: int = 0) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch * 7919 + salt)
+        return torch.randperm(n, generator=g).tolist()
+
+    def _batches(self, epoch: int):
+        cfg = self.cfg
+        order = self._order(len(self.train_set), epoch)
+        retain_order = self._order(len(self.retain_set), epoch, salt=1) if self.retain_set else []
+        for b in range(self.steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            main = [self.train_set[i] for i in idx]
+            retain = []
+            if retain_order:
+                start = b * cfg.batch_size
+                retain = [self.retain_set[retain_order[(start + k) % len(retain_order)]] for k in range(len(idx))]
+            yield main, retain
+
+    def _to_device(self, examples: list[Encoded]) -> dict:
+        return {k: v.to(self.device) for k, v in collate(examples, self.pad_id).items()}
+
+    def _loss_terms(self, examples: list[Encoded], kind: str, n_total: int) -> tuple[torch.Tensor, float]:
+        """Backward-ready loss share of a micro-batch (already divided by the step's token count)."""
+        batch = self._to_device(examples)
+        h_t = template_hidden(self.template, batch)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
+        fn = chunked_kl if kind == "kl" else chunked_nll
+        total, _ = fn(self.template, self.delta, h_t, h_d, batch["targets"], self.cfg.combine, self.cfg.loss_chunk)
+        return total / n_total, float(total.detach()) / n_total
+
+    def _accumulate(self, examples: list[Encoded], kind: str, weight: float) -> float:
+        """Forward/backward of one side of a step, in micro-batches; returns its mean loss."""
+        mb = self.cfg.micro_batch_size
+        n_total = sum(sum(1 for y in e.labels[1:] if y != IGNORE) for e in examples)
+        mean = 0.0
+        for s in range(0, len(examples), mb):
+            loss, val = self._loss_terms(examples[s:s + mb], kind, max(1, n_total))
+            (weight * loss).backward()
+            mean += val
+        return mean
+
+    # -- main loop --
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt_dir = self.out / "checkpoints" / "last"
+        start_step, history = 0, []
+        if cfg.resume:
+            rdir = Path(cfg.resume)
+            rdir = rdir / "checkpoints" / "last" if (rdir / "checkpoints" / "last").is_dir() else rdir
+            progress = load_checkpoint(rdir, self.delta, self.optimizer)
+            if progress.get("data_hashes") != self.data_hashes:
+                raise CmcError(f"cannot resume from {rdir}: the data files differ from the run that wrote it")
+            start_step = progress["step"]
+            history = [StepMetrics(**m) for m in progress.get("history", [])]
+            self.phase(f"resumed at step {start_step} from {rdir}")
+        (self.out / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        metrics_path = self.out / "metrics.jsonl"
+        atomic_write_text(metrics_path, "".join(json.dumps(m.as_dict()) + "\n" for m in history))
+        log.info("delta: %d parameters; %d steps", count_parameters(self.delta), self.total_steps)
+
+        step, stopped, t0, tokens_seen = 0, "completed", time.perf_counter(), 0
+        progress_state = lambda s: {"step": s, "data_hashes": self.data_hashes,  # noqa: E731
+                                    "history": [m.as_dict() for m in history], "config": cfg.to_dict()}
+        try:
+            for epoch in range(cfg.epochs):
+                for main, retain in self._batches(epoch):
+                    if step >= self.total_steps:
+                        break
+                    if step < start_step:  # already done before the interruption
+                        step += 1
+                        continue
+                    lr = lr_at(step, self.total_steps, cfg.lr, self.warmup)
+                    m = self._train_step(step, epoch, lr, main, retain)
+                    tokens_seen += m.tokens
+                    m.tokens_per_s = tokens_seen / max(1e-9, time.perf_counter() - t0)
+                    history.append(m)
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(m.as_dict()) + "\n")
+                    self.on_step(m)
+                    step += 1
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                        save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
+                    if (cfg.task == "unlearn" and cfg.stop_forget_loss is not None
+                            and m.forget_loss is not None and m.forget_loss >= cfg.stop_forget_loss):
+                        stopped = "stop-forget-loss"
+                        break
+                if stopped != "completed" or step >= self.total_steps:
+                    break
+        except KeyboardInterrupt:
+            save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
+            raise CmcError(f"interrupted at step {step}; checkpoint saved, continue with --resume {self.out}") from None
+        if cfg.max_steps and step >= cfg.max_steps and step < self.steps_per_epoch * cfg.epochs:
+            stopped = "max-steps"
+        save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
+        self._write_delta(history, stopped, step)
+        return TrainResult(self.out, step, stopped, history[-1] if history else None, history)
+
+    def _train_step(self, step, epoch, lr, main, retain) -> StepMetrics:
+        cfg = self.cfg
+        tokens = sum(len(e.input_ids) for e in main + retain)
+        forget_loss = retain_loss = None
+        if cfg.task == "instruct":
+            loss = self._accumulate(main, "nll", 1.0)
+        else:
+            forget_loss = self._accumulate(main, "nll", -cfg.forget_weight)
+            loss = -cfg.forget_weight * forget_loss
+            if cfg.loss in ("grad-diff", "kl"):
+                retain_loss = self._accumulate(retain, "kl" if cfg.loss == "kl" else "nll", cfg.retain_weight)
+                loss += cfg.retain_weight * retain_loss
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"the loss became {loss} at step {step + 1}; the run stopped and the last good "
+                                f"checkpoint in {self.out / 'checkpoints' / 'last'} is intact; lower --lr or check the data")
+        norm = delta_step(self.delta, self.optimizer, cfg.clip, lr)
+        return StepMetrics(step=step + 1, total_steps=self.total_steps, epoch=epoch + 1, lr=lr, loss=loss,
+                           tokens=tokens, tokens_per_s=0.0, forget_loss=forget_loss, retain_loss=retain_loss,
+                           grad_norm=norm)
+
+    # -- outputs --
+    def _write_config(self) -> None:
+        import yaml
+
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    def _write_delta(self, history: list[StepMetrics], stopped: str, steps: int) -> None:
+        self.delta.save_pretrained(str(self.out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(self.out))
+        last = history[-1].as_dict() if history else {}
+        atomic_write_json(self.out / "cmc.json", {
+            "format": "cmc-delta/1",
+            "cmc_version": __version__,
+            "task": self.cfg.task,
+            "loss": self.cfg.loss if self.cfg.task == "unlearn" else "ce",
+            "combine": self.cfg.combine,
+            "prompt_format": self.prompt_format,
+            "template": {"ref": self.cfg.template, "adapter": self.adapter.name,
+                         "fingerprint": self.template_vocab.fingerprint, "vocab_size": self.template_vocab.size},
+            "data": self.data_hashes,
+            "parameters": count_parameters(self.delta),
+            "steps": steps,
+            "stopped": stopped,
+            "final": last,
+        })
