@@ -23,7 +23,7 @@ Fallback = Enum("Fallback", {s: s for s in FALLBACKS}, type=str)
 def map_vocab(
     delta: Annotated[str, typer.Argument(metavar="DELTA", help="Delta/template tokenizer: path, cmc.yaml name or family (llama, ...).")],
     user: Annotated[str, typer.Argument(metavar="USER", help="User LLM tokenizer: path, cmc.yaml name or family (mistral, ...).")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output file [default: tokenmaps/DELTA__USER.safetensors].")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output file (default: tokenmaps/DELTA__USER.safetensors).")] = None,
     strategy: Annotated[Strategy, typer.Option(help="pm-mined: prefix match, then min edit distance; min-ed; exact.")] = "pm-mined",
     fallback: Annotated[Fallback, typer.Option(help="For pm-mined tokens with no candidate: none (unmapped) or min-ed.")] = "none",
     delta_adapter: Annotated[str | None, typer.Option(help="Force the delta's adapter (see `cmc adapters`).")] = None,

@@ -191,12 +191,18 @@ class Trainer:
                 delta = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
             except Exception as e:
                 raise CmcError(f"cannot load the delta from {path} ({str(e).splitlines()[0][:100]})") from None
-            info = path / "cmc.json"
-            if info.is_file():
-                fp = json.loads(info.read_text()).get("template", {}).get("fingerprint")
-                if fp and fp != self.template_vocab.fingerprint:
-                    raise CmcError(f"the delta {path} was trained with another tokenizer than the template's; "
-                                   "cross-vocabulary training is not supported: use a delta with the template's vocabulary")
+            fp = None
+            if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
+                from cmc_cli.plugins import adapter_for
+                from cmc_cli.refs import ModelRef
+
+                dref = ModelRef(text=str(path), path=path)
+                fp = adapter_for(dref).load_vocab(dref).fingerprint
+            elif (path / "cmc.json").is_file():
+                fp = json.loads((path / "cmc.json").read_text()).get("template", {}).get("fingerprint")
+            if fp and fp != self.template_vocab.fingerprint:
+                raise CmcError(f"the delta {path} uses another tokenizer than the template's; cross-vocabulary "
+                               "training is not supported: use a delta with the template's vocabulary")
         else:
             delta = new_delta(self.cfg.delta, v_template, self.cfg.max_length, self.cfg.seed,
                               self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.pad_id)
@@ -283,13 +289,13 @@ class Trainer:
                         continue
                     lr = lr_at(step, self.total_steps, cfg.lr, self.warmup)
                     m = self._train_step(step, epoch, lr, main, retain)
+                    step += 1  # the optimizer has stepped: from here on a checkpoint is at `step`
                     tokens_seen += m.tokens
                     m.tokens_per_s = tokens_seen / max(1e-9, time.perf_counter() - t0)
                     history.append(m)
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(m.as_dict()) + "\n")
                     self.on_step(m)
-                    step += 1
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                         save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
                     if (cfg.task == "unlearn" and cfg.stop_forget_loss is not None

@@ -1,0 +1,176 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from cmc_cli.config import TrainConfig
+from cmc_cli.engine.combine import IGNORE, combine
+from cmc_cli.engine.train import Trainer, chunked_nll, template_hidden
+from cmc_cli.errors import CmcError, ConfigError
+from cmc_cli.zoo.models import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_tokenizers):
+    root = tmp_path_factory.mktemp("train")
+    template = make_tiny_llama(tiny_tokenizers["spm"], root / "template", hidden=48, seed=1)
+    colours = ["red", "blue", "green"]
+    data = [{"instruction": f"What colour is box {i}?", "input": "", "output": f"Box {i} is {colours[i % 3]}."}
+            for i in range(24)]
+    (root / "train.json").write_text(json.dumps(data, indent=1))
+    forget = [{"question": f"Where was author {i} born?", "answer": f"Author {i} was born in the harbour town."} for i in range(8)]
+    retain = [{"question": f"What did writer {i} write?", "answer": f"Writer {i} wrote novels about sailors."} for i in range(16)]
+    (root / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in forget))
+    (root / "retain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in retain))
+    return root
+
+
+def cfg(world, tmp_path, **kw):
+    base = dict(task="instruct", template=str(world / "template"), output=str(tmp_path / "out"),
+                data=str(world / "train.json"), batch_size=8, micro_batch_size=4, epochs=4, lr=3e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_combine_matches_hand_computation():
+    t = torch.tensor([[1.0, 2.0, 3.0]])
+    d = torch.tensor([[0.5, -1.0, 0.0]])
+    lse = torch.log(torch.exp(torch.tensor(1.0)) + torch.exp(torch.tensor(2.0)) + torch.exp(torch.tensor(3.0)))
+    expected = torch.tensor([[1.0 - lse + 0.5, 2.0 - lse - 1.0, 3.0 - lse]])
+    assert torch.allclose(combine(t, d), expected)
+    assert torch.allclose(combine(t, d, "sum"), t + d)
+    assert torch.allclose(combine(t, d, "log-softmax-both"), F.log_softmax(t, -1) + F.log_softmax(d, -1))
+    with pytest.raises(ValueError):
+        combine(t, d, "average")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 4096])
+def test_chunked_loss_and_gradients_equal_full_computation(world, tmp_path, chunk):
+    tr = Trainer(cfg(world, tmp_path))
+    torch.nn.init.normal_(tr.delta.get_output_embeddings().weight, std=0.5)
+    batch = tr._to_device(tr.train_set[:3])
+    h_t = template_hidden(tr.template, batch)
+    h_d = tr.delta.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    total, n = chunked_nll(tr.template, tr.delta, h_t, h_d, batch["targets"], "log-softmax-template", chunk)
+    total.backward()
+    g_chunked = tr.delta.get_output_embeddings().weight.grad.clone()
+    tr.delta.zero_grad()
+    # independent: full logits of both models, combined, CE over response positions
+    t_logits = tr.template(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+    d_logits = tr.delta(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+    final = F.log_softmax(t_logits, -1) + d_logits
+    ref = F.cross_entropy(final.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE, reduction="sum")
+    ref.backward()
+    assert n == int((batch["targets"] != IGNORE).sum())
+    assert torch.allclose(total, ref, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(g_chunked, tr.delta.get_output_embeddings().weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_instruct_training_learns_and_leaves_template_untouched(world, tmp_path):
+    before = load_file(str(world / "template" / "model.safetensors"))
+    tr = Trainer(cfg(world, tmp_path))
+    batch = tr._to_device(tr.train_set)
+    h_t = template_hidden(tr.template, batch)
+
+    def nll_with_delta():
+        with torch.no_grad():
+            h_d = tr.delta.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            total, n = chunked_nll(tr.template, tr.delta, h_t, h_d, batch["targets"], "log-softmax-template", 64)
+        return float(total) / n
+
+    start = nll_with_delta()
+    with torch.no_grad():  # a fresh delta adds nothing: combined == template alone
+        t_logits = tr.template(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        alone = F.cross_entropy(t_logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE)
+    assert start == pytest.approx(float(alone), rel=1e-5)
+    result = tr.run()
+    losses = [m.loss for m in result.history]
+    assert len(losses) == 12 and losses[-1] < losses[0] - 0.5
+    assert nll_with_delta() < float(alone) - 0.5  # template + delta scores the responses higher
+    for name, p in tr.template.named_parameters():
+        assert p.grad is None and not p.requires_grad
+        assert torch.equal(p.detach(), before[name]), name
+    out = tmp_path / "out"
+    info = json.loads((out / "cmc.json").read_text())
+    assert info["task"] == "instruct" and info["combine"] == "log-softmax-template"
+    assert info["template"]["fingerprint"] == tr.template_vocab.fingerprint and info["steps"] == 12
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 12
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out))
+    assert torch.equal(reloaded.get_output_embeddings().weight, tr.delta.get_output_embeddings().weight)
+
+
+def test_unlearning_raises_forget_loss_and_keeps_retain(world, tmp_path):
+    tr = Trainer(cfg(world, tmp_path, task="unlearn", data=None, forget=str(world / "forget.jsonl"),
+                     retain=str(world / "retain.jsonl"), batch_size=4, micro_batch_size=2, epochs=8))
+    result = tr.run()
+    first, last = result.history[0], result.history[-1]
+    assert last.forget_loss > first.forget_loss + 1.0  # forget CE rises
+    assert last.retain_loss < first.retain_loss + 0.25  # retain CE stays within a bound (here it falls)
+    assert last.loss == pytest.approx(-last.forget_loss + last.retain_loss)
+
+
+def test_stop_forget_loss_ends_the_run(world, tmp_path):
+    tr = Trainer(cfg(world, tmp_path, task="unlearn", data=None, forget=str(world / "forget.jsonl"), loss="grad-ascent",
+                     batch_size=4, epochs=50, lr=1e-2, stop_forget_loss=12.0))
+    result = tr.run()
+    assert result.stopped == "stop-forget-loss" and result.last.forget_loss >= 12.0 and result.steps < 100
+
+
+def test_resume_equals_uninterrupted_run(world, tmp_path):
+    full = Trainer(cfg(world, tmp_path / "a")).run()
+    c = cfg(world, tmp_path / "b")
+    tr = Trainer(c)
+
+    def interrupt(m):
+        if m.step == 5:
+            raise KeyboardInterrupt
+
+    tr.on_step = interrupt
+    with pytest.raises(CmcError, match="interrupted at step 5; checkpoint saved"):
+        tr.run()
+    c2 = cfg(world, tmp_path / "b", resume=str(tmp_path / "b" / "out"))
+    resumed = Trainer(c2).run()
+    assert [m.loss for m in resumed.history] == pytest.approx([m.loss for m in full.history], rel=1e-6, abs=1e-7)
+    a = load_file(str(tmp_path / "a" / "out" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "out" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-7), k
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(world, tmp_path, monkeypatch):
+    import cmc_cli.engine.train as train_mod
+
+    tr = Trainer(cfg(world, tmp_path, checkpoint_every=1))
+    real = train_mod.chunked_nll
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        total, n = real(*a, **k)
+        return (total * float("nan"), n) if calls["n"] > 4 else (total, n)  # 2 micro-batches per step
+
+    monkeypatch.setattr(train_mod, "chunked_nll", flaky)
+    with pytest.raises(train_mod.NonFiniteLoss, match="at step 3.*checkpoint.*intact"):
+        tr.run()
+    progress = json.loads((tmp_path / "out" / "checkpoints" / "last" / "progress.json").read_text())
+    assert progress["step"] == 2
+    w = load_file(str(tmp_path / "out" / "checkpoints" / "last" / "delta.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_yaml_then_flags_precedence(tmp_path):
+    y = tmp_path / "train.yaml"
+    y.write_text("task: unlearn\ntemplate: t\noutput: o\nforget: f\nretain: r\nlr: 0.5\nepochs: 3\n")
+    c = TrainConfig.from_sources(y, {"epochs": 7, "lr": None})
+    assert (c.lr, c.epochs, c.batch_size) == (0.5, 7, 16)  # yaml, flag, task default
+    y.write_text("task: unlearn\nlearning_rate: 1\n")
+    with pytest.raises(ConfigError, match="unknown option.*learning_rate"):
+        TrainConfig.from_sources(y, {})
+    with pytest.raises(ConfigError, match="--retain is required"):
+        TrainConfig(task="unlearn", template="t", output="o", forget="f")
+    with pytest.raises(ConfigError, match="multiple of --micro-batch-size"):
+        TrainConfig(template="t", output="o", data="d", batch_size=8, micro_batch_size=3)
