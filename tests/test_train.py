@@ -56,6 +56,7 @@ def test_chunked_loss_and_gradients_equal_full_computation(world, tmp_path, chun
     total, n = chunked_nll(tr.template, tr.delta, h_t, h_d, batch["targets"], "log-softmax-template", chunk)
     total.backward()
     g_chunked = tr.delta.get_output_embeddings().weight.grad.clone()
+    g_trunk = tr.delta.get_input_embeddings().weight.grad.clone()
     tr.delta.zero_grad()
     # independent: full logits of both models, combined, CE over response positions
     t_logits = tr.template(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
@@ -66,6 +67,8 @@ def test_chunked_loss_and_gradients_equal_full_computation(world, tmp_path, chun
     assert n == int((batch["targets"] != IGNORE).sum())
     assert torch.allclose(total, ref, rtol=1e-5, atol=1e-4)
     assert torch.allclose(g_chunked, tr.delta.get_output_embeddings().weight.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(g_trunk, tr.delta.get_input_embeddings().weight.grad, rtol=1e-4, atol=1e-6)
+    assert g_trunk.abs().sum() > 0
 
 
 def test_instruct_training_learns_and_leaves_template_untouched(world, tmp_path):

@@ -3,9 +3,10 @@
 The step is cut where scaling will cut it:
   template_hidden()        template forward in inference mode -> final hidden states (B, T, H)
   chunked_nll() / _kl()    the combined loss over chunks of target positions, straight from hidden
-                           states through each model's output head; each chunk is recomputed in
-                           backward (activation checkpointing), so at most one chunk of
-                           (positions x vocabulary) logits exists at a time
+                           states through each model's output head; the delta head's backward runs
+                           chunk by chunk inside the forward (fused, as Liger's linear cross-entropy),
+                           so at most one chunk of (positions x vocabulary) logits exists at a time
+                           and nothing is recomputed
   delta_step()             clip, optimizer step, learning-rate schedule
 """
 
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from cmc_cli import __version__
 from cmc_cli.config import TrainConfig
@@ -53,38 +53,68 @@ def _select(h_t: torch.Tensor, h_d: torch.Tensor, targets: torch.Tensor):
     return h_t[keep], h_d[keep], targets[keep]  # (N, H_t), (N, H_d), (N,)
 
 
+class _FusedHeadLoss(torch.autograd.Function):
+    """Sum of per-chunk losses through the delta's output head, with the head's backward done chunk by
+    chunk during the forward pass: each chunk's (n, V) logits are computed once and freed at once, and
+    nothing is recomputed. Backward only scales the stored gradients by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, chunk_loss, n_chunks, h_d, *params):
+        grad_h = torch.zeros_like(h_d)
+        grad_p = [torch.zeros_like(p) for p in params]
+        total = torch.zeros((), dtype=torch.float32, device=h_d.device)
+        for c in range(n_chunks):
+            with torch.enable_grad():
+                hd = h_d.detach().requires_grad_(True)
+                loss = chunk_loss(hd, c)
+                grads = torch.autograd.grad(loss, [hd, *params], allow_unused=True)
+            grad_h += grads[0]
+            for acc, g in zip(grad_p, grads[1:]):
+                if g is not None:
+                    acc += g
+            total += loss.detach()
+        ctx.save_for_backward(grad_h, *grad_p)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, *grad_p = ctx.saved_tensors
+        return (None, None, grad_h * grad_out, *[g * grad_out for g in grad_p])
+
+
+def _chunked(template, delta, h_t, h_d, targets, chunk: int, loss_of) -> tuple[torch.Tensor, int]:
+    """Sum over chunks of target positions of loss_of(template_logits, delta_logits, targets)."""
+    h_t, h_d, y = _select(h_t, h_d, targets)
+    n = int(y.shape[0])
+    head = delta.get_output_embeddings()
+    params = [p for p in head.parameters() if p.requires_grad]
+    bounds = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+
+    def chunk_loss(hd_all, c):
+        s, e = bounds[c]
+        with torch.no_grad():
+            t_logits = head_logits(template, h_t[s:e])  # (n, V)
+        hd = hd_all[s:e].to(head.weight.dtype)
+        return loss_of(t_logits, head_logits(delta, hd), y[s:e])
+
+    if not bounds:
+        return h_d.sum() * 0.0, 0
+    if not (h_d.requires_grad and torch.is_grad_enabled()):
+        with torch.no_grad():
+            return sum(chunk_loss(h_d, c) for c in range(len(bounds))), n
+    return _FusedHeadLoss.apply(chunk_loss, len(bounds), h_d, *params), n
+
+
 def chunked_nll(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
     """Summed NLL of the targets under softmax(combine(template, delta)), and the token count."""
-    h_t, h_d, y = _select(h_t, h_d, targets)
-    total = h_d.new_zeros((), dtype=torch.float32)
-
-    def piece(hd, ht, yy):
-        with torch.no_grad():
-            t_logits = head_logits(template, ht)  # (n, V)
-        return token_nll(combine(t_logits, head_logits(delta, hd), mode), yy)[0]
-
-    for s in range(0, y.shape[0], chunk):
-        e = s + chunk
-        if h_d.requires_grad:
-            total = total + checkpoint(piece, h_d[s:e], h_t[s:e], y[s:e], use_reentrant=False)
-        else:
-            total = total + piece(h_d[s:e], h_t[s:e], y[s:e])
-    return total, int(y.shape[0])
+    return _chunked(template, delta, h_t, h_d, targets, chunk,
+                    lambda t, d, y: token_nll(combine(t, d, mode), y)[0])
 
 
 def chunked_kl(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
     """Summed KL(template || combined) over target positions, and the token count."""
-    h_t, h_d, y = _select(h_t, h_d, targets)
-    total = h_d.new_zeros((), dtype=torch.float32)
-
-    def piece(hd, ht, yy):
-        with torch.no_grad():
-            t_logits = head_logits(template, ht)
-        return kl_to_reference(combine(t_logits, head_logits(delta, hd), mode), t_logits, yy)
-
-    for s in range(0, y.shape[0], chunk):
-        total = total + checkpoint(piece, h_d[s:s + chunk], h_t[s:s + chunk], y[s:s + chunk], use_reentrant=False)
-    return total, int(y.shape[0])
+    return _chunked(template, delta, h_t, h_d, targets, chunk,
+                    lambda t, d, y: kl_to_reference(combine(t, d, mode), t, y))
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
