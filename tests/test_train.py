@@ -177,3 +177,12 @@ def test_yaml_then_flags_precedence(tmp_path):
         TrainConfig(task="unlearn", template="t", output="o", forget="f")
     with pytest.raises(ConfigError, match="multiple of --micro-batch-size"):
         TrainConfig(template="t", output="o", data="d", batch_size=8, micro_batch_size=3)
+
+
+def test_kl_retain_loss_runs_and_starts_at_zero(world, tmp_path):
+    tr = Trainer(cfg(world, tmp_path, task="unlearn", data=None, forget=str(world / "forget.jsonl"),
+                     retain=str(world / "retain.jsonl"), loss="kl", batch_size=4, epochs=2))
+    result = tr.run()
+    # a fresh delta adds nothing, so the combined distribution equals the template's: KL = 0
+    assert result.history[0].retain_loss == pytest.approx(0.0, abs=1e-6)
+    assert result.history[-1].retain_loss > 0 and result.history[-1].forget_loss > result.history[0].forget_loss
