@@ -130,3 +130,14 @@ def test_adapters_lists_builtins_in_match_order(cli):
 def test_fetch_unknown_asset(cli, workdir):
     r = cli("fetch", "tokenizers", "--only", "llama9")
     assert r.exit_code == 1 and "unknown tokenizer asset(s) llama9" in r.output
+
+
+def test_empty_vocabulary(cli, workdir, tiny_tokenizers):
+    from tokenizers import Tokenizer, models
+
+    d = workdir / "empty-tok"
+    d.mkdir()
+    Tokenizer(models.BPE(vocab={}, merges=[])).save(str(d / "tokenizer.json"))
+    r = cli("map-vocab", d / "tokenizer.json", tiny_tokenizers["spm"], "-o", "m.safetensors")
+    assert r.exit_code == 1 and "has an empty vocabulary" in r.output
+    assert not (workdir / "m.safetensors").exists()
