@@ -300,15 +300,17 @@ class Trainer:
             start_step = progress["step"]
             history = [StepMetrics(**m) for m in progress.get("history", [])]
             self.phase(f"resumed at step {start_step} from {rdir}")
-        (self.out / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
         self._write_config()
         metrics_path = self.out / "metrics.jsonl"
         atomic_write_text(metrics_path, "".join(json.dumps(m.as_dict()) + "\n" for m in history))
         log.info("delta: %d parameters; %d steps", count_parameters(self.delta), self.total_steps)
 
         step, stopped, t0, tokens_seen = 0, "completed", time.perf_counter(), 0
-        progress_state = lambda s: {"step": s, "data_hashes": self.data_hashes,  # noqa: E731
-                                    "history": [m.as_dict() for m in history], "config": cfg.to_dict()}
+
+        def progress_state(s: int) -> dict:
+            return {"step": s, "data_hashes": self.data_hashes, "history": [m.as_dict() for m in history],
+                    "config": cfg.to_dict()}
+
         try:
             for epoch in range(cfg.epochs):
                 for main, retain in self._batches(epoch):

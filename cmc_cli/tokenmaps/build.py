@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cmc_cli.config import MapVocabConfig
+from cmc_cli.errors import CmcError
 from cmc_cli.plugins import adapter_for
 from cmc_cli.refs import ModelRef, resolve
 from cmc_cli.tokenmaps.strategies import KIND_NAMES, UNMAPPED
@@ -55,16 +57,12 @@ def map_vocab_files(cfg: MapVocabConfig, progress=None, on_phase=None) -> MapVoc
 
 def _check_writable(out: Path) -> None:
     """Fail before the slow part when the output cannot be written."""
-    from cmc_cli.errors import CmcError
-
     if out.is_dir():
         raise CmcError(f"output {out} is a directory; give a file path ending in .safetensors")
     parent = out.parent if str(out.parent) else Path(".")
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    import os
-
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise CmcError(f"cannot write {out}: {probe} is not a writable directory; choose another -o path")
 
