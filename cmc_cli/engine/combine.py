@@ -43,3 +43,36 @@ def kl_to_reference(final: torch.Tensor, reference_logits: torch.Tensor, targets
     logp_ref = F.log_softmax(reference_logits[keep].float(), dim=-1)
     logp = F.log_softmax(final[keep], dim=-1)
     return (logp_ref.exp() * (logp_ref - logp)).sum()
+
+
+def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """TokenMap(delta_logits): (..., V_delta) -> (..., V_user), 0 where a user token is unmapped.
+
+    index: int64 [V_user_map] from a TokenMap (-1 = unmapped). `width` pads to a user model whose
+    logits are wider than its tokenizer (padded embeddings): the extra ids get 0.
+    """
+    width = index.shape[0] if width is None else width
+    if width < index.shape[0]:
+        raise ValueError(f"user logits ({width}) are narrower than the token map ({index.shape[0]})")
+    if width > index.shape[0]:
+        index = torch.cat([index, index.new_full((width - index.shape[0],), -1)])
+    index = index.to(delta_logits.device)
+    mapped = delta_logits.index_select(-1, index.clamp(min=0))
+    return mapped.masked_fill(index < 0, 0.0)
+
+
+def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """final_t = LogSoftmax(user_logits) + sum_k alpha_k * TokenMap_k(delta_logits_k), in float32.
+
+    deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary).
+    """
+    final = F.log_softmax(user_logits.float(), dim=-1)
+    width = user_logits.shape[-1]
+    for alpha, d_logits, index in deltas:
+        if index is None:
+            if d_logits.shape[-1] != width:
+                raise ValueError(f"same-vocabulary delta has {d_logits.shape[-1]} logits, the user model {width}")
+            final = final + alpha * d_logits.float()
+        else:
+            final = final + alpha * map_delta_logits(d_logits.float(), index, width)
+    return final

@@ -1,0 +1,37 @@
+import math
+
+import pytest
+import torch
+
+from cmc_cli.engine.combine import decode_scores, map_delta_logits
+
+
+def test_token_map_gather_by_hand():
+    delta = torch.tensor([[10.0, 20.0, 30.0]])  # (1, V_delta=3)
+    index = torch.tensor([2, -1, 0, 0])  # user vocab 4
+    assert map_delta_logits(delta, index).tolist() == [[30.0, 0.0, 10.0, 10.0]]
+    # a user model with padded logits: extra ids get no adjustment
+    assert map_delta_logits(delta, index, width=6).tolist() == [[30.0, 0.0, 10.0, 10.0, 0.0, 0.0]]
+    with pytest.raises(ValueError):
+        map_delta_logits(delta, index, width=3)
+
+
+def test_two_deltas_equal_the_hand_summed_formula():
+    torch.manual_seed(0)
+    user = torch.randn(2, 5)
+    d1, d2 = torch.randn(2, 3), torch.randn(2, 5)
+    index = torch.tensor([0, 2, -1, 1, 1])
+    got = decode_scores(user, [(0.5, d1, index), (2.0, d2, None)])
+    for b in range(2):
+        lse = math.log(sum(math.exp(x) for x in user[b].tolist()))
+        for u in range(5):
+            j = index[u].item()
+            expected = user[b, u].item() - lse + (0.5 * d1[b, j].item() if j >= 0 else 0.0) + 2.0 * d2[b, u].item()
+            assert got[b, u].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_alpha_zero_is_the_user_model_alone():
+    user = torch.randn(3, 7)
+    got = decode_scores(user, [(0.0, torch.randn(3, 4), torch.tensor([0, 1, 2, 3, -1, 0, 1]))])
+    assert torch.allclose(got, torch.log_softmax(user, -1))
+    assert torch.equal(got.argmax(-1), user.argmax(-1))
