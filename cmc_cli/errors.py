@@ -29,3 +29,11 @@ class AdapterError(CmcError):
 
 class AssetError(CmcError):
     """A real asset (tokenizer, model) could not be fetched or verified."""
+
+
+class DataError(CmcError):
+    """A data file is missing, malformed or empty."""
+
+
+class NonFiniteLoss(CmcError):
+    """The training loss became NaN or infinite."""

@@ -12,9 +12,6 @@ import torch
 from cmc_cli.data.records import DataError, read_records, require_text
 from cmc_cli.engine.combine import IGNORE
 
-DEFAULT_PROMPT_FORMAT = "<|user|>\n{prompt}\n<|assistant|>\n"
-
-
 @dataclass(frozen=True)
 class Example:
     prompt: str  # the user's request, before formatting

@@ -6,11 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from cmc_cli.errors import CmcError
+from cmc_cli.errors import DataError
 
-
-class DataError(CmcError):
-    """A data file is missing, malformed or empty."""
+__all__ = ["DataError", "file_sha256", "read_records", "require_text"]
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict]]:

@@ -30,14 +30,10 @@ from cmc_cli.engine.combine import IGNORE, combine, kl_to_reference, token_nll
 from cmc_cli.engine.delta import count_parameters, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden, head_logits
-from cmc_cli.errors import CmcError
+from cmc_cli.errors import CmcError, NonFiniteLoss
 from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(CmcError):
-    """The loss became NaN or infinite."""
 
 
 # ---- the seams ------------------------------------------------------------------------------------
