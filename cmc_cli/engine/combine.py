@@ -61,18 +61,37 @@ def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int
     return mapped.masked_fill(index < 0, 0.0)
 
 
-def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Tensor, torch.Tensor | None]],
+                  mode: str = "log-softmax-template") -> torch.Tensor:
     """final_t = LogSoftmax(user_logits) + sum_k alpha_k * TokenMap_k(delta_logits_k), in float32.
 
     deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary).
+    mode (the delta's training combine mode): "sum" leaves the user logits raw (the paper's ablation),
+    "log-softmax-both" log-softmaxes each delta's logits too.
     """
-    final = F.log_softmax(user_logits.float(), dim=-1)
+    if mode not in COMBINE_MODES:
+        raise ValueError(f"unknown combine mode {mode!r}; one of {', '.join(COMBINE_MODES)}")
+    final = user_logits.float() if mode == "sum" else F.log_softmax(user_logits.float(), dim=-1)
     width = user_logits.shape[-1]
     for alpha, d_logits, index in deltas:
+        d = d_logits.float()
+        if mode == "log-softmax-both":
+            d = F.log_softmax(d, dim=-1)
         if index is None:
-            if d_logits.shape[-1] != width:
-                raise ValueError(f"same-vocabulary delta has {d_logits.shape[-1]} logits, the user model {width}")
-            final = final + alpha * d_logits.float()
+            if d.shape[-1] != width:
+                raise ValueError(f"same-vocabulary delta has {d.shape[-1]} logits, the user model {width}")
+            final = final + alpha * d
         else:
-            final = final + alpha * map_delta_logits(d_logits.float(), index, width)
+            final = final + alpha * map_delta_logits(d, index, width)
     return final
+
+
+def proxy_scores(expert_logits: torch.Tensor, anti_logits: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """Proxy-tuning's shift, LogSoftmax(expert) - LogSoftmax(anti-expert), over the user's `width` ids
+    (models with the user's vocabulary; ids past the narrower model's logits get 0)."""
+    n = min(expert_logits.shape[-1], anti_logits.shape[-1])
+    shift = F.log_softmax(expert_logits[..., :n].float(), dim=-1) - F.log_softmax(anti_logits[..., :n].float(), dim=-1)
+    width = shift.shape[-1] if width is None else width
+    if shift.shape[-1] >= width:
+        return shift[..., :width]
+    return F.pad(shift, (0, width - shift.shape[-1]))

@@ -34,5 +34,17 @@ def new_delta(preset: str, vocab_size: int, max_length: int, seed: int, bos_id=N
     return model
 
 
+DELTA_FORMAT = "cmc-delta/1"
+
+
+def delta_card(*, task: str, prompt_format: str, template: dict, combine: str = "log-softmax-template",
+               loss: str = "ce", **extra) -> dict:
+    """The `cmc.json` written beside a delta's weights (docs/formats.md)."""
+    from cmc_cli import __version__
+
+    return {"format": DELTA_FORMAT, "cmc_version": __version__, "task": task, "loss": loss, "combine": combine,
+            "prompt_format": prompt_format, "template": template, **extra}
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())

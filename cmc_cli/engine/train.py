@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from cmc_cli import __version__
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Encoded, collate, encode, load_instruct, load_tofu
 from cmc_cli.data.records import file_sha256
 from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from cmc_cli.engine.combine import IGNORE, combine, kl_to_reference, token_nll
-from cmc_cli.engine.delta import count_parameters, new_delta
+from cmc_cli.engine.delta import count_parameters, delta_card, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden, head_logits
 from cmc_cli.errors import CmcError, NonFiniteLoss
@@ -372,18 +371,16 @@ class Trainer:
         self.delta.save_pretrained(str(self.out), safe_serialization=True)
         self.tokenizer.save_pretrained(str(self.out))
         last = history[-1].as_dict() if history else {}
-        atomic_write_json(self.out / "cmc.json", {
-            "format": "cmc-delta/1",
-            "cmc_version": __version__,
-            "task": self.cfg.task,
-            "loss": self.cfg.loss if self.cfg.task == "unlearn" else "ce",
-            "combine": self.cfg.combine,
-            "prompt_format": self.prompt_format,
-            "template": {"ref": self.cfg.template, "adapter": self.adapter.name,
-                         "fingerprint": self.template_vocab.fingerprint, "vocab_size": self.template_vocab.size},
-            "data": self.data_hashes,
-            "parameters": count_parameters(self.delta),
-            "steps": steps,
-            "stopped": stopped,
-            "final": last,
-        })
+        atomic_write_json(self.out / "cmc.json", delta_card(
+            task=self.cfg.task,
+            loss=self.cfg.loss if self.cfg.task == "unlearn" else "ce",
+            combine=self.cfg.combine,
+            prompt_format=self.prompt_format,
+            template={"ref": self.cfg.template, "adapter": self.adapter.name,
+                      "fingerprint": self.template_vocab.fingerprint, "vocab_size": self.template_vocab.size},
+            data=self.data_hashes,
+            parameters=count_parameters(self.delta),
+            steps=steps,
+            stopped=stopped,
+            final=last,
+        ))

@@ -27,3 +27,27 @@ def make_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, hidden: int 
         if f.is_file():
             shutil.copy(f, out / f.name)
     return out
+
+
+def make_random_delta(tokenizer_dir: str | Path, out_dir: str | Path, prompt_format: str = "{prompt}\n",
+                      hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0, head_std: float = 1.0,
+                      max_positions: int = 256) -> Path:
+    """A delta directory (weights, tokenizer, cmc.json) with random weights and a non-zero output layer,
+    as if trained on a template with this tokenizer: for tests and benchmarks of decoding."""
+    from cmc_cli.adapters.base import HFAdapter
+    from cmc_cli.engine.delta import delta_card
+    from cmc_cli.fileio import atomic_write_json
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = make_tiny_llama(tokenizer_dir, out_dir, hidden=hidden, layers=layers, heads=heads, seed=seed,
+                          max_positions=max_positions)
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        torch.nn.init.normal_(model.get_output_embeddings().weight, std=head_std)
+    model.save_pretrained(str(out), safe_serialization=True)
+    vocab = HFAdapter().token_surfaces(AutoTokenizer.from_pretrained(str(out)), name=Path(tokenizer_dir).name)
+    atomic_write_json(out / "cmc.json", delta_card(
+        task="instruct", prompt_format=prompt_format,
+        template={"ref": str(tokenizer_dir), "adapter": "llama", "fingerprint": vocab.fingerprint, "vocab_size": vocab.size}))
+    return out

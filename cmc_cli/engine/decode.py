@@ -1,0 +1,398 @@
+"""Decode a user LLM with one or more deltas (DESIGN.md):
+
+    final_t = LogSoftmax(M_u(x<t)) + sum_k alpha_k * TokenMap_k(M_dk(x<t))     (combine.decode_scores)
+
+and, as the paper's baseline, proxy-tuning: + alpha * (LogSoftmax(expert) - LogSoftmax(anti-expert)).
+
+The user model reads its own prompt (raw, its chat template, or a format string) and the ids it
+generates. Each delta reads the same generated *text* after the prompt in its own format
+(`cmc.json` prompt_format), tokenized with its own tokenizer exactly as in training
+(`bos + tokenize(format(prompt) + text)`); a delta with the user's vocabulary is fed the user's ids
+directly. Across vocabularies the delta's ids are kept equal to a fresh tokenization of the text
+(textsync.DeltaText) while its KV cache keeps the longest common prefix and only the changed tail is
+recomputed (streams.ResyncLM).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cmc_cli.engine.combine import decode_scores, proxy_scores
+from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
+from cmc_cli.engine.textsync import DeltaText, GenText
+from cmc_cli.errors import CmcError, ConfigError
+
+log = logging.getLogger(__name__)
+
+USER_FORMATS = ("raw", "chat")
+
+
+# ---- what is decoded ---------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and normalised vocabulary, as an adapter loaded it."""
+
+    name: str
+    model: object
+    tokenizer: object
+    vocab: object  # tokenmaps.surfaces.Vocab
+    adapter: str = ""
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return next(i for i in (t.pad_token_id, t.eos_token_id, 0) if i is not None)
+
+    @property
+    def bos(self) -> list[int]:
+        return [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+
+    @property
+    def width(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+
+@dataclass
+class Delta:
+    """A trained delta applied at strength `alpha`; `index` maps user ids to delta ids (None: the
+    user's own vocabulary, fed the user's ids)."""
+
+    lm: LoadedModel
+    alpha: float
+    prompt_format: str
+    index: torch.Tensor | None
+    combine: str = "log-softmax-template"
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k must be >= 0, got {self.top_k}")
+        if any(not s for s in self.stop):
+            raise ConfigError("--stop strings must not be empty")
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # eos | stop | length
+    delta_tokens: list[int] = field(default_factory=list)  # delta tokens computed after the prompt, per delta
+
+
+def check_alpha(alpha: float, what: str = "--alpha") -> float:
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ConfigError(f"{what} must be a finite number, got {alpha}")
+    return float(alpha)
+
+
+# ---- one delta over a batch ------------------------------------------------------------------------
+class DeltaRunner:
+    """Feeds one delta the batch's text and returns its logits (B, V_delta) after each step."""
+
+    def __init__(self, delta: Delta, same_vocab: bool):
+        self.delta = delta
+        self.same_vocab = same_vocab
+        self.lm: LockstepLM | ResyncLM | None = None
+        self.texts: list[DeltaText] = []
+        self.limit = context_length(delta.lm.model)
+        self.prompt_fed: list[int] = []
+
+    def heads(self, prompts: list[str]) -> list[str]:
+        return [self.delta.prompt_format.replace("{prompt}", p) for p in prompts]
+
+    def start(self, prompts: list[str]) -> torch.Tensor:
+        lm = self.delta.lm
+        tok = lm.tokenizer
+        if self.same_vocab:
+            ids = [lm.bos + list(tok(h, add_special_tokens=False)["input_ids"]) for h in self.heads(prompts)]
+            self._check_prompts(ids, prompts)
+            self.lm = LockstepLM(lm.model, lm.pad_id)
+            out = self.lm.start(ids)
+        else:
+            self.texts = [DeltaText(tok, h, lm.bos) for h in self.heads(prompts)]
+            self._check_prompts([t.ids for t in self.texts], prompts)
+            self.lm = ResyncLM(lm.model, len(prompts), lm.pad_id)
+            out = self.lm.feed([0] * len(prompts), [list(t.ids) for t in self.texts])
+        self.prompt_fed = list(self.lm.fed)
+        return out
+
+    def _check_prompts(self, ids: list[list[int]], prompts: list[str]) -> None:
+        for i, p in zip(ids, prompts):
+            if self.limit and len(i) >= self.limit:
+                raise CmcError(f"the prompt '{p[:40]}…' is {len(i)} tokens in the format of delta "
+                               f"{self.delta.lm.name}, which has a context window of {self.limit}; shorten it")
+
+    def step(self, tokens: torch.Tensor, texts: list[str], active: list[bool]) -> torch.Tensor:
+        """tokens (B,) the user ids just chosen; texts: each row's generated text so far."""
+        if self.same_vocab:
+            return self.lm.step(tokens)
+        keep, new = [], []
+        for r, t in enumerate(self.texts):
+            if not active[r]:
+                keep.append(len(t.ids))
+                new.append([])
+                continue
+            lcp = t.update(texts[r])
+            k = min(lcp, len(t.ids) - 1)  # at least the last token is fed, for its logits
+            keep.append(k)
+            new.append(t.ids[k:])
+        out = self.lm.feed(keep, new)
+        if out is None:
+            raise RuntimeError("no active row")  # the decoder never steps a finished batch
+        return out
+
+    def over_limit(self) -> list[bool]:
+        return [bool(self.limit) and n >= self.limit for n in self.lm.lengths()]
+
+    def generated_fed(self) -> list[int]:
+        """Delta tokens computed after the prompt, per row (1 per generated token when nothing is recomputed)."""
+        return [a - b for a, b in zip(self.lm.fed, self.prompt_fed)]
+
+
+# ---- token choice -------------------------------------------------------------------------------------
+def choose_tokens(scores: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
+    """(B, V) scores -> (B,) ids: argmax at temperature 0, else top-k / top-p sampling per row."""
+    if cfg.temperature <= 0:
+        return scores.argmax(dim=-1)
+    s = scores.float() / cfg.temperature
+    if cfg.top_k and cfg.top_k < s.shape[-1]:
+        kth = torch.topk(s, cfg.top_k, dim=-1).values[:, -1:]
+        s = s.masked_fill(s < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_s, order = torch.sort(s, dim=-1, descending=True)
+        probs = torch.softmax(sorted_s, dim=-1)
+        cut = probs.cumsum(-1) - probs > cfg.top_p  # keep the smallest prefix reaching top_p
+        sorted_s = sorted_s.masked_fill(cut, float("-inf"))
+        s = torch.full_like(s, float("-inf")).scatter(-1, order, sorted_s)
+    probs = torch.softmax(s, dim=-1).cpu()
+    return torch.stack([torch.multinomial(probs[r], 1, generator=generators[r])[0] for r in range(s.shape[0])]).to(scores.device)
+
+
+# ---- the decoder --------------------------------------------------------------------------------------
+class Decoder:
+    """A user model, its deltas and an optional proxy-tuning pair; `generate(prompts)` decodes a batch."""
+
+    def __init__(self, user: LoadedModel, deltas: list[Delta] = (), expert: LoadedModel | None = None,
+                 anti_expert: LoadedModel | None = None, proxy_alpha: float = 1.0, user_format: str = "raw",
+                 combine: str | None = None):
+        self.user = user
+        self.deltas = list(deltas)
+        self.expert, self.anti_expert = expert, anti_expert
+        self.proxy_alpha = check_alpha(proxy_alpha)
+        self.user_format = user_format
+        self.combine = combine or (self.deltas[0].combine if self.deltas else "log-softmax-template")
+        self.limit = context_length(user.model)
+        self.eos_ids = self._eos_ids()
+        for d in self.deltas:
+            check_alpha(d.alpha, f"the alpha of delta {d.lm.name}")
+            if d.index is not None and d.index.shape[0] > user.width:
+                raise CmcError(f"the token map of delta {d.lm.name} covers {d.index.shape[0]} user tokens but the "
+                               f"user model {user.name} has {user.width} logits; it was built for another model")
+        if (expert is None) != (anti_expert is None):
+            raise ConfigError("proxy-tuning needs both --expert and --anti-expert")
+        for m in (expert, anti_expert):
+            if m is not None and m.vocab.fingerprint != user.vocab.fingerprint:
+                raise CmcError(f"proxy-tuning needs the user's vocabulary: {m.name} has another tokenizer than {user.name}")
+        if user_format not in USER_FORMATS and "{prompt}" not in user_format:
+            raise ConfigError(f"--user-format must be raw, chat or a format string containing {{prompt}}, got '{user_format}'")
+        if user_format == "chat" and not getattr(user.tokenizer, "chat_template", None):
+            raise ConfigError(f"the user model {user.name} has no chat template; use --user-format raw or a format "
+                              "string such as '### Question: {prompt}\\n### Answer:'")
+        self.stats = {"steps": 0, "generated": 0, "delta_tokens": [0] * len(self.deltas)}
+        self.trace: list[dict] | None = None  # set to [] to record every step (tests, analysis)
+        self.runners: list[DeltaRunner] = []  # the last batch's, for their statistics
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        t = self.user.tokenizer
+        if t.eos_token_id is not None:
+            ids.add(int(t.eos_token_id))
+        gc = getattr(self.user.model, "generation_config", None)
+        e = getattr(gc, "eos_token_id", None) if gc is not None else None
+        ids.update([e] if isinstance(e, int) else list(e or []))
+        return ids
+
+    def user_prompt_ids(self, prompt: str) -> list[int]:
+        tok = self.user.tokenizer
+        if self.user_format == "chat":
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        text = prompt if self.user_format == "raw" else self.user_format.replace("{prompt}", prompt)
+        return list(tok(text, add_special_tokens=True)["input_ids"])
+
+    def _runners(self) -> list[DeltaRunner]:
+        return [DeltaRunner(d, same_vocab=d.lm.vocab.fingerprint == self.user.vocab.fingerprint) for d in self.deltas]
+
+    def _scores(self, user_logits, delta_logits, expert_logits) -> torch.Tensor:
+        terms = [(d.alpha, lg, d.index) for d, lg in zip(self.deltas, delta_logits)]
+        final = decode_scores(user_logits, terms, self.combine)
+        if expert_logits is not None:
+            final = final + self.proxy_alpha * proxy_scores(*expert_logits, width=final.shape[-1])
+        return final
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], cfg: GenerationConfig, seeds: list[int] | None = None,
+                 on_text=None) -> list[Generation]:
+        """Decode a batch. `seeds[r]` seeds row r's sampler (default cfg.seed + r), so a prompt samples the
+        same text alone or in any batch. on_text(row, text_so_far) is called after each token."""
+        B = len(prompts)
+        if B == 0:
+            return []
+        seeds = seeds if seeds is not None else [cfg.seed + r for r in range(B)]
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        user_ids = [self.user_prompt_ids(p) for p in prompts]
+        for ids, p in zip(user_ids, prompts):
+            if self.limit and len(ids) >= self.limit:
+                raise CmcError(f"the prompt '{p[:40]}…' is {len(ids)} tokens, the user model {self.user.name} has a "
+                               f"context window of {self.limit}; shorten it or raise the model's limit")
+        user = LockstepLM(self.user.model, self.user.pad_id)
+        logits = user.start(user_ids)
+        runners = self.runners = self._runners()
+        d_logits = [r.start(prompts) for r in runners]
+        experts = None
+        if self.expert is not None:
+            experts = [LockstepLM(m.model, m.pad_id) for m in (self.expert, self.anti_expert)]
+            e_logits = [e.start(user_ids) for e in experts]
+        texts = [GenText(self.user.tokenizer, ids) for ids in user_ids]
+        out_ids: list[list[int]] = [[] for _ in range(B)]
+        finish: list[str | None] = [None] * B
+        cut: list[str | None] = [None] * B
+        for t in range(cfg.max_new_tokens):
+            final = self._scores(logits, d_logits, e_logits if experts else None)
+            tokens = choose_tokens(final, cfg, gens)
+            if self.trace is not None:
+                self.trace.append({"texts": [x.text for x in texts], "user": logits.clone(), "final": final.clone(),
+                                   "delta": [d.clone() for d in d_logits], "tokens": tokens.clone(),
+                                   "active": [f is None for f in finish]})
+            for r in range(B):
+                if finish[r] is not None:
+                    tokens[r] = self.user.pad_id
+                    continue
+                tid = int(tokens[r])
+                if tid in self.eos_ids:
+                    finish[r] = "eos"
+                    continue
+                out_ids[r].append(tid)
+                text = texts[r].append(tid)
+                hit = _first_stop(text, cfg.stop)
+                if hit is not None:
+                    finish[r], cut[r] = "stop", text[:hit]
+                elif self.limit and len(user_ids[r]) + len(out_ids[r]) >= self.limit:
+                    finish[r] = "length"
+                if on_text is not None:
+                    on_text(r, cut[r] if cut[r] is not None else text)
+            self.stats["steps"] += 1
+            active = [f is None for f in finish]
+            if not any(active) or t == cfg.max_new_tokens - 1:
+                break
+            logits = user.step(tokens)
+            gen_texts = [x.text for x in texts]
+            d_logits = [r.step(tokens, gen_texts, active) for r in runners]
+            for k, r in enumerate(runners):
+                for row, over in enumerate(r.over_limit()):
+                    if over and finish[row] is None:
+                        log.warning("row %d reached the context window of delta %s (%d tokens); stopped", row,
+                                    self.deltas[k].lm.name, r.limit)
+                        finish[row] = "length"
+            if experts:
+                e_logits = [e.step(tokens) for e in experts]
+        results = []
+        for r in range(B):
+            text = cut[r] if cut[r] is not None else texts[r].text
+            results.append(Generation(prompts[r], text, out_ids[r], finish[r] or "length"))
+        for k, r in enumerate(runners):
+            fed = r.generated_fed()
+            self.stats["delta_tokens"][k] += sum(fed)
+            for g, n in zip(results, fed):
+                g.delta_tokens.append(n)
+        self.stats["generated"] += sum(len(x) for x in out_ids)
+        return results
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [text.find(s) for s in stops]
+    hits = [h for h in hits if h >= 0]
+    return min(hits) if hits else None
+
+
+# ---- loading ----------------------------------------------------------------------------------------
+def load_lm(text: str, dtype=None, device: str = "cpu", adapter: str | None = None) -> LoadedModel:
+    """Resolve a model reference and load model, tokenizer and vocabulary through its adapter."""
+    from cmc_cli.plugins import adapter_for
+    from cmc_cli.refs import resolve
+
+    ref = resolve(text, adapter=adapter)
+    ad = adapter_for(ref)
+    tok = ad.load_tokenizer(ref)
+    vocab = ad.token_surfaces(tok, name=ref.name)
+    model = ad.load_model(ref, dtype=dtype, device=device)
+    model.requires_grad_(False)
+    return LoadedModel(ref.name, model, tok, vocab, ad.name)
+
+
+def read_delta_meta(path: Path) -> dict:
+    meta_path = path / "cmc.json"
+    if not path.is_dir():
+        raise CmcError(f"delta {path} does not exist; train one with `cmc train` or give a delta directory")
+    if not meta_path.is_file():
+        raise CmcError(f"{path} is not a cmc delta (no cmc.json); train one with `cmc train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CmcError(f"{meta_path} is unreadable ({e}); retrain or restore the delta") from None
+    if not isinstance(meta, dict) or meta.get("format") != "cmc-delta/1":
+        raise CmcError(f"{meta_path} is not a cmc delta description (format cmc-delta/1)")
+    return meta
+
+
+def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_map: str | Path | None = None,
+               device: str = "cpu", dtype=None) -> Delta:
+    """Load a delta directory and the map from the user's vocabulary to its own (same vocabulary: none).
+
+    The map is read from `token_map` (checked against both tokenizers) or built with PM-MinED."""
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
+
+    path = Path(path)
+    meta = read_delta_meta(path)
+    lm = load_lm(str(path), dtype=dtype, device=device)
+    fp = meta.get("template", {}).get("fingerprint")
+    if fp and fp != lm.vocab.fingerprint:
+        raise CmcError(f"the tokenizer files in {path} differ from the ones the delta was trained with; restore them")
+    index = None
+    if lm.vocab.fingerprint == user.vocab.fingerprint and lm.width != user.width:
+        index = torch.arange(min(lm.vocab.size, user.width))  # same ids; pads to the user's wider logits
+    elif lm.vocab.fingerprint != user.vocab.fingerprint:
+        if token_map is not None:
+            tm = TokenMap.load(token_map, delta=lm.vocab, user=user.vocab)
+        else:
+            log.info("building a PM-MinED token map %s -> %s in memory", user.name, lm.name)
+            tm = TokenMap.build(lm.vocab, user.vocab)
+        index = tm.index_tensor()
+    elif token_map is not None:
+        log.info("delta %s has the user's vocabulary; the token map is not needed", path)
+    return Delta(lm=lm, alpha=check_alpha(alpha, f"the alpha of delta {path}"),
+                 prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
+                 combine=meta.get("combine", "log-softmax-template"), meta=meta)

@@ -1,0 +1,66 @@
+"""CMC inside `transformers` pipelines: a `LogitsProcessor` for `model.generate(...)`.
+
+    from cmc_cli.engine.decode import load_delta, load_lm
+    from cmc_cli.engine.processor import CMCLogitsProcessor
+    user = load_lm("mistral-7b")
+    delta = load_delta("deltas/instruct", user, alpha=1.0)
+    proc = CMCLogitsProcessor([delta], user, prompts)          # the prompts as plain text
+    ids = tokenizer(prompts, return_tensors="pt", padding=True)  # padding_side="left"
+    out = user.model.generate(**ids, logits_processor=[proc], do_sample=False, max_new_tokens=64)
+
+The processor returns the combined scores of combine.decode_scores (the same deltas, maps and
+streams as `cmc generate`), so greedy output equals cmc's own decoder. One processor serves one
+`generate` call (its batch); beam search is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessor
+
+from cmc_cli.engine.combine import decode_scores
+from cmc_cli.engine.decode import Delta, DeltaRunner, LoadedModel
+from cmc_cli.engine.textsync import GenText
+from cmc_cli.errors import CmcError
+
+
+class CMCLogitsProcessor(LogitsProcessor):
+    def __init__(self, deltas: list[Delta], user: LoadedModel, prompts: list[str], combine: str | None = None):
+        self.deltas = list(deltas)
+        self.user = user
+        self.prompts = list(prompts)
+        self.combine = combine or (self.deltas[0].combine if self.deltas else "log-softmax-template")
+        self.runners: list[DeltaRunner] = []
+        self.texts: list[GenText] = []
+        self.prompt_len = None
+        self.d_logits = None
+
+    def _start(self, input_ids: torch.LongTensor) -> None:
+        if input_ids.shape[0] != len(self.prompts):
+            raise CmcError(f"CMCLogitsProcessor was given {len(self.prompts)} prompts but generate runs "
+                           f"{input_ids.shape[0]} rows (beam search and num_return_sequences > 1 are not supported)")
+        self.prompt_len = input_ids.shape[1]
+        pad = self.user.tokenizer.pad_token_id
+        self.texts = []
+        for row in input_ids.tolist():
+            start = 0
+            while pad is not None and start < len(row) - 1 and row[start] == pad:
+                start += 1  # left padding
+            self.texts.append(GenText(self.user.tokenizer, row[start:]))
+        self.runners = [DeltaRunner(d, same_vocab=d.lm.vocab.fingerprint == self.user.vocab.fingerprint)
+                        for d in self.deltas]
+        self.d_logits = [r.start(self.prompts) for r in self.runners]
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_len is None:
+            self._start(input_ids)
+        else:
+            if input_ids.shape[1] != self.prompt_len + self.texts[0].n_generated + 1:
+                raise CmcError("CMCLogitsProcessor serves one generate call; make a new one for each call")
+            tokens = input_ids[:, -1]
+            gen = [t.append(int(tok)) for t, tok in zip(self.texts, tokens.tolist())]
+            active = [True] * len(gen)
+            self.d_logits = [r.step(tokens, gen, active) for r in self.runners]
+        terms = [(d.alpha, lg.to(scores.device), d.index) for d, lg in zip(self.deltas, self.d_logits)]
+        return decode_scores(scores, terms, self.combine).to(scores.dtype)

@@ -1,0 +1,168 @@
+"""Batched, KV-cached forward passes of one causal LM over many rows of a decode.
+
+`LockstepLM`  every row gains exactly one token per step after a left-padded prompt, the way
+              `transformers` `generate` runs a model: the user model, proxy-tuning experts and a
+              delta with the user's own vocabulary. Works with any architecture's cache.
+`ResyncLM`    each row gains and loses tokens on its own (a cross-vocabulary delta whose
+              re-tokenized text changed its last tokens): dropped tokens are masked out of the KV
+              cache, new ones appended with explicit positions, and the cache is compacted when the
+              holes pile up. Needs full-attention layers (no sliding window).
+Both return, per row, the logits after the row's last token, in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cmc_cli.engine.heads import head_logits
+from cmc_cli.errors import CmcError
+
+
+def context_length(model) -> int | None:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+class LockstepLM:
+    def __init__(self, model, pad_id: int):
+        self.model = model
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self.cache = None
+        self.mask = None
+        self.pos = None
+        self.tokens_fed = 0
+        self.fed: list[int] = []  # tokens fed per row (prompt included)
+
+    @torch.inference_mode()
+    def start(self, prompts: list[list[int]]) -> torch.Tensor:
+        B, T = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, T - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, T - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = _new_cache(self.model)
+        self.mask = mask
+        self.pos = pos[:, -1:]
+        self.fed = [len(p) for p in prompts]
+        self.tokens_fed += sum(self.fed)
+        return self._forward(ids, pos)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B,) -> logits (B, V) after them."""
+        B = tokens.shape[0]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((B, 1))], dim=1)
+        self.pos = self.pos + 1
+        self.fed = [n + 1 for n in self.fed]
+        self.tokens_fed += B
+        return self._forward(tokens.view(B, 1).to(self.device), self.pos)
+
+    def lengths(self) -> list[int]:
+        return list(self.fed)
+
+    def _forward(self, ids, pos) -> torch.Tensor:
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :].float()
+
+
+class ResyncLM:
+    # compact once the cache is longer than (1 + ratio) x the longest row + slack
+    compact_ratio, compact_slack = 1.0, 32
+
+    def __init__(self, model, batch_size: int, pad_id: int = 0):
+        self.model = model
+        self.trunk = model.get_decoder()
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self.B = batch_size
+        self.cache = _new_cache(model)
+        self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
+        self.slots: list[list[int]] = [[] for _ in range(batch_size)]  # cache positions of each row's tokens
+        self.tokens_fed = 0
+        self.fed = [0] * batch_size  # tokens fed per row (prompt and recomputed tokens included)
+        self.compactions = 0
+
+    def lengths(self) -> list[int]:
+        return [len(s) for s in self.slots]
+
+    @torch.inference_mode()
+    def feed(self, keep: list[int], new: list[list[int]]) -> torch.Tensor | None:
+        """Keep the first keep[r] tokens of row r, append new[r]; logits (B, V) after each row's last
+        new token (zeros for rows given none). None when no row has a new token."""
+        for r in range(self.B):
+            drop = self.slots[r][keep[r]:]
+            if drop:
+                self.mask[r, torch.tensor(drop, device=self.device)] = 0
+                del self.slots[r][keep[r]:]
+        n = max(len(x) for x in new)
+        if n == 0:
+            return None
+        T = self.mask.shape[1]
+        ids = torch.full((self.B, n), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((self.B, n), dtype=torch.long)
+        pos = torch.zeros((self.B, n), dtype=torch.long)
+        last = torch.zeros(self.B, dtype=torch.long)
+        for r, toks in enumerate(new):
+            k = len(toks)
+            if k:
+                ids[r, :k] = torch.tensor(toks, dtype=torch.long)
+                new_mask[r, :k] = 1
+                last[r] = k - 1
+            pos[r] = len(self.slots[r]) + torch.arange(n)
+            self.slots[r].extend(range(T, T + k))
+            self.tokens_fed += k
+            self.fed[r] += k
+        self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
+        out = self.trunk(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos.to(self.device),
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self._check_full_attention()
+        h = out.last_hidden_state[torch.arange(self.B, device=self.device), last.to(self.device)]
+        logits = head_logits(self.model, h).float()
+        empty = torch.tensor([not x for x in new], device=self.device)
+        logits = logits.masked_fill(empty[:, None], 0.0)
+        self._maybe_compact()
+        return logits
+
+    def _check_full_attention(self) -> None:
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "is_sliding", False):
+                raise CmcError("the delta model uses sliding-window attention; cross-vocabulary decoding re-uses its "
+                               "KV cache out of order and needs a full-attention delta (e.g. a cmc preset)")
+
+    def _maybe_compact(self) -> None:
+        """Gather each row's live cache entries to the right end, left-padded, when holes exceed half."""
+        T = self.mask.shape[1]
+        L = max(self.lengths())
+        if T <= (1 + self.compact_ratio) * L + self.compact_slack:
+            return
+        idx = torch.zeros((self.B, L), dtype=torch.long)
+        mask = torch.zeros((self.B, L), dtype=torch.long)
+        for r, s in enumerate(self.slots):
+            if s:
+                idx[r, L - len(s):] = torch.tensor(s, dtype=torch.long)
+                mask[r, L - len(s):] = 1
+            self.slots[r] = list(range(L - len(s), L))
+        idx = idx.to(self.device)
+        for layer in self.cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                setattr(layer, name, t.gather(2, idx[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1])))
+        self.mask = mask.to(self.device)
+        self.compactions += 1
