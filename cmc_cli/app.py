@@ -10,6 +10,7 @@ from cmc_cli import __version__
 from cmc_cli.commands._common import setup_logging
 from cmc_cli.commands.adapters import adapters
 from cmc_cli.commands.fetch import fetch
+from cmc_cli.commands.generate import generate
 from cmc_cli.commands.map_vocab import map_vocab
 from cmc_cli.commands.train import train, unlearn
 
@@ -41,6 +42,7 @@ def main_options(
 app.command("map-vocab")(map_vocab)
 app.command("train")(train)
 app.command("unlearn")(unlearn)
+app.command("generate")(generate)
 app.command("adapters")(adapters)
 app.command("fetch")(fetch)
 

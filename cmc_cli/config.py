@@ -197,24 +197,112 @@ class TrainConfig:
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, flags: dict) -> "TrainConfig":
-        """Defaults < YAML file < command-line flags (flags that are None were not given)."""
-        from dataclasses import fields
-
-        merged: dict = {}
-        names = {f.name for f in fields(cls)}
-        if yaml_path is not None:
-            data = read_yaml_mapping(Path(yaml_path))
-            unknown = sorted(set(k.replace("-", "_") for k in data) - names)
-            if unknown:
-                raise ConfigError(f"{yaml_path}: unknown option(s) {', '.join(unknown)}")
-            merged.update({k.replace("-", "_"): v for k, v in data.items()})
-        merged.update({k: v for k, v in flags.items() if v is not None})
-        try:
-            return cls(**merged)
-        except TypeError as e:
-            raise ConfigError(f"invalid training options: {e}") from None
+        return _merge_sources(cls, yaml_path, flags, "training")
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+@dataclass
+class DeltaSpec:
+    """`--delta PATH[:ALPHA]`: a delta directory and its strength (None: the global --alpha)."""
+
+    path: Path
+    alpha: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "DeltaSpec":
+        import math
+
+        head, sep, tail = str(text).rpartition(":")
+        if sep and head and not Path(text).exists():
+            try:
+                alpha = float(tail)
+            except ValueError:
+                raise ConfigError(f"--delta '{text}': the part after ':' must be a number (PATH[:ALPHA])") from None
+            if not math.isfinite(alpha):
+                raise ConfigError(f"--delta '{text}': alpha must be a finite number")
+            return cls(Path(head), alpha)
+        return cls(Path(text))
+
+
+@dataclass
+class GenerateConfig:
+    """Options of `cmc generate`."""
+
+    user: str = ""
+    deltas: list = field(default_factory=list)  # "PATH[:ALPHA]" strings or DeltaSpec
+    token_maps: list = field(default_factory=list)
+    alpha: float = 1.0
+    expert: str | None = None
+    anti_expert: str | None = None
+    prompt: str | None = None
+    prompts: str | None = None
+    output: str | None = None
+    resume: bool = False
+    generator: str | None = None
+    user_format: str = "raw"
+    combine: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: list = field(default_factory=list)
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        import math
+
+        from cmc_cli.engine.combine import COMBINE_MODES
+
+        if not self.user:
+            raise ConfigError("--user is required: the LLM to decode (path, cmc.yaml name or hub id in the local cache)")
+        self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
+        self.token_maps = [Path(p) for p in self.token_maps or []]
+        self.stop = list(self.stop or [])
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
+        if (self.prompt is None) == (self.prompts is None):
+            raise ConfigError("give exactly one of --prompt TEXT or --prompts FILE")
+        if (self.expert is None) != (self.anti_expert is None):
+            raise ConfigError("proxy-tuning needs both --expert and --anti-expert")
+        if self.resume and not self.output:
+            raise ConfigError("--resume needs --output: the JSONL file to continue")
+        if self.combine is not None and self.combine not in COMBINE_MODES:
+            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "GenerateConfig":
+        return _merge_sources(cls, yaml_path, flags, "generation")
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["deltas"] = [f"{s.path}:{s.alpha}" if s.alpha is not None else str(s.path) for s in self.deltas]
+        d["token_maps"] = [str(p) for p in self.token_maps]
+        return d
+
+
+def _merge_sources(cls, yaml_path: Path | None, flags: dict, what: str):
+    """Defaults < YAML file < command-line flags (flags that are None or empty lists were not given)."""
+    from dataclasses import fields
+
+    merged: dict = {}
+    names = {f.name for f in fields(cls)}
+    if yaml_path is not None:
+        data = read_yaml_mapping(Path(yaml_path))
+        unknown = sorted(set(k.replace("-", "_") for k in data) - names)
+        if unknown:
+            raise ConfigError(f"{yaml_path}: unknown option(s) {', '.join(unknown)}")
+        merged.update({k.replace("-", "_"): v for k, v in data.items()})
+    merged.update({k: v for k, v in flags.items() if v is not None and v != []})
+    try:
+        return cls(**merged)
+    except TypeError as e:
+        raise ConfigError(f"invalid {what} options: {e}") from None

@@ -12,6 +12,9 @@ from cmc_cli.engine.decode import Decoder, DeltaRunner, GenerationConfig, load_d
 from cmc_cli.engine.streams import ResyncLM
 from cmc_cli.engine.textsync import DeltaText, GenText
 from cmc_cli.errors import CmcError, ConfigError, TokenMapError
+from cmc_cli.config import GenerateConfig
+from cmc_cli.engine.generate import load_decoder
+from cmc_cli.tokenmaps.strategies import UNMAPPED
 from cmc_cli.tokenmaps.tokenmap import TokenMap
 from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
 
@@ -254,8 +257,18 @@ def test_errors_are_clear(world, user_bl, tiny_tokenizers, tmp_path):
     # a map built for another pair of tokenizers
     other = TokenMap.build(load_lm(str(world["delta_small"])).vocab, user_bl.vocab)
     other.save(tmp_path / "wrong.safetensors")
+    cfg = GenerateConfig(user=str(world["user_bl"]), deltas=[str(world["delta"])], prompt="Hi",
+                         token_maps=[tmp_path / "wrong.safetensors"], device="cpu")
     with pytest.raises(TokenMapError, match="was built for delta tokenizer"):
-        load_delta(world["delta"], user_bl, 1.0, token_map=tmp_path / "wrong.safetensors")
+        load_decoder(cfg)
+    # a map that fits is used instead of building one
+    right = TokenMap.build(load_lm(str(world["delta"])).vocab, user_bl.vocab)
+    right.index[:5] = -1
+    right.kind[:5] = UNMAPPED
+    right.save(tmp_path / "right.safetensors")
+    dec = load_decoder(GenerateConfig(user=str(world["user_bl"]), deltas=[str(world["delta"])], prompt="Hi",
+                                      token_maps=[tmp_path / "right.safetensors"]))
+    assert dec.deltas[0].index[:5].tolist() == [-1] * 5
     with pytest.raises(CmcError, match="context window"):
         Decoder(user_bl, []).generate(["word " * 400], GenerationConfig(max_new_tokens=4))
     with pytest.raises(ConfigError, match="chat template"):

@@ -57,6 +57,40 @@ def load_tofu(path: str | Path) -> list[Example]:
                     f"{path}:{line}") for line, rec in read_records(path)]
 
 
+@dataclass(frozen=True)
+class Prompt:
+    instruction: str  # as written in the file (AlpacaEval matches outputs to its set by this field)
+    text: str  # what the models are asked: instruction plus input
+    source: str
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """Prompts to generate for: Alpaca (`instruction`, optional `input`), `prompt`, TOFU `question`,
+    or chat `messages` (the user turns); JSON list or JSONL."""
+    out = []
+    for line, rec in read_records(path):
+        src = f"{path}:{line}"
+        if "instruction" in rec:
+            ins = require_text(path, line, rec, "instruction")
+            inp = rec.get("input", "") or ""
+            if not isinstance(inp, str):
+                raise DataError(f"{src}: field 'input' must be a string")
+            out.append(Prompt(ins, alpaca_prompt(ins, inp), src))
+        elif "prompt" in rec or "question" in rec:
+            key = "prompt" if "prompt" in rec else "question"
+            text = require_text(path, line, rec, key)
+            out.append(Prompt(text, text, src))
+        elif "messages" in rec and isinstance(rec["messages"], list):
+            turns = [m.get("content", "") for m in rec["messages"] if isinstance(m, dict) and m.get("role") != "assistant"]
+            text = "\n".join(str(t) for t in turns)
+            if not text.strip():
+                raise DataError(f"{src}: no user message to answer")
+            out.append(Prompt(text, text, src))
+        else:
+            raise DataError(f"{src}: a prompt record needs 'instruction' (Alpaca), 'prompt', 'question' or 'messages'")
+    return out
+
+
 def render(prompt_format: str, prompt: str) -> str:
     return prompt_format.replace("{prompt}", prompt)
 

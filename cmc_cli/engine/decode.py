@@ -69,6 +69,7 @@ class Delta:
     index: torch.Tensor | None
     combine: str = "log-softmax-template"
     meta: dict = field(default_factory=dict)
+    token_map: object = None  # the TokenMap behind `index` (None: same vocabulary)
 
 
 @dataclass
@@ -368,31 +369,51 @@ def read_delta_meta(path: Path) -> dict:
     return meta
 
 
-def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_map: str | Path | None = None,
-               device: str = "cpu", dtype=None) -> Delta:
+def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(), device: str = "cpu",
+               dtype=None) -> Delta:
     """Load a delta directory and the map from the user's vocabulary to its own (same vocabulary: none).
 
-    The map is read from `token_map` (checked against both tokenizers) or built with PM-MinED."""
+    token_maps: paths or TokenMaps to choose from (the one built for this delta and user tokenizer
+    wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else PM-MinED, built in memory."""
+    from cmc_cli.tokenmaps.build import default_output
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 
     path = Path(path)
     meta = read_delta_meta(path)
+    alpha = check_alpha(alpha, f"the alpha of delta {path}")
     lm = load_lm(str(path), dtype=dtype, device=device)
     fp = meta.get("template", {}).get("fingerprint")
     if fp and fp != lm.vocab.fingerprint:
         raise CmcError(f"the tokenizer files in {path} differ from the ones the delta was trained with; restore them")
-    index = None
-    if lm.vocab.fingerprint == user.vocab.fingerprint and lm.width != user.width:
-        index = torch.arange(min(lm.vocab.size, user.width))  # same ids; pads to the user's wider logits
-    elif lm.vocab.fingerprint != user.vocab.fingerprint:
-        if token_map is not None:
-            tm = TokenMap.load(token_map, delta=lm.vocab, user=user.vocab)
+    index, tm = None, None
+    if lm.vocab.fingerprint == user.vocab.fingerprint:
+        if lm.width != user.width:
+            index = torch.arange(min(lm.vocab.size, user.width))  # same ids; pads to the user's wider logits
+    else:
+        maps = [m if isinstance(m, TokenMap) else TokenMap.load(m) for m in token_maps]
+        fits = [m for m in maps if m.meta["delta"]["fingerprint"] == lm.vocab.fingerprint
+                and m.meta["user"]["fingerprint"] == user.vocab.fingerprint]
+        default = default_output(lm.name, user.name)
+        if fits:
+            tm = fits[0]
+        elif default.is_file() and _fits(default, lm, user):
+            log.info("using token map %s", default)
+            tm = TokenMap.load(default)
         else:
             log.info("building a PM-MinED token map %s -> %s in memory", user.name, lm.name)
             tm = TokenMap.build(lm.vocab, user.vocab)
         index = tm.index_tensor()
-    elif token_map is not None:
-        log.info("delta %s has the user's vocabulary; the token map is not needed", path)
-    return Delta(lm=lm, alpha=check_alpha(alpha, f"the alpha of delta {path}"),
-                 prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
-                 combine=meta.get("combine", "log-softmax-template"), meta=meta)
+    return Delta(lm=lm, alpha=alpha, prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
+                 combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm)
+
+
+def _fits(path: Path, lm: LoadedModel, user: LoadedModel) -> bool:
+    from cmc_cli.errors import TokenMapError
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
+
+    try:
+        TokenMap.load(path, delta=lm.vocab, user=user.vocab)
+        return True
+    except TokenMapError as e:
+        log.warning("not using %s: %s", path, e)
+        return False

@@ -26,8 +26,8 @@ def load_vocab(ref: ModelRef) -> Vocab:
     return adapter.load_vocab(ref)
 
 
-def default_output(delta: ModelRef, user: ModelRef) -> Path:
-    return Path("tokenmaps") / f"{delta.name}__{user.name}.safetensors"
+def default_output(delta_name: str, user_name: str) -> Path:
+    return Path("tokenmaps") / f"{delta_name}__{user_name}.safetensors"
 
 
 @dataclass
@@ -43,7 +43,7 @@ def map_vocab_files(cfg: MapVocabConfig, progress=None, on_phase=None) -> MapVoc
     phase = on_phase or (lambda msg: log.info("%s", msg))
     delta_ref = resolve(cfg.delta, adapter=cfg.delta_adapter)
     user_ref = resolve(cfg.user, adapter=cfg.user_adapter)
-    out = Path(cfg.output) if cfg.output else default_output(delta_ref, user_ref)
+    out = Path(cfg.output) if cfg.output else default_output(delta_ref.name, user_ref.name)
     _check_writable(out)
     phase(f"loading delta tokenizer {cfg.delta}")
     delta = load_vocab(delta_ref)

@@ -1,0 +1,89 @@
+"""`cmc generate`: decode a user LLM with one or more deltas (or proxy-tuning), to the terminal or JSONL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cmc_cli.commands._common import UI, console, err_console, handle_errors, info, status
+from cmc_cli.config import GenerateConfig
+
+Opt = typer.Option
+
+
+@handle_errors
+def generate(
+    user: Annotated[str, Opt(help="The LLM to decode: path, cmc.yaml name or hub id in the local cache.")] = None,
+    delta: Annotated[list[str], Opt("--delta", "-d", help="Delta directory, optionally with its strength: PATH[:ALPHA]. Repeat for several.")] = None,
+    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: tokenmaps/DELTA__USER.safetensors, else built in memory).")] = None,
+    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA, and of proxy-tuning. (default: 1.0)")] = None,
+    expert: Annotated[str, Opt(help="Proxy-tuning baseline: tuned model with the user's vocabulary.")] = None,
+    anti_expert: Annotated[str, Opt(help="Proxy-tuning baseline: the expert's untuned counterpart.")] = None,
+    prompt: Annotated[str, Opt("--prompt", "-p", help="One prompt; its answer streams to the terminal.")] = None,
+    prompts: Annotated[str, Opt(help="Prompt file: JSONL or JSON list (Alpaca instruction/input, prompt, question).")] = None,
+    output: Annotated[str, Opt("-o", "--output", help="JSONL output (instruction, output, generator), written as it goes.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue --output: skip the prompts it already holds.")] = None,
+    generator: Annotated[str, Opt(help="Name in the output's 'generator' field. (default: user+delta@alpha...)")] = None,
+    user_format: Annotated[str, Opt(help="raw | chat (the user's chat template) | a format string with {prompt}. (default: raw)")] = None,
+    combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's training mode)")] = None,
+    max_new_tokens: Annotated[int, Opt(help="(default: 256)")] = None,
+    temperature: Annotated[float, Opt(help="0 = greedy. (default: 0)")] = None,
+    top_p: Annotated[float, Opt(help="Nucleus sampling. (default: 1.0)")] = None,
+    top_k: Annotated[int, Opt(help="0 = off. (default: 0)")] = None,
+    seed: Annotated[int, Opt(help="Sampling seed; prompt i uses seed + i. (default: 0)")] = None,
+    stop: Annotated[list[str], Opt("--stop", help="Stop a row at this string (repeatable); the string is cut off.")] = None,
+    batch_size: Annotated[int, Opt(help="Prompts decoded together. (default: 8)")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = None,
+    dtype: Annotated[str, Opt(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16. (default: auto)")] = None,
+    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+) -> None:
+    """Decode a user LLM with deltas trained on another model (any vocabulary)."""
+    from cmc_cli.engine.generate import load_decoder, read_prompts, run_generate
+
+    flags = {k: v for k, v in locals().items() if k not in ("config", "load_decoder", "read_prompts", "run_generate")}
+    flags["deltas"], flags["token_maps"] = flags.pop("delta"), flags.pop("token_map")
+    cfg = GenerateConfig.from_sources(config, flags)
+    read_prompts(cfg)  # bad prompt files and outputs fail before the models load
+    with status("loading models") as phase:
+        dec = load_decoder(cfg, on_phase=phase)
+    single = cfg.prompt is not None and not cfg.output
+    if single:
+        shown = [""]
+
+        def on_text(text):
+            if not UI.quiet and text.startswith(shown[0]):
+                console.print(text[len(shown[0]):], end="", highlight=False, markup=False, soft_wrap=True)
+                shown[0] = text
+
+        res = run_generate(cfg, dec, on_text=on_text)
+        final = res.records[0]["output"]
+        if UI.quiet:
+            print(final)
+        else:
+            if final.startswith(shown[0]) and final != shown[0]:
+                console.print(final[len(shown[0]):], end="", highlight=False, markup=False)
+            console.print()
+    elif not cfg.output:  # records to stdout as JSON lines
+        res = run_generate(cfg, dec, on_records=lambda recs: [print(json.dumps(r, ensure_ascii=False), flush=True) for r in recs])
+    elif UI.quiet:
+        res = run_generate(cfg, dec)
+    else:
+        cols = [TextColumn("prompts {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+                TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*cols, console=err_console) as p:
+            task = p.add_task("generate", total=None)
+            res = run_generate(cfg, dec, on_batch=lambda done, total: p.update(task, completed=done, total=total))
+    rate = res.generated_tokens / res.seconds if res.seconds else 0.0
+    per = ", ".join(f"{x:.2f}" for x in res.delta_tokens_per_token)
+    summary = f"{len(res.records)} generated ({res.generated_tokens} tokens, {rate:,.1f} tok/s"
+    summary += f"; delta tokens computed per generated token: {per})" if per else ")"
+    if res.skipped:
+        summary += f"; {res.skipped} already in {cfg.output}"
+    if cfg.output:
+        info(f"[green]wrote[/green] {cfg.output}: {summary}")
+    else:
+        info(summary)

@@ -1,0 +1,173 @@
+"""`cmc generate` as a library call: load the models, decode the prompts in batches, and write one JSONL
+record per prompt as each batch finishes, so an interrupted run keeps what it finished and `resume`
+continues after it.
+
+Output records (AlpacaEval-compatible): instruction, output, generator, plus finish_reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmc_cli.config import GenerateConfig
+from cmc_cli.data.instruct import Prompt, load_prompts
+from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.devices import pick_device, pick_dtype
+from cmc_cli.errors import CmcError, DataError, TokenMapError
+from cmc_cli.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def load_decoder(cfg: GenerateConfig, on_phase=None) -> Decoder:
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
+
+    phase = on_phase or (lambda msg: log.info("%s", msg))
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    missing = [s.path for s in cfg.deltas if not s.path.is_dir()]
+    if missing:
+        raise CmcError(f"delta {missing[0]} does not exist; train one with `cmc train` or give a delta directory")
+    maps = [(p, TokenMap.load(p)) for p in cfg.token_maps]
+    phase(f"loading user model {cfg.user}")
+    user = load_lm(cfg.user, dtype=dtype, device=str(device))
+    deltas = []
+    for spec in cfg.deltas:
+        phase(f"loading delta {spec.path}")
+        alpha = cfg.alpha if spec.alpha is None else spec.alpha
+        deltas.append(load_delta(spec.path, user, alpha, [m for _, m in maps], device=str(device), dtype=dtype))
+    used = {id(d.token_map) for d in deltas}
+    cross = [d for d in deltas if d.token_map is not None]
+    for path, m in maps:
+        if id(m) in used:
+            continue
+        if not cross:
+            log.info("token map %s is not needed: every delta has the user's vocabulary", path)
+            continue
+        m.check(delta=cross[0].lm.vocab, user=user.vocab, path=path)  # raises, naming both tokenizers
+        raise TokenMapError(f"token map {path} fits none of the deltas")  # pragma: no cover - check raised
+    expert = anti = None
+    if cfg.expert:
+        phase(f"loading proxy-tuning expert {cfg.expert} and anti-expert {cfg.anti_expert}")
+        expert = load_lm(cfg.expert, dtype=dtype, device=str(device))
+        anti = load_lm(cfg.anti_expert, dtype=dtype, device=str(device))
+    return Decoder(user, deltas, expert=expert, anti_expert=anti, proxy_alpha=cfg.alpha,
+                   user_format=cfg.user_format, combine=cfg.combine)
+
+
+def generator_name(dec: Decoder) -> str:
+    parts = [dec.user.name] + [f"{d.lm.name}@{d.alpha:g}" for d in dec.deltas]
+    if dec.expert is not None:
+        parts.append(f"proxy({dec.expert.name}-{dec.anti_expert.name})@{dec.proxy_alpha:g}")
+    return "+".join(parts)
+
+
+class JsonlSink:
+    """Appends finished records; on resume checks the file belongs to this run and drops a torn last line."""
+
+    def __init__(self, path: Path, prompts: list[Prompt], generator: str, resume: bool):
+        self.path = path
+        self.done = 0
+        if path.exists() and path.stat().st_size > 0:
+            if not resume:
+                raise CmcError(f"{path} already exists; pass --resume to continue it, or choose another --output")
+            self.done = self._validate(prompts, generator)
+        elif resume:
+            log.info("%s does not exist yet; starting from the first prompt", path)
+
+    def _validate(self, prompts: list[Prompt], generator: str) -> int:
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        good: list[str] = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if n >= len(lines) - 1:  # the last line, cut by an interruption
+                    log.warning("%s:%d is incomplete (interrupted write); it will be generated again", self.path, n)
+                    break
+                raise DataError(f"{self.path}:{n}: malformed JSON; fix or remove the file") from None
+            i = len(good)
+            if i >= len(prompts) or rec.get("instruction") != prompts[i].instruction:
+                raise CmcError(f"{self.path}:{n} does not match prompt {i + 1} of the prompt file; "
+                               "it was written for other prompts: choose another --output")
+            if rec.get("generator") != generator:
+                raise CmcError(f"{self.path}:{n} was written by generator '{rec.get('generator')}', not "
+                               f"'{generator}'; choose another --output or the same models and alphas")
+            good.append(line)
+        if "".join(x + "\n" for x in good) != text:
+            atomic_write_text(self.path, "".join(x + "\n" for x in good))
+        return len(good)
+
+    def write(self, records: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@dataclass
+class GenerateResult:
+    records: list[dict] = field(default_factory=list)  # this run's
+    skipped: int = 0  # already in the output (resume)
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    delta_tokens_per_token: list[float] = field(default_factory=list)
+    generator: str = ""
+
+
+def read_prompts(cfg: GenerateConfig) -> list[Prompt]:
+    """The prompts of a run, with the checks that need no model (run them before loading models)."""
+    prompts = load_prompts(cfg.prompts) if cfg.prompts else [Prompt(cfg.prompt, cfg.prompt, "--prompt")]
+    out = Path(cfg.output) if cfg.output else None
+    if out is not None:
+        if out.is_dir():
+            raise CmcError(f"--output {out} is a directory; give a .jsonl file path")
+        if out.exists() and out.stat().st_size > 0 and not cfg.resume:
+            raise CmcError(f"{out} already exists; pass --resume to continue it, or choose another --output")
+    return prompts
+
+
+def run_generate(cfg: GenerateConfig, decoder: Decoder | None = None, on_phase=None, on_batch=None,
+                 on_text=None, on_records=None) -> GenerateResult:
+    """on_batch(done, total); on_text(text so far) streams a single prompt; on_records(list) per batch."""
+    prompts = read_prompts(cfg)
+    dec = decoder or load_decoder(cfg, on_phase)
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               top_k=cfg.top_k, seed=cfg.seed, stop=tuple(cfg.stop))
+    name = cfg.generator or generator_name(dec)
+    sink = JsonlSink(Path(cfg.output), prompts, name, cfg.resume) if cfg.output else None
+    start = sink.done if sink else 0
+    res = GenerateResult(skipped=start, generator=name)
+    t0 = time.perf_counter()
+    total = len(prompts)
+    if on_batch:
+        on_batch(start, total)
+    stream = (lambda row, text: on_text(text)) if on_text and total == 1 else None
+    for b in range(start, total, cfg.batch_size):
+        batch = prompts[b:b + cfg.batch_size]
+        seeds = [cfg.seed + b + k for k in range(len(batch))]  # per prompt: the same in any batch or on resume
+        gens = dec.generate([p.text for p in batch], gen_cfg, seeds=seeds, on_text=stream)
+        recs = [{"instruction": p.instruction, "output": g.text, "generator": name, "finish_reason": g.finish_reason}
+                for p, g in zip(batch, gens)]
+        if sink:
+            sink.write(recs)
+        res.records.extend(recs)
+        res.generated_tokens += sum(len(g.token_ids) for g in gens)
+        if on_records:
+            on_records(recs)
+        if on_batch:
+            on_batch(b + len(batch), total)
+    res.seconds = time.perf_counter() - t0
+    steps_tokens = max(1, dec.stats["generated"])
+    res.delta_tokens_per_token = [n / steps_tokens for n in dec.stats["delta_tokens"]]
+    return res
