@@ -275,3 +275,38 @@ def test_errors_are_clear(world, user_bl, tiny_tokenizers, tmp_path):
         Decoder(user_bl, [], user_format="chat")
     with pytest.raises(ConfigError, match="--top-p"):
         GenerationConfig(top_p=0)
+
+
+def test_top_k_one_is_greedy_and_top_p_keeps_the_nucleus():
+    from cmc_cli.engine.decode import choose_tokens
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 50)
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    cfg = GenerationConfig(temperature=1.5, top_k=1)
+    assert torch.equal(choose_tokens(scores, cfg, gens), scores.argmax(-1))
+    # top-p: only ids inside the smallest set reaching p are ever drawn
+    probs = torch.softmax(scores[0], -1)
+    order = probs.argsort(descending=True)
+    nucleus = set(order[: int((probs[order].cumsum(0) < 0.5).sum()) + 1].tolist())
+    cfg = GenerationConfig(temperature=1.0, top_p=0.5)
+    drawn = {int(choose_tokens(scores[:1], cfg, [torch.Generator().manual_seed(s)])[0]) for s in range(200)}
+    assert drawn <= nucleus and len(drawn) > 1
+
+
+def test_chat_user_format_uses_the_user_models_template(world, tmp_path, tiny_tokenizers):
+    import shutil
+
+    chat_dir = tmp_path / "user-chat"
+    shutil.copytree(world["user_bl"], chat_dir)
+    cfg_path = chat_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg["chat_template"] = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    cfg_path.write_text(json.dumps(tok_cfg))
+    user = load_lm(str(chat_dir))
+    dec = Decoder(user, [load_delta(world["delta"], user, 1.0)], user_format="chat")
+    ids = dec.user_prompt_ids("Name a fish.")
+    assert user.tokenizer.decode(ids) == "[user] Name a fish.\n[assistant] "
+    fmt = Decoder(user, [], user_format="Q: {prompt}\nA:")
+    assert user.tokenizer.decode(fmt.user_prompt_ids("Hi"), skip_special_tokens=True) == "Q: Hi\nA:"
+    assert dec.generate(["Name a fish."], GenerationConfig(max_new_tokens=3))[0].token_ids
