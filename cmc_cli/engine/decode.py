@@ -256,9 +256,10 @@ class Decoder:
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], cfg: GenerationConfig, seeds: list[int] | None = None,
-                 on_text=None) -> list[Generation]:
+                 on_text=None, force: list[list[int]] | None = None) -> list[Generation]:
         """Decode a batch. `seeds[r]` seeds row r's sampler (default cfg.seed + r), so a prompt samples the
-        same text alone or in any batch. on_text(row, text_so_far) is called after each token."""
+        same text alone or in any batch. on_text(row, text_so_far) is called after each token.
+        force: teacher forcing — row r takes force[r] as its tokens and stops after them ("forced")."""
         B = len(prompts)
         if B == 0:
             return []
@@ -284,6 +285,8 @@ class Decoder:
         for t in range(cfg.max_new_tokens):
             final = self._scores(logits, d_logits, e_logits if experts else None)
             tokens = choose_tokens(final, cfg, gens)
+            if force is not None:
+                tokens = torch.tensor([f[t] if t < len(f) else self.user.pad_id for f in force], device=tokens.device)
             if self.trace is not None:
                 self.trace.append({"texts": [x.text for x in texts], "user": logits.clone(), "final": final.clone(),
                                    "delta": [d.clone() for d in d_logits], "tokens": tokens.clone(),
@@ -293,7 +296,10 @@ class Decoder:
                     tokens[r] = self.user.pad_id
                     continue
                 tid = int(tokens[r])
-                if tid in self.eos_ids:
+                if force is not None and t >= len(force[r]):
+                    finish[r] = "forced"
+                    continue
+                if tid in self.eos_ids and force is None:
                     finish[r] = "eos"
                     continue
                 out_ids[r].append(tid)
@@ -301,6 +307,8 @@ class Decoder:
                 hit = _first_stop(text, cfg.stop)
                 if hit is not None:
                     finish[r], cut[r] = "stop", text[:hit]
+                elif force is not None and len(out_ids[r]) == len(force[r]):
+                    finish[r] = "forced"
                 elif self.limit and len(user_ids[r]) + len(out_ids[r]) >= self.limit:
                     finish[r] = "length"
                 if on_text is not None:

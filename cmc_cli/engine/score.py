@@ -1,0 +1,197 @@
+"""Log-probabilities of answers under a user model + deltas (+ proxy-tuning), batched and O(length).
+
+The probability of an answer is computed in the user model's tokenization, and each delta sees
+exactly what it would see while decoding that answer (decode.py): after t answer tokens, the delta
+reads `bos + tokenize(format(prompt) + text_t)` where text_t is the user's incremental
+detokenization of those t tokens. So the scores equal the decoder's step distributions under
+teacher forcing (tested).
+
+Cost: one pass of each model over each text. A cross-vocabulary delta runs once over its
+tokenization of the whole answer; where a user-token boundary falls inside a delta token (text_t's
+tokenization is not a prefix of the full one), a short continuation — the few delta tokens after
+the longest common prefix — is computed in the *same* forward pass, appended to the row with a
+tree-shaped attention mask (it attends to the shared prefix and to itself) and its own positions.
+The research code re-encodes and re-runs the whole prefix at every position: O(length²), batch 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from cmc_cli.engine.combine import decode_scores, proxy_scores
+from cmc_cli.engine.decode import Decoder, Delta
+from cmc_cli.engine.heads import final_hidden, head_logits
+from cmc_cli.engine.textsync import DeltaText, GenText
+
+
+@dataclass
+class Scored:
+    """Per-token log-probabilities of one answer (user tokenization)."""
+
+    token_logprobs: list[float]
+    answer_ids: list[int] = field(default_factory=list)
+    delta_extra_tokens: list[int] = field(default_factory=list)  # continuation tokens computed, per delta
+
+    @property
+    def n(self) -> int:
+        return len(self.token_logprobs)
+
+    @property
+    def mean_nll(self) -> float:
+        return -sum(self.token_logprobs) / max(1, self.n)
+
+
+def _hidden_at(model, seqs: list[list[int]], positions: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Right-padded pass over `seqs`; final hidden states at `positions[b]` for each row, concatenated."""
+    device = next(model.parameters()).device
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, :len(s)] = 1
+    h = final_hidden(model, ids.to(device), mask.to(device))
+    rows = torch.cat([torch.full((len(p),), b, dtype=torch.long) for b, p in enumerate(positions)])
+    cols = torch.cat([torch.tensor(p, dtype=torch.long) for p in positions])
+    return h[rows.to(device), cols.to(device)]
+
+
+def _tree_hidden(model, rows: list[tuple[list[int], list[tuple[int, list[int]]]]], want: list[list[tuple[str, int]]],
+                 pad_id: int) -> torch.Tensor:
+    """One pass over rows of (full ids, continuations [(prefix length, ids)]). A continuation attends to
+    the first `prefix length` full ids and to itself, at positions prefix length + i. want[b] lists
+    ("full", position) or ("cont", j): hidden after that full position / after continuation j's last id."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    lengths = [len(full) + sum(len(c) for _, c in conts) for full, conts in rows]
+    T = max(lengths)
+    B = len(rows)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    allow = torch.zeros((B, T, T), dtype=torch.bool)
+    last_of: list[list[int]] = []
+    for b, (full, conts) in enumerate(rows):
+        L = len(full)
+        ids[b, :L] = torch.tensor(full, dtype=torch.long)
+        pos[b, :L] = torch.arange(L)
+        allow[b, :L, :L] = torch.tril(torch.ones(L, L, dtype=torch.bool))
+        at, lasts = L, []
+        for prefix, toks in conts:
+            k = len(toks)
+            ids[b, at:at + k] = torch.tensor(toks, dtype=torch.long)
+            pos[b, at:at + k] = prefix + torch.arange(k)
+            allow[b, at:at + k, :prefix] = True
+            allow[b, at:at + k, at:at + k] = torch.tril(torch.ones(k, k, dtype=torch.bool))
+            at += k
+            lasts.append(at - 1)
+        last_of.append(lasts)
+        for q in range(lengths[b], T):
+            allow[b, q, q] = True  # padding attends to itself only (no fully masked rows)
+    bias = torch.zeros((B, 1, T, T), dtype=dtype).masked_fill(~allow[:, None], torch.finfo(dtype).min)
+    trunk = model.get_decoder()
+    h = trunk(input_ids=ids.to(device), attention_mask=bias.to(device), position_ids=pos.to(device)).last_hidden_state
+    r_idx, c_idx = [], []
+    for b, items in enumerate(want):
+        for kind, x in items:
+            r_idx.append(b)
+            c_idx.append(x if kind == "full" else last_of[b][x])
+    return h[torch.tensor(r_idx, device=device), torch.tensor(c_idx, device=device)]
+
+
+def _common_prefix_len(a: list[int], b: list[int], start: int = 0) -> int:
+    n = min(len(a), len(b))
+    i = min(start, n)
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scorer:
+    """Scores answers for the user model, deltas and proxy-tuning pair of a Decoder."""
+
+    def __init__(self, decoder: Decoder, chunk: int = 256):
+        self.dec = decoder
+        self.chunk = chunk
+
+    @torch.inference_mode()
+    def score(self, prompts: list[str], answers: list[str]) -> list[Scored]:
+        """Per-token log-probabilities of each answer after its prompt (one batch; the caller batches)."""
+        dec, user = self.dec, self.dec.user
+        tok = user.tokenizer
+        p_ids = [dec.user_prompt_ids(p) for p in prompts]
+        a_ids = [list(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
+        keep = [b for b, a in enumerate(a_ids) if a]
+        out = [Scored([], a) for a in a_ids]
+        if not keep:
+            return out
+        p_ids, a_ids, prompts_k = [p_ids[b] for b in keep], [a_ids[b] for b in keep], [prompts[b] for b in keep]
+        seqs = [p + a for p, a in zip(p_ids, a_ids)]
+        positions = [list(range(len(p) - 1, len(p) - 1 + len(a))) for p, a in zip(p_ids, a_ids)]
+        h_user = _hidden_at(user.model, seqs, positions, user.pad_id)
+        h_deltas, extras = [], []
+        for d in dec.deltas:
+            h, extra = self._delta_hidden(d, prompts_k, p_ids, a_ids)
+            h_deltas.append(h)
+            extras.append(extra)
+        h_proxy = None
+        if dec.expert is not None:
+            h_proxy = [_hidden_at(m.model, seqs, positions, m.pad_id) for m in (dec.expert, dec.anti_expert)]
+        targets = torch.tensor([t for a in a_ids for t in a], device=h_user.device)
+        logps = []
+        for s in range(0, targets.shape[0], self.chunk):
+            e = min(targets.shape[0], s + self.chunk)
+            terms = [(d.alpha, head_logits(d.lm.model, h[s:e]), d.index) for d, h in zip(dec.deltas, h_deltas)]
+            final = decode_scores(head_logits(user.model, h_user[s:e]), terms, dec.combine)
+            if h_proxy is not None:
+                e_l, a_l = (head_logits(m.model, h[s:e]) for m, h in zip((dec.expert, dec.anti_expert), h_proxy))
+                final = final + dec.proxy_alpha * proxy_scores(e_l, a_l, width=final.shape[-1])
+            logps.append(F.log_softmax(final, dim=-1).gather(-1, targets[s:e, None])[:, 0])
+        flat = torch.cat(logps).tolist()
+        at = 0
+        for k, b in enumerate(keep):
+            n = len(a_ids[k])
+            out[b] = Scored(flat[at:at + n], a_ids[k], [x[k] for x in extras])
+            at += n
+        return out
+
+    def _delta_hidden(self, d: Delta, prompts: list[str], p_ids: list[list[int]], a_ids: list[list[int]]):
+        """Delta hidden states before each answer token, in (row, position) order; continuation tokens per row."""
+        lm = d.lm
+        heads = [d.prompt_format.replace("{prompt}", p) for p in prompts]
+        if d.lm.vocab.fingerprint == self.dec.user.vocab.fingerprint:  # fed the user's ids, as in decoding
+            h_ids = [lm.bos + list(lm.tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
+            seqs = [h + a for h, a in zip(h_ids, a_ids)]
+            positions = [list(range(len(h) - 1, len(h) - 1 + len(a))) for h, a in zip(h_ids, a_ids)]
+            return _hidden_at(lm.model, seqs, positions, lm.pad_id), [0] * len(prompts)
+        rows, want, extras = [], [], []
+        for head, p, a in zip(heads, p_ids, a_ids):
+            g = GenText(self.dec.user.tokenizer, p)
+            dt = DeltaText(lm.tokenizer, head, lm.bos)
+            seqs_t = [dt.ids]  # the delta's ids before answer token t+1, t = 0..n-1
+            step_lcp = []  # common prefix of consecutive id lists
+            for tid in a[:-1]:
+                step_lcp.append(dt.update(g.append(tid)))
+                seqs_t.append(dt.ids)
+            full = seqs_t[-1]
+            # ids_t and `full` share at least the smallest consecutive common prefix from t on: start there
+            bound = [0] * len(seqs_t)
+            low = len(full)
+            for t in range(len(seqs_t) - 1, -1, -1):
+                bound[t] = low
+                if t > 0:
+                    low = min(low, step_lcp[t - 1])
+            conts, items = [], []
+            for t, ids_t in enumerate(seqs_t):
+                m = _common_prefix_len(ids_t, full, start=min(bound[t], len(ids_t)))
+                if m == len(ids_t):
+                    items.append(("full", m - 1))
+                else:
+                    items.append(("cont", len(conts)))
+                    conts.append((m, ids_t[m:]))
+            rows.append((full, conts))
+            want.append(items)
+            extras.append(sum(len(c) for _, c in conts))
+        return _tree_hidden(lm.model, rows, want, lm.pad_id), extras

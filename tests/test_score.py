@@ -1,0 +1,91 @@
+"""The batched O(length) scorer against the decoder's step distributions under teacher forcing."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.score import Scorer
+from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
+
+WORDS = ("the harbour town sailors wrote novels about red blue green boxes authors born in 1932 Paris "
+         "naïve café — fishermen's nets, rope; lighthouse?").split()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_tokenizers):
+    root = tmp_path_factory.mktemp("score")
+    return {
+        "user_bl": make_tiny_llama(tiny_tokenizers["bl"], root / "user-bl", hidden=48, seed=3),
+        "user_spm": make_tiny_llama(tiny_tokenizers["spm"], root / "user-spm", hidden=48, seed=4),
+        "delta": make_random_delta(tiny_tokenizers["spm"], root / "delta", prompt_format="Q: {prompt}\nA:", seed=5),
+        "delta_bl": make_random_delta(tiny_tokenizers["bl"], root / "delta-bl", prompt_format="<q>{prompt}</q>", seed=7),
+        "expert": make_tiny_llama(tiny_tokenizers["bl"], root / "expert", hidden=32, seed=8),
+        "anti": make_tiny_llama(tiny_tokenizers["bl"], root / "anti", hidden=32, seed=9),
+    }
+
+
+def random_texts(n, seed):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 14))) for _ in range(n)]
+
+
+def teacher_forced(dec, prompts, answers):
+    """Log-probabilities of each answer token from the decoder's own step distributions."""
+    tok = dec.user.tokenizer
+    force = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
+    dec.trace = []
+    dec.generate(prompts, GenerationConfig(max_new_tokens=max(len(f) for f in force)), force=force)
+    out = []
+    for r, f in enumerate(force):
+        out.append([F.log_softmax(dec.trace[t]["final"][r], -1)[tid].item() for t, tid in enumerate(f)])
+    dec.trace = None
+    return out
+
+
+@pytest.mark.parametrize("user_key,deltas", [
+    ("user_bl", [("delta", 1.0)]),                      # cross vocabulary
+    ("user_spm", [("delta", 0.8)]),                     # same vocabulary (fed the user's ids)
+    ("user_spm", [("delta", 1.0), ("delta_bl", 0.5)]),  # both at once
+    ("user_bl", []),                                    # the user model alone
+], ids=["cross", "same", "both", "alone"])
+def test_scorer_equals_decoder_under_teacher_forcing(world, user_key, deltas):
+    user = load_lm(str(world[user_key]))
+    dec = Decoder(user, [load_delta(world[d], user, a) for d, a in deltas])
+    prompts = random_texts(6, 1)
+    answers = random_texts(6, 2)
+    got = Scorer(dec, chunk=7).score(prompts, answers)
+    ref = teacher_forced(dec, prompts, answers)
+    for g, r in zip(got, ref):
+        assert len(g.token_logprobs) == len(r) > 0
+        assert g.token_logprobs == pytest.approx(r, abs=2e-4)
+
+
+def test_continuations_happen_and_stay_short(world):
+    """SentencePiece user tokens that end inside byte-level delta tokens ('m' + 'e' vs 'me'): the delta's
+    tokenization of a prefix is then not a prefix of the full one; the scorer computes only short
+    continuations for those positions."""
+    user = load_lm(str(world["user_spm"]))
+    dec = Decoder(user, [load_delta(world["delta_bl"], user, 1.0)])
+    answers = ["fishermen's lighthouse authors novels harbour " * 3]
+    s = Scorer(dec).score(["Who?"], answers)[0]
+    assert 0 < s.delta_extra_tokens[0] < 3 * s.n
+    assert s.token_logprobs == pytest.approx(teacher_forced(dec, ["Who?"], answers)[0], abs=2e-4)
+
+
+def test_proxy_tuning_scores(world):
+    user = load_lm(str(world["user_bl"]))
+    dec = Decoder(user, [], expert=load_lm(str(world["expert"])), anti_expert=load_lm(str(world["anti"])), proxy_alpha=0.7)
+    prompts, answers = random_texts(3, 5), random_texts(3, 6)
+    got = Scorer(dec).score(prompts, answers)
+    for g, r in zip(got, teacher_forced(dec, prompts, answers)):
+        assert g.token_logprobs == pytest.approx(r, abs=2e-4)
+
+
+def test_empty_answer_scores_nothing(world):
+    user = load_lm(str(world["user_bl"]))
+    s = Scorer(Decoder(user, [])).score(["Q", "Q2"], ["", "blue"])
+    assert s[0].n == 0 and s[0].mean_nll == 0.0 and s[1].n > 0
+    assert torch.isfinite(torch.tensor(s[1].token_logprobs)).all()
