@@ -39,3 +39,42 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def append_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Append records as JSON lines in one write, flushed to disk (a run killed later keeps them)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl_for_resume(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) of a JSONL file that a run appends to. A last line cut by an interruption is
+    dropped from the file (atomically) with a warning; a malformed line elsewhere is an error."""
+    import logging
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    out, good = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n >= len(lines) - 1:
+                logging.getLogger(__name__).warning("%s:%d is incomplete (interrupted write); it will be redone", path, n)
+                break
+            raise CmcError(f"{path}:{n}: malformed JSON; fix or remove the file") from None
+        if not isinstance(rec, dict):
+            raise CmcError(f"{path}:{n}: expected a JSON object; fix or remove the file")
+        out.append((n, rec))
+        good.append(line)
+    clean = "".join(x + "\n" for x in good)
+    if clean != text:
+        atomic_write_text(path, clean)
+    return out

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.engine.combine import map_delta_logits
 from cmc_cli.engine.decode import Decoder, DeltaRunner, GenerationConfig, load_delta, load_lm
 from cmc_cli.engine.streams import ResyncLM
 from cmc_cli.engine.textsync import DeltaText, GenText

@@ -7,9 +7,7 @@ Output records (AlpacaEval-compatible): instruction, output, generator, plus fin
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +16,8 @@ from cmc_cli.config import GenerateConfig
 from cmc_cli.data.instruct import Prompt, load_prompts
 from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
 from cmc_cli.engine.devices import pick_device, pick_dtype
-from cmc_cli.errors import CmcError, DataError, TokenMapError
-from cmc_cli.fileio import atomic_write_text
+from cmc_cli.errors import CmcError, TokenMapError
+from cmc_cli.fileio import append_jsonl, read_jsonl_for_resume
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +79,18 @@ class JsonlSink:
             log.info("%s does not exist yet; starting from the first prompt", path)
 
     def _validate(self, prompts: list[Prompt], generator: str) -> int:
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        good: list[str] = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                if n >= len(lines) - 1:  # the last line, cut by an interruption
-                    log.warning("%s:%d is incomplete (interrupted write); it will be generated again", self.path, n)
-                    break
-                raise DataError(f"{self.path}:{n}: malformed JSON; fix or remove the file") from None
-            i = len(good)
+        records = read_jsonl_for_resume(self.path)
+        for i, (n, rec) in enumerate(records):
             if i >= len(prompts) or rec.get("instruction") != prompts[i].instruction:
                 raise CmcError(f"{self.path}:{n} does not match prompt {i + 1} of the prompt file; "
                                "it was written for other prompts: choose another --output")
             if rec.get("generator") != generator:
                 raise CmcError(f"{self.path}:{n} was written by generator '{rec.get('generator')}', not "
                                f"'{generator}'; choose another --output or the same models and alphas")
-            good.append(line)
-        if "".join(x + "\n" for x in good) != text:
-            atomic_write_text(self.path, "".join(x + "\n" for x in good))
-        return len(good)
+        return len(records)
 
     def write(self, records: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, records)
 
 
 @dataclass

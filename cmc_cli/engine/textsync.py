@@ -94,7 +94,7 @@ class DeltaText:
         text = self.head + generated
         if text == self.text:
             return len(self.ids)
-        old_ids, old_starts = self.ids, self.starts
+        old_ids = self.ids
         changed = _common_prefix_len(self.text, text)  # first character that differs
         spliced = self._splice(text, changed)
         if spliced is None:

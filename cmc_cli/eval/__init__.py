@@ -1,0 +1,1 @@
+"""Evaluation on top of the engine: TOFU unlearning metrics (tofu.py), reports (report.py)."""

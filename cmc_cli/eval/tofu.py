@@ -1,0 +1,196 @@
+"""TOFU unlearning metrics (Maini et al., 2024), as the benchmark's code defines them.
+
+Per set (forget, retain, real authors, world facts):
+  RL  ROUGE-L *recall* of the greedy generation against the answer (rouge_score, Porter stemming)
+  P   forget / retain: mean over items of exp(-mean per-token NLL of the answer);
+      real authors / world facts: mean of P(true) / (P(true) + sum P(perturbed)), each P length-normalised
+  TR  R = P_perturbed / P_base with P = exp(-mean per-token NLL); P_perturbed averages the perturbed
+      answers' mean NLLs (TOFU: exp of the mean loss); P_base is the paraphrased answer on forget /
+      retain and the answer on the other sets. Forget: mean(min(R, 1/R)); others: mean(max(0, 1 - R)).
+Across sets:
+  forget quality  KS-test p-value between the forget-set truth ratios of the model and those of a
+                  model trained without the forget set (the retain model), when one is given
+  model utility   harmonic mean of RL, P and TR on every non-forget set present
+Probabilities are those of the combined distribution when deltas are applied (engine/score.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmc_cli.data.tofu import SET_KINDS, TofuItem
+from cmc_cli.engine.decode import Decoder, GenerationConfig
+from cmc_cli.engine.score import Scorer
+from cmc_cli.errors import CmcError
+from cmc_cli.fileio import append_jsonl, read_jsonl_for_resume
+
+log = logging.getLogger(__name__)
+
+
+# ---- the metrics, one function each -------------------------------------------------------------------
+_ROUGE = None
+
+
+def rouge_l_recall(generation: str, reference: str) -> float:
+    """ROUGE-L recall of `generation` against `reference`, with stemming (TOFU's `rouge_score` call)."""
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(_ROUGE.score(reference, generation)["rougeL"].recall)
+
+
+def length_normalised_prob(mean_nll: float) -> float:
+    return math.exp(-mean_nll)
+
+
+def truth_ratio(base_nll: float, perturbed_nlls: list[float]) -> float:
+    """R = P_perturbed / P_base = exp(mean_nll(base) - mean over perturbed of mean_nll)."""
+    return math.exp(base_nll - sum(perturbed_nlls) / len(perturbed_nlls))
+
+
+def truth_ratio_score(ratios: list[float], kind: str) -> float:
+    if kind == "forget":
+        return _mean([min(r, 1.0 / r) for r in ratios])
+    return _mean([max(0.0, 1.0 - r) for r in ratios])
+
+
+def choice_prob(true_nll: float, perturbed_nlls: list[float]) -> float:
+    """P(true) / (P(true) + sum P(perturbed)), each length-normalised."""
+    p = length_normalised_prob(true_nll)
+    return p / (p + sum(length_normalised_prob(x) for x in perturbed_nlls))
+
+
+def forget_quality(model_ratios: list[float], retain_model_ratios: list[float]) -> float:
+    """Two-sample KS-test p-value (scipy's ks_2samp, as TOFU) of forget-set truth ratios."""
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(model_ratios, retain_model_ratios).pvalue)
+
+
+def harmonic_mean(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+# ---- evaluating one model (+ deltas) ------------------------------------------------------------------
+@dataclass
+class SetResult:
+    kind: str
+    n: int
+    rouge_l: float
+    prob: float
+    truth_ratio: float | None
+    ratios: list[float] = field(default_factory=list)  # per-item R (forget quality)
+
+    def as_dict(self) -> dict:
+        return {"n": self.n, "RL": self.rouge_l, "P": self.prob, "TR": self.truth_ratio}
+
+
+def item_record(kind: str, index: int, item: TofuItem, generation: str | None, nll: float, base_nll: float | None,
+                pert_nlls: list[float]) -> dict:
+    rec = {"set": kind, "index": index, "question": item.question, "answer_nll": nll,
+           "base_nll": base_nll, "perturbed_nlls": pert_nlls}
+    if generation is not None:
+        rec["generation"] = generation
+        rec["rouge_l"] = rouge_l_recall(generation, item.answer)
+    return rec
+
+
+def aggregate(kind: str, records: list[dict]) -> SetResult:
+    rl = _mean([r["rouge_l"] for r in records if "rouge_l" in r])
+    with_pert = [r for r in records if r["perturbed_nlls"]]
+    if kind in ("forget", "retain") or not with_pert:
+        prob = _mean([length_normalised_prob(r["answer_nll"]) for r in records])
+    else:
+        prob = _mean([choice_prob(r["answer_nll"], r["perturbed_nlls"]) for r in with_pert])
+    ratios = [truth_ratio(r["base_nll"], r["perturbed_nlls"]) for r in with_pert]
+    tr = truth_ratio_score(ratios, kind) if ratios else None
+    return SetResult(kind, len(records), rl, prob, tr, ratios)
+
+
+class TofuEvaluator:
+    """Generates and scores TOFU sets for one Decoder; per-item records go to `items_path` as they are
+    made (JSONL), and a rerun skips the items already there."""
+
+    def __init__(self, decoder: Decoder, sets: dict[str, list[TofuItem]], max_new_tokens: int = 64,
+                 batch_size: int = 8, generate: bool = True):
+        unknown = set(sets) - set(SET_KINDS)
+        if unknown:
+            raise CmcError(f"unknown TOFU set(s) {', '.join(sorted(unknown))}; use {', '.join(SET_KINDS)}")
+        self.dec = decoder
+        self.sets = sets
+        self.scorer = Scorer(decoder)
+        self.gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+        self.batch_size = batch_size
+        self.generate = generate
+
+    def run(self, items_path: Path | None = None, on_progress=None) -> dict[str, SetResult]:
+        done = _read_items(items_path, self.sets) if items_path else {}
+        total = sum(len(v) for v in self.sets.values())
+        count = sum(len(v) for v in done.values())
+        if on_progress:
+            on_progress(count, total)
+        for kind, items in self.sets.items():
+            have = done.setdefault(kind, {})
+            todo = [i for i in range(len(items)) if i not in have]
+            for s in range(0, len(todo), self.batch_size):
+                idx = todo[s:s + self.batch_size]
+                recs = self._batch(kind, [(i, items[i]) for i in idx])
+                if items_path:
+                    append_jsonl(items_path, recs)
+                for r in recs:
+                    have[r["index"]] = r
+                count += len(recs)
+                if on_progress:
+                    on_progress(count, total)
+        return {kind: aggregate(kind, [done[kind][i] for i in sorted(done[kind])]) for kind in self.sets}
+
+    def _batch(self, kind: str, batch: list[tuple[int, TofuItem]]) -> list[dict]:
+        qs = [it.question for _, it in batch]
+        gens = self.dec.generate(qs, self.gen_cfg) if self.generate else [None] * len(batch)
+        # every answer to score, flattened: (row, role, text)
+        jobs = []
+        for r, (_, it) in enumerate(batch):
+            jobs.append((r, "answer", it.answer))
+            base = it.base_answer(kind)
+            if it.perturbed and base != it.answer:
+                jobs.append((r, "base", base))
+            jobs.extend((r, "perturbed", p) for p in it.perturbed)
+        nll: dict[tuple[int, str], list[float]] = {}
+        for s in range(0, len(jobs), self.batch_size):
+            chunk = jobs[s:s + self.batch_size]
+            scored = self.scorer.score([qs[r] for r, _, _ in chunk], [t for _, _, t in chunk])
+            for (r, role, _), sc in zip(chunk, scored):
+                nll.setdefault((r, role), []).append(sc.mean_nll)
+        out = []
+        for r, (i, it) in enumerate(batch):
+            ans = nll[(r, "answer")][0]
+            base = nll.get((r, "base"), [ans])[0] if it.perturbed else None
+            gen = gens[r].text if gens[r] is not None else None
+            out.append(item_record(kind, i, it, gen, ans, base, nll.get((r, "perturbed"), [])))
+        return out
+
+
+def _read_items(path: Path, sets: dict[str, list[TofuItem]]) -> dict[str, dict[int, dict]]:
+    done: dict[str, dict[int, dict]] = {}
+    if not path.is_file():
+        return done
+    for n, rec in read_jsonl_for_resume(path):
+        kind, i = rec.get("set"), rec.get("index")
+        items = sets.get(kind)
+        if items is None or not isinstance(i, int) or i >= len(items) or items[i].question != rec.get("question"):
+            raise CmcError(f"{path}:{n} belongs to another evaluation (other data); choose another --out")
+        done.setdefault(kind, {})[i] = rec
+    return done

@@ -1,0 +1,113 @@
+"""TOFU metrics against hand-computed values, and the evaluator end to end (resume included)."""
+
+import json
+import math
+
+import pytest
+
+from cmc_cli.data.tofu import load_tofu_eval
+from cmc_cli.engine.decode import Decoder, load_delta, load_lm
+from cmc_cli.errors import DataError
+from cmc_cli.eval.tofu import (
+    TofuEvaluator, aggregate, choice_prob, forget_quality, harmonic_mean, rouge_l_recall, truth_ratio,
+    truth_ratio_score,
+)
+from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
+
+
+def test_rouge_l_recall_on_known_pairs():
+    # reference 5 tokens; LCS with the generation: cat(s), home -> 2/5 (stemming: cats -> cat)
+    assert rouge_l_recall("cat ran home", "The cats were running home") == pytest.approx(0.4)
+    assert rouge_l_recall("The cats were running home", "The cats were running home") == 1.0
+    assert rouge_l_recall("", "The cats were running home") == 0.0
+    assert rouge_l_recall("he runs", "running") == 1.0  # both stem to 'run'
+    assert rouge_l_recall("home the", "the home") == pytest.approx(0.5)  # order matters: LCS 1 of 2
+
+
+def test_truth_ratio_by_hand_both_sides_of_one():
+    assert truth_ratio(1.0, [2.0, 0.0]) == pytest.approx(1.0)  # mean perturbed NLL = base NLL
+    r_low = truth_ratio(0.5, [1.5])  # the model prefers the right answer: R = e^-1 < 1
+    assert r_low == pytest.approx(math.exp(-1))
+    r_high = truth_ratio(2.0, [1.0])  # prefers the wrong one: R = e > 1
+    assert r_high == pytest.approx(math.e)
+    assert truth_ratio_score([r_low], "forget") == pytest.approx(math.exp(-1))  # min(R, 1/R)
+    assert truth_ratio_score([r_high], "forget") == pytest.approx(math.exp(-1))
+    assert truth_ratio_score([r_low], "retain") == pytest.approx(1 - math.exp(-1))  # max(0, 1 - R)
+    assert truth_ratio_score([r_high], "retain") == 0.0
+    assert truth_ratio_score([r_low, r_high], "world_facts") == pytest.approx((1 - math.exp(-1)) / 2)
+
+
+def test_choice_probability_ks_and_harmonic_mean_by_hand():
+    assert choice_prob(0.0, [math.log(2), math.log(4)]) == pytest.approx(1 / 1.75)
+    assert forget_quality([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]) == pytest.approx(1.0)
+    # disjoint samples of 5 and 5: exact two-sided p = 2 / C(10, 5)
+    assert forget_quality([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
+    assert harmonic_mean([1.0, 0.5]) == pytest.approx(2 / 3)
+    assert harmonic_mean([1.0, 0.0, 0.5]) == 0.0
+    assert math.isnan(harmonic_mean([]))
+
+
+def test_aggregate_by_hand():
+    recs = [
+        {"rouge_l": 1.0, "answer_nll": 0.0, "base_nll": 0.5, "perturbed_nlls": [1.5]},
+        {"rouge_l": 0.0, "answer_nll": math.log(2), "base_nll": 2.0, "perturbed_nlls": [1.0, 1.0]},
+    ]
+    f = aggregate("forget", recs)
+    assert (f.n, f.rouge_l) == (2, 0.5)
+    assert f.prob == pytest.approx((1 + 0.5) / 2)
+    assert f.truth_ratio == pytest.approx(math.exp(-1))  # both items: min(R, 1/R) = e^-1
+    w = aggregate("world_facts", recs)
+    expected_p = (choice_prob(0.0, [1.5]) + choice_prob(math.log(2), [1.0, 1.0])) / 2
+    assert w.prob == pytest.approx(expected_p)
+    assert w.truth_ratio == pytest.approx(((1 - math.exp(-1)) + 0.0) / 2)
+    assert aggregate("retain", [{"answer_nll": 1.0, "base_nll": None, "perturbed_nlls": []}]).truth_ratio is None
+
+
+def test_tofu_files_are_validated(tmp_path):
+    p = tmp_path / "forget.jsonl"
+    p.write_text(json.dumps({"question": "Q?", "answer": "A.", "perturbed_answer": ["B."]}) + "\n")
+    with pytest.raises(DataError, match="forget.jsonl:1: .*paraphrased_answer"):
+        load_tofu_eval(p, "forget")
+    p.write_text(json.dumps({"question": "Q?", "answer": "A.", "paraphrased_answer": "A!", "perturbed_answer": [3]}) + "\n")
+    with pytest.raises(DataError, match="forget.jsonl:1: 'perturbed_answer'"):
+        load_tofu_eval(p, "forget")
+
+
+def tofu_rows(prefix, n):
+    return [{"question": f"Where was {prefix} {i} born?", "answer": f"{prefix} {i} was born in the harbour town.",
+             "paraphrased_answer": f"The harbour town is where {prefix} {i} was born.",
+             "perturbed_answer": [f"{prefix} {i} was born in the mountains.", f"{prefix} {i} was born at sea.",
+                                  f"{prefix} {i} was born in a city."]} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tofu_world(tmp_path_factory, tiny_tokenizers):
+    root = tmp_path_factory.mktemp("tofu")
+    for name, prefix, n in (("forget", "author", 5), ("retain", "writer", 6), ("world_facts", "city", 3)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tofu_rows(prefix, n)))
+    return {"root": root, "user": make_tiny_llama(tiny_tokenizers["bl"], root / "user", hidden=48, seed=3),
+            "delta": make_random_delta(tiny_tokenizers["spm"], root / "delta", seed=5, head_std=0.5)}
+
+
+def test_evaluator_end_to_end_and_resume(tofu_world, tmp_path):
+    root = tofu_world["root"]
+    sets = {k: load_tofu_eval(root / f"{k}.jsonl", k) for k in ("forget", "retain", "world_facts")}
+    user = load_lm(str(tofu_world["user"]))
+    dec = Decoder(user, [load_delta(tofu_world["delta"], user, 1.0)])
+    full = TofuEvaluator(dec, sets, max_new_tokens=8, batch_size=4).run(tmp_path / "a.jsonl")
+    assert {k: v.n for k, v in full.items()} == {"forget": 5, "retain": 6, "world_facts": 3}
+    for res in full.values():
+        assert 0 <= res.rouge_l <= 1 and 0 < res.prob <= 1 and 0 <= res.truth_ratio <= 1
+    # interrupted after 7 items, the last line torn: the rerun evaluates only what is missing
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert len(lines) == 14
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[:7]) + "\n" + lines[7][:30])
+    progress = []
+    again = TofuEvaluator(dec, sets, max_new_tokens=8, batch_size=4).run(
+        tmp_path / "b.jsonl", on_progress=lambda d, t: progress.append(d))
+    assert progress[0] == 7
+    for k in full:
+        assert again[k].as_dict() == pytest.approx(full[k].as_dict())
+    # the delta changes the combined probabilities
+    alone = TofuEvaluator(Decoder(user, []), sets, max_new_tokens=8).run()
+    assert alone["forget"].prob != pytest.approx(full["forget"].prob)
