@@ -9,6 +9,7 @@ import typer
 from cmc_cli import __version__
 from cmc_cli.commands._common import setup_logging
 from cmc_cli.commands.adapters import adapters
+from cmc_cli.commands.eval import eval_app
 from cmc_cli.commands.fetch import fetch
 from cmc_cli.commands.generate import generate
 from cmc_cli.commands.map_vocab import map_vocab
@@ -43,6 +44,7 @@ app.command("map-vocab")(map_vocab)
 app.command("train")(train)
 app.command("unlearn")(unlearn)
 app.command("generate")(generate)
+app.add_typer(eval_app, name="eval")
 app.command("adapters")(adapters)
 app.command("fetch")(fetch)
 

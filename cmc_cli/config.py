@@ -306,3 +306,56 @@ def _merge_sources(cls, yaml_path: Path | None, flags: dict, what: str):
         return cls(**merged)
     except TypeError as e:
         raise ConfigError(f"invalid {what} options: {e}") from None
+
+
+@dataclass
+class EvalTofuConfig:
+    """Options of `cmc eval tofu`."""
+
+    users: list = field(default_factory=list)
+    deltas: list = field(default_factory=list)  # applied together to every user
+    token_maps: list = field(default_factory=list)
+    alpha: float = 1.0
+    forget: str | None = None
+    retain: str | None = None
+    real_authors: str | None = None
+    world_facts: str | None = None
+    retain_model: str | None = None  # trained without the forget set: forget quality
+    alone: bool = True  # also evaluate each user without deltas
+    user_format: str = "raw"
+    combine: str | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    limit: int | None = None  # items per set
+    out: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        import math
+
+        self.users = [str(u) for u in (self.users or [])]
+        self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
+        self.token_maps = [Path(p) for p in self.token_maps or []]
+        if not self.users:
+            raise ConfigError("--user is required (repeat it to evaluate several models)")
+        if not any((self.forget, self.retain, self.real_authors, self.world_facts)):
+            raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts")
+        if self.retain_model and not self.forget:
+            raise ConfigError("--retain-model is for forget quality and needs --forget")
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
+        if not self.deltas and not self.alone:
+            raise ConfigError("--no-alone leaves nothing to evaluate without --delta")
+        for key in ("max_new_tokens", "batch_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"--limit must be positive, got {self.limit}")
+
+    def set_paths(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in ("forget", "retain", "real_authors", "world_facts") if getattr(self, k)}
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "EvalTofuConfig":
+        return _merge_sources(cls, yaml_path, flags, "evaluation")

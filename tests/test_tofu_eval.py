@@ -111,3 +111,43 @@ def test_evaluator_end_to_end_and_resume(tofu_world, tmp_path):
     # the delta changes the combined probabilities
     alone = TofuEvaluator(Decoder(user, []), sets, max_new_tokens=8).run()
     assert alone["forget"].prob != pytest.approx(full["forget"].prob)
+
+
+def test_cli_eval_tofu_writes_the_report_and_resumes(tofu_world, workdir, cli):
+    root = tofu_world["root"]
+    args = ["eval", "tofu", "--user", tofu_world["user"], "-d", f"{tofu_world['delta']}:0.5",
+            "--forget", root / "forget.jsonl", "--retain", root / "retain.jsonl", "--world-facts", root / "world_facts.jsonl",
+            "--retain-model", tofu_world["user"], "--max-new-tokens", "6", "-o", "ev"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((workdir / "ev" / "results.json").read_text())
+    assert [row["label"] for row in res["rows"]] == ["user", "user + delta@0.5"]
+    alone, with_delta = res["rows"]
+    assert set(alone["sets"]) == {"forget", "retain", "world_facts"}
+    assert alone["sets"]["forget"]["n"] == 5
+    assert alone["forget_quality"] == pytest.approx(1.0)  # the retain model is the same model here
+    assert with_delta["forget_quality"] is not None
+    assert alone["model_utility"] == pytest.approx(harmonic_mean(
+        [alone["sets"][k][m] for k in ("retain", "world_facts") for m in ("RL", "P", "TR")]))
+    md = (workdir / "ev" / "report.md").read_text()
+    assert "| user + delta@0.5 |" in md and "Forget TR" in md
+    items = {p.name: p.read_text() for p in (workdir / "ev" / "items").iterdir()}
+    assert len(items) == 3
+    r = cli(*args)  # everything is already there: nothing is recomputed, same results
+    assert r.exit_code == 0, r.output
+    assert json.loads((workdir / "ev" / "results.json").read_text())["rows"] == res["rows"]
+    assert {p.name: p.read_text() for p in (workdir / "ev" / "items").iterdir()} == items
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "give at least one TOFU set"),
+    (["--retain", "RETAIN", "--retain-model", "USER"], "--retain-model is for forget quality and needs --forget"),
+    (["--forget", "missing.jsonl"], "missing.jsonl does not exist"),
+    (["--retain", "RETAIN", "--no-alone"], "--no-alone leaves nothing"),
+])
+def test_cli_eval_tofu_errors(tofu_world, workdir, cli, extra, message):
+    extra = [str(tofu_world["root"] / "retain.jsonl") if x == "RETAIN" else str(tofu_world["user"]) if x == "USER" else x
+             for x in extra]
+    r = cli("eval", "tofu", "--user", tofu_world["user"], *extra)
+    assert r.exit_code == 1, r.output
+    assert message in r.output

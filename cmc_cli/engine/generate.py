@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmc_cli.config import GenerateConfig
+from cmc_cli.config import DeltaSpec, GenerateConfig
 from cmc_cli.data.instruct import Prompt, load_prompts
-from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder, GenerationConfig, LoadedModel, load_delta, load_lm
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.errors import CmcError, TokenMapError
 from cmc_cli.fileio import append_jsonl, read_jsonl_for_resume
@@ -23,24 +23,36 @@ log = logging.getLogger(__name__)
 
 
 def load_decoder(cfg: GenerateConfig, on_phase=None) -> Decoder:
+    return build_decoder(cfg.user, cfg.deltas, cfg.token_maps, alpha=cfg.alpha, expert=cfg.expert,
+                         anti_expert=cfg.anti_expert, user_format=cfg.user_format, combine=cfg.combine,
+                         device=cfg.device, dtype=cfg.dtype, on_phase=on_phase)
+
+
+def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_maps: list[Path] = (), alpha: float = 1.0,
+                  expert: str | None = None, anti_expert: str | None = None, user_format: str = "raw",
+                  combine: str | None = None, device: str = "auto", dtype: str = "auto", on_phase=None) -> Decoder:
+    """Load (or reuse) the user model, the deltas with their token maps, and a proxy-tuning pair."""
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    missing = [s.path for s in cfg.deltas if not s.path.is_dir()]
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    missing = [s.path for s in deltas if not s.path.is_dir()]
     if missing:
         raise CmcError(f"delta {missing[0]} does not exist; train one with `cmc train` or give a delta directory")
-    maps = [(p, TokenMap.load(p)) for p in cfg.token_maps]
-    phase(f"loading user model {cfg.user}")
-    user = load_lm(cfg.user, dtype=dtype, device=str(device))
-    deltas = []
-    for spec in cfg.deltas:
+    maps = [(p, TokenMap.load(p)) for p in token_maps]
+    if isinstance(user_ref, LoadedModel):
+        user = user_ref
+    else:
+        phase(f"loading user model {user_ref}")
+        user = load_lm(user_ref, dtype=dt, device=str(dev))
+    loaded = []
+    for spec in deltas:
         phase(f"loading delta {spec.path}")
-        alpha = cfg.alpha if spec.alpha is None else spec.alpha
-        deltas.append(load_delta(spec.path, user, alpha, [m for _, m in maps], device=str(device), dtype=dtype))
-    used = {id(d.token_map) for d in deltas}
-    cross = [d for d in deltas if d.token_map is not None]
+        a = alpha if spec.alpha is None else spec.alpha
+        loaded.append(load_delta(spec.path, user, a, [m for _, m in maps], device=str(dev), dtype=dt))
+    used = {id(d.token_map) for d in loaded}
+    cross = [d for d in loaded if d.token_map is not None]
     for path, m in maps:
         if id(m) in used:
             continue
@@ -49,13 +61,13 @@ def load_decoder(cfg: GenerateConfig, on_phase=None) -> Decoder:
             continue
         m.check(delta=cross[0].lm.vocab, user=user.vocab, path=path)  # raises, naming both tokenizers
         raise TokenMapError(f"token map {path} fits none of the deltas")  # pragma: no cover - check raised
-    expert = anti = None
-    if cfg.expert:
-        phase(f"loading proxy-tuning expert {cfg.expert} and anti-expert {cfg.anti_expert}")
-        expert = load_lm(cfg.expert, dtype=dtype, device=str(device))
-        anti = load_lm(cfg.anti_expert, dtype=dtype, device=str(device))
-    return Decoder(user, deltas, expert=expert, anti_expert=anti, proxy_alpha=cfg.alpha,
-                   user_format=cfg.user_format, combine=cfg.combine)
+    ex = anti = None
+    if expert:
+        phase(f"loading proxy-tuning expert {expert} and anti-expert {anti_expert}")
+        ex = load_lm(expert, dtype=dt, device=str(dev))
+        anti = load_lm(anti_expert, dtype=dt, device=str(dev))
+    return Decoder(user, loaded, expert=ex, anti_expert=anti, proxy_alpha=alpha, user_format=user_format,
+                   combine=combine)
 
 
 def generator_name(dec: Decoder) -> str:

@@ -194,3 +194,84 @@ def _read_items(path: Path, sets: dict[str, list[TofuItem]]) -> dict[str, dict[i
             raise CmcError(f"{path}:{n} belongs to another evaluation (other data); choose another --out")
         done.setdefault(kind, {})[i] = rec
     return done
+
+
+# ---- a whole evaluation: several models, with and without deltas --------------------------------------
+SET_TITLES = {"forget": "Forget", "retain": "Retain", "real_authors": "Real authors", "world_facts": "World facts"}
+
+
+@dataclass
+class TofuRow:
+    label: str
+    user: str
+    deltas: list[dict]
+    sets: dict[str, SetResult]
+    forget_quality: float | None = None
+
+    @property
+    def model_utility(self) -> float | None:
+        vals = []
+        for kind in ("retain", "real_authors", "world_facts"):
+            s = self.sets.get(kind)
+            if s is not None:
+                vals += [v for v in (s.rouge_l, s.prob, s.truth_ratio) if v is not None]
+        return harmonic_mean(vals) if vals else None
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "user": self.user, "deltas": self.deltas,
+                "sets": {k: v.as_dict() for k, v in self.sets.items()},
+                "forget_quality": self.forget_quality, "model_utility": self.model_utility}
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", text).strip("_")[:120] or "row"
+
+
+def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
+    """Evaluate every user alone and with the deltas; write `cfg.out`/items/*.jsonl as it goes and
+    results.json + report.md after each row. on_progress(label, done, total)."""
+    from cmc_cli.data.records import file_sha256
+    from cmc_cli.data.tofu import load_tofu_eval
+    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.devices import pick_device, pick_dtype
+    from cmc_cli.engine.generate import build_decoder
+    from cmc_cli.eval.report import write_tofu_report
+
+    phase = on_phase or (lambda msg: log.info("%s", msg))
+    sets = {}
+    for kind, path in cfg.set_paths().items():
+        items = load_tofu_eval(path, kind)
+        sets[kind] = items[:cfg.limit] if cfg.limit else items
+    data = {k: {"path": str(p), "sha256": file_sha256(p), "n": len(sets[k])} for k, p in cfg.set_paths().items()}
+    out = Path(cfg.out) if cfg.out else None
+    dev = pick_device(cfg.device)
+    dt = pick_dtype(cfg.dtype, dev)
+    retain_ratios = None
+    if cfg.retain_model:
+        phase(f"scoring the forget set with the retain model {cfg.retain_model}")
+        rm = build_decoder(cfg.retain_model, [], user_format=cfg.user_format, device=cfg.device, dtype=cfg.dtype)
+        res = TofuEvaluator(rm, {"forget": sets["forget"]}, batch_size=cfg.batch_size, generate=False).run(
+            out / "items" / f"retain-model_{_slug(rm.user.name)}.jsonl" if out else None)
+        retain_ratios = res["forget"].ratios
+    rows: list[TofuRow] = []
+    for ref in cfg.users:
+        phase(f"loading user model {ref}")
+        user = load_lm(ref, dtype=dt, device=str(dev))
+        variants = [[]] if not cfg.deltas else ([[], cfg.deltas] if cfg.alone else [cfg.deltas])
+        for deltas in variants:
+            dec = build_decoder(user, deltas, cfg.token_maps, alpha=cfg.alpha, user_format=cfg.user_format,
+                                combine=cfg.combine, device=cfg.device, dtype=cfg.dtype, on_phase=phase)
+            label = " + ".join([user.name] + [f"{d.lm.name}@{d.alpha:g}" for d in dec.deltas])
+            phase(f"evaluating {label}")
+            ev = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+            res = ev.run(out / "items" / f"{_slug(label)}.jsonl" if out else None,
+                         on_progress=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
+            row = TofuRow(label, ref, [{"path": str(d.lm.name), "alpha": d.alpha} for d in dec.deltas], res)
+            if retain_ratios is not None and res["forget"].ratios:
+                row.forget_quality = forget_quality(res["forget"].ratios, retain_ratios)
+            rows.append(row)
+            if out:
+                write_tofu_report(out, rows, data, cfg)
+    return rows

@@ -1,0 +1,64 @@
+"""`cmc eval ...`: evaluations of user models with and without deltas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cmc_cli.commands._common import UI, console, err_console, handle_errors, info, status
+from cmc_cli.config import EvalTofuConfig
+
+Opt = typer.Option
+eval_app = typer.Typer(help="Evaluate user LLMs with and without deltas.", no_args_is_help=True)
+
+
+@eval_app.command("tofu")
+@handle_errors
+def tofu(
+    user: Annotated[list[str], Opt("--user", "-u", help="User LLM (repeat for several): path, cmc.yaml name or hub id in the local cache.")] = None,
+    delta: Annotated[list[str], Opt("--delta", "-d", help="Delta PATH[:ALPHA], applied to every user (repeat to combine).")] = None,
+    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: found or built).")] = None,
+    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA. (default: 1.0)")] = None,
+    forget: Annotated[str, Opt(help="TOFU forget set (question, answer, paraphrased_answer, perturbed_answer).")] = None,
+    retain: Annotated[str, Opt(help="TOFU retain set.")] = None,
+    real_authors: Annotated[str, Opt(help="TOFU real-authors set (question, answer, perturbed_answer).")] = None,
+    world_facts: Annotated[str, Opt(help="TOFU world-facts set.")] = None,
+    retain_model: Annotated[str, Opt(help="A model trained without the forget set: gives forget quality (KS test).")] = None,
+    alone: Annotated[bool, Opt("--alone/--no-alone", help="Also evaluate each user without deltas. (default: on)")] = None,
+    user_format: Annotated[str, Opt(help="raw | chat | a format string with {prompt}. (default: raw)")] = None,
+    combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's)")] = None,
+    max_new_tokens: Annotated[int, Opt(help="Greedy answer length for ROUGE-L. (default: 64)")] = None,
+    batch_size: Annotated[int, Opt(help="(default: 8)")] = None,
+    limit: Annotated[int, Opt(help="Evaluate only the first N items of each set.")] = None,
+    out: Annotated[str, Opt("-o", "--out", help="Directory for results.json, report.md and per-item records (resumable).")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = None,
+    dtype: Annotated[str, Opt(help="auto | fp32 | bf16 | fp16. (default: auto)")] = None,
+    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+) -> None:
+    """TOFU unlearning metrics (ROUGE-L, probability, truth ratio, forget quality, model utility)."""
+    from cmc_cli.eval.report import tofu_table
+    from cmc_cli.eval.tofu import run_tofu_eval
+
+    flags = {k: v for k, v in locals().items() if k not in ("config", "tofu_table", "run_tofu_eval")}
+    flags["users"], flags["deltas"], flags["token_maps"] = flags.pop("user"), flags.pop("delta"), flags.pop("token_map")
+    cfg = EvalTofuConfig.from_sources(config, flags)
+    if UI.quiet:
+        rows = run_tofu_eval(cfg)
+    else:
+        cols = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} items"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*cols, console=err_console, transient=True) as p:
+            tasks = {}
+
+            def on_progress(label, done, total):
+                if label not in tasks:
+                    tasks[label] = p.add_task(label, total=total)
+                p.update(tasks[label], completed=done, total=total)
+
+            rows = run_tofu_eval(cfg, on_progress=on_progress)
+    console.print(tofu_table(rows))
+    if cfg.out:
+        info(f"[green]wrote[/green] {cfg.out}/results.json and {cfg.out}/report.md")
