@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cmc_cli.commands._common import UI, console, err_console, handle_errors, info, status
+from cmc_cli.commands._common import UI, console, err_console, handle_errors, info
 from cmc_cli.config import EvalTofuConfig
 
 Opt = typer.Option
