@@ -332,26 +332,11 @@ class EvalTofuConfig:
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
-        import math
-
-        self.users = [str(u) for u in (self.users or [])]
-        self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
-        self.token_maps = [Path(p) for p in self.token_maps or []]
-        if not self.users:
-            raise ConfigError("--user is required (repeat it to evaluate several models)")
+        _check_eval_models(self)
         if not any((self.forget, self.retain, self.real_authors, self.world_facts)):
             raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts")
         if self.retain_model and not self.forget:
             raise ConfigError("--retain-model is for forget quality and needs --forget")
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
-        if not self.deltas and not self.alone:
-            raise ConfigError("--no-alone leaves nothing to evaluate without --delta")
-        for key in ("max_new_tokens", "batch_size"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"--limit must be positive, got {self.limit}")
 
     def set_paths(self) -> dict[str, str]:
         return {k: getattr(self, k) for k in ("forget", "retain", "real_authors", "world_facts") if getattr(self, k)}
@@ -359,3 +344,54 @@ class EvalTofuConfig:
     @classmethod
     def from_sources(cls, yaml_path: Path | None, flags: dict) -> "EvalTofuConfig":
         return _merge_sources(cls, yaml_path, flags, "evaluation")
+
+
+@dataclass
+class EvalInstructConfig:
+    """Options of `cmc eval instruct`."""
+
+    prompts: str = ""
+    users: list = field(default_factory=list)
+    deltas: list = field(default_factory=list)
+    token_maps: list = field(default_factory=list)
+    alpha: float = 1.0
+    judge: str | None = None
+    judge_format: str = "raw"
+    alone: bool = True
+    user_format: str = "raw"
+    combine: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    limit: int | None = None
+    out: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ConfigError("--prompts is required: Alpaca JSON/JSONL with reference 'output's")
+        _check_eval_models(self)
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "EvalInstructConfig":
+        return _merge_sources(cls, yaml_path, flags, "evaluation")
+
+
+def _check_eval_models(cfg) -> None:
+    """What every `cmc eval` command checks: users, deltas, alpha, sizes."""
+    import math
+
+    cfg.users = [str(u) for u in (cfg.users or [])]
+    cfg.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in cfg.deltas or []]
+    cfg.token_maps = [Path(p) for p in cfg.token_maps or []]
+    if not cfg.users:
+        raise ConfigError("--user is required (repeat it to evaluate several models)")
+    if not isinstance(cfg.alpha, (int, float)) or not math.isfinite(cfg.alpha):
+        raise ConfigError(f"--alpha must be a finite number, got {cfg.alpha}")
+    if not cfg.deltas and not cfg.alone:
+        raise ConfigError("--no-alone leaves nothing to evaluate without --delta")
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise ConfigError(f"--limit must be positive, got {cfg.limit}")

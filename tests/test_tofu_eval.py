@@ -8,8 +8,9 @@ import pytest
 from cmc_cli.data.tofu import load_tofu_eval
 from cmc_cli.engine.decode import Decoder, load_delta, load_lm
 from cmc_cli.errors import DataError
+from cmc_cli.eval.metrics import harmonic_mean
 from cmc_cli.eval.tofu import (
-    TofuEvaluator, aggregate, choice_prob, forget_quality, harmonic_mean, rouge_l_recall, truth_ratio,
+    TofuEvaluator, aggregate, choice_prob, forget_quality, rouge_l_recall, truth_ratio,
     truth_ratio_score,
 )
 from cmc_cli.zoo.models import make_random_delta, make_tiny_llama

@@ -45,20 +45,60 @@ def tofu(
     flags = {k: v for k, v in locals().items() if k not in ("config", "tofu_table", "run_tofu_eval")}
     flags["users"], flags["deltas"], flags["token_maps"] = flags.pop("user"), flags.pop("delta"), flags.pop("token_map")
     cfg = EvalTofuConfig.from_sources(config, flags)
-    if UI.quiet:
-        rows = run_tofu_eval(cfg)
-    else:
-        cols = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} items"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*cols, console=err_console, transient=True) as p:
-            tasks = {}
-
-            def on_progress(label, done, total):
-                if label not in tasks:
-                    tasks[label] = p.add_task(label, total=total)
-                p.update(tasks[label], completed=done, total=total)
-
-            rows = run_tofu_eval(cfg, on_progress=on_progress)
+    rows = _with_progress(lambda on_progress: run_tofu_eval(cfg, on_progress=on_progress), "items")
     console.print(tofu_table(rows))
     if cfg.out:
         info(f"[green]wrote[/green] {cfg.out}/results.json and {cfg.out}/report.md")
+
+
+@eval_app.command("instruct")
+@handle_errors
+def instruct(
+    prompts: Annotated[str, Opt(help="Alpaca JSON/JSONL (instruction, input, output = reference response).")] = None,
+    user: Annotated[list[str], Opt("--user", "-u", help="User LLM (repeat for several).")] = None,
+    delta: Annotated[list[str], Opt("--delta", "-d", help="Delta PATH[:ALPHA], applied to every user (repeat to combine).")] = None,
+    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: found or built).")] = None,
+    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA. (default: 1.0)")] = None,
+    judge: Annotated[str, Opt(help="A local judge LLM for the pairwise win rate against the references.")] = None,
+    judge_format: Annotated[str, Opt(help="How the judge reads its prompt: raw | chat | a format string. (default: raw)")] = None,
+    alone: Annotated[bool, Opt("--alone/--no-alone", help="Also evaluate each user without deltas. (default: on)")] = None,
+    user_format: Annotated[str, Opt(help="raw | chat | a format string with {prompt}. (default: raw)")] = None,
+    combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's)")] = None,
+    max_new_tokens: Annotated[int, Opt(help="(default: 256)")] = None,
+    batch_size: Annotated[int, Opt(help="(default: 8)")] = None,
+    limit: Annotated[int, Opt(help="Evaluate only the first N prompts.")] = None,
+    out: Annotated[str, Opt("-o", "--out", help="Directory for generations, AlpacaEval JSON, results.json, report.md (resumable).")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = None,
+    dtype: Annotated[str, Opt(help="auto | fp32 | bf16 | fp16. (default: auto)")] = None,
+    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+) -> None:
+    """Instruction following: AlpacaEval export, reference log-likelihood, ROUGE-L, judged win rate."""
+    from cmc_cli.config import EvalInstructConfig
+    from cmc_cli.eval.instruct import run_instruct_eval
+    from cmc_cli.eval.report import instruct_table
+
+    flags = {k: v for k, v in locals().items()
+             if k not in ("config", "EvalInstructConfig", "run_instruct_eval", "instruct_table")}
+    flags["users"], flags["deltas"], flags["token_maps"] = flags.pop("user"), flags.pop("delta"), flags.pop("token_map")
+    cfg = EvalInstructConfig.from_sources(config, flags)
+    rows = _with_progress(lambda on_progress: run_instruct_eval(cfg, on_progress=on_progress), "prompts")
+    console.print(instruct_table(rows))
+    if cfg.out:
+        info(f"[green]wrote[/green] {cfg.out}/results.json, {cfg.out}/report.md and AlpacaEval inputs in {cfg.out}/alpaca_eval/")
+
+
+def _with_progress(run, unit: str):
+    """run(on_progress) with one progress bar per evaluated model (none under --quiet)."""
+    if UI.quiet:
+        return run(None)
+    cols = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} " + unit),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*cols, console=err_console, transient=True) as p:
+        tasks = {}
+
+        def on_progress(label, done, total):
+            if label not in tasks:
+                tasks[label] = p.add_task(label, total=total)
+            p.update(tasks[label], completed=done, total=total)
+
+        return run(on_progress)

@@ -62,6 +62,7 @@ class Prompt:
     instruction: str  # as written in the file (AlpacaEval matches outputs to its set by this field)
     text: str  # what the models are asked: instruction plus input
     source: str
+    reference: str | None = None  # a reference response (Alpaca `output`, TOFU `answer`), when the file has one
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
@@ -75,11 +76,12 @@ def load_prompts(path: str | Path) -> list[Prompt]:
             inp = rec.get("input", "") or ""
             if not isinstance(inp, str):
                 raise DataError(f"{src}: field 'input' must be a string")
-            out.append(Prompt(ins, alpaca_prompt(ins, inp), src))
+            out.append(Prompt(ins, alpaca_prompt(ins, inp), src, _reference(path, line, rec, "output")))
         elif "prompt" in rec or "question" in rec:
             key = "prompt" if "prompt" in rec else "question"
             text = require_text(path, line, rec, key)
-            out.append(Prompt(text, text, src))
+            ref = _reference(path, line, rec, "answer" if key == "question" else "output")
+            out.append(Prompt(text, text, src, ref))
         elif "messages" in rec and isinstance(rec["messages"], list):
             turns = [m.get("content", "") for m in rec["messages"] if isinstance(m, dict) and m.get("role") != "assistant"]
             text = "\n".join(str(t) for t in turns)
@@ -89,6 +91,10 @@ def load_prompts(path: str | Path) -> list[Prompt]:
         else:
             raise DataError(f"{src}: a prompt record needs 'instruction' (Alpaca), 'prompt', 'question' or 'messages'")
     return out
+
+
+def _reference(path, line: int, rec: dict, key: str) -> str | None:
+    return require_text(path, line, rec, key, allow_empty=True) if key in rec else None
 
 
 def render(prompt_format: str, prompt: str) -> str:

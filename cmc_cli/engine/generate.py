@@ -128,9 +128,10 @@ def read_prompts(cfg: GenerateConfig) -> list[Prompt]:
 
 
 def run_generate(cfg: GenerateConfig, decoder: Decoder | None = None, on_phase=None, on_batch=None,
-                 on_text=None, on_records=None) -> GenerateResult:
-    """on_batch(done, total); on_text(text so far) streams a single prompt; on_records(list) per batch."""
-    prompts = read_prompts(cfg)
+                 on_text=None, on_records=None, prompts: list[Prompt] | None = None) -> GenerateResult:
+    """on_batch(done, total); on_text(text so far) streams a single prompt; on_records(list) per batch.
+    `prompts` replaces the ones cfg names (the output file is still resumed as cfg says)."""
+    prompts = prompts if prompts is not None else read_prompts(cfg)
     dec = decoder or load_decoder(cfg, on_phase)
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                top_k=cfg.top_k, seed=cfg.seed, stop=tuple(cfg.stop))

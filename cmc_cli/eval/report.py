@@ -11,6 +11,13 @@ from cmc_cli import __version__
 from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
 
+def slug(text: str) -> str:
+    """A file name for a row label."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", text).strip("_")[:120] or "row"
+
+
 def _fmt(x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
@@ -72,3 +79,50 @@ def write_tofu_report(out: Path, rows, data: dict, cfg) -> None:
     atomic_write_json(out / "results.json", {"format": "cmc-eval-tofu/1", "cmc_version": __version__,
                                              "data": data, "rows": [r.as_dict() for r in rows]})
     atomic_write_text(out / "report.md", tofu_markdown(rows, data, cfg))
+
+
+def instruct_columns(rows) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "n (with ref)", "ref log-lik", "ROUGE-L F", "ROUGE-L R"]
+    judged = any(r.win_rate is not None for r in rows)
+    if judged:
+        header.append("win rate")
+    cells = []
+    for r in rows:
+        line = [r.label, f"{r.n} ({r.n_ref})", _fmt(r.ref_loglik), _fmt(r.rouge_l_f), _fmt(r.rouge_l_recall)]
+        if judged:
+            line.append(_fmt(r.win_rate))
+        cells.append(line)
+    return header, cells
+
+
+def instruct_table(rows) -> Table:
+    header, cells = instruct_columns(rows)
+    t = Table(title="Instruction following (against the reference responses)")
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for c in cells:
+        t.add_row(*c)
+    return t
+
+
+def write_instruct_report(out: Path, rows, cfg) -> None:
+    from cmc_cli.eval.instruct import JUDGE_PROMPT
+
+    judge = {"ref": cfg.judge, "format": cfg.judge_format, "prompt": JUDGE_PROMPT} if cfg.judge else None
+    atomic_write_json(out / "results.json", {"format": "cmc-eval-instruct/1", "cmc_version": __version__,
+                                             "prompts": str(cfg.prompts), "judge": judge,
+                                             "rows": [r.as_dict() for r in rows]})
+    header, cells = instruct_columns(rows)
+    lines = ["# Instruction-following evaluation", "",
+             f"Prompts: `{cfg.prompts}`; greedy, {cfg.max_new_tokens} new tokens; user format `{cfg.user_format}`.",
+             "ref log-lik: mean per-token log-likelihood of the reference responses; ROUGE-L F / R: of the "
+             "generation against the reference; win rate: against the references, judged in both orders "
+             "(ties half).", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    lines += ["", "AlpacaEval inputs (for judges you have access to): " +
+              ", ".join(f"`{r.files['alpaca_eval']}`" for r in rows if r.files.get("alpaca_eval")), ""]
+    if judge:
+        lines += [f"Judge: `{cfg.judge}` (format `{cfg.judge_format}`); verdict = the likelier of ' A' / ' B' next. "
+                  "Prompt:", "", "```", JUDGE_PROMPT, "```", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))

@@ -25,23 +25,16 @@ from cmc_cli.data.tofu import SET_KINDS, TofuItem
 from cmc_cli.engine.decode import Decoder, GenerationConfig
 from cmc_cli.engine.score import Scorer
 from cmc_cli.errors import CmcError
+from cmc_cli.eval.metrics import harmonic_mean, rouge_l
 from cmc_cli.fileio import append_jsonl, read_jsonl_for_resume
 
 log = logging.getLogger(__name__)
 
 
 # ---- the metrics, one function each -------------------------------------------------------------------
-_ROUGE = None
-
-
 def rouge_l_recall(generation: str, reference: str) -> float:
     """ROUGE-L recall of `generation` against `reference`, with stemming (TOFU's `rouge_score` call)."""
-    global _ROUGE
-    if _ROUGE is None:
-        from rouge_score import rouge_scorer
-
-        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return float(_ROUGE.score(reference, generation)["rougeL"].recall)
+    return rouge_l(generation, reference)[0]
 
 
 def length_normalised_prob(mean_nll: float) -> float:
@@ -70,14 +63,6 @@ def forget_quality(model_ratios: list[float], retain_model_ratios: list[float]) 
     from scipy.stats import ks_2samp
 
     return float(ks_2samp(model_ratios, retain_model_ratios).pvalue)
-
-
-def harmonic_mean(values: list[float]) -> float:
-    if not values:
-        return float("nan")
-    if any(v <= 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)
 
 
 def _mean(xs: list[float]) -> float:
@@ -223,12 +208,6 @@ class TofuRow:
                 "forget_quality": self.forget_quality, "model_utility": self.model_utility}
 
 
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._@-]+", "_", text).strip("_")[:120] or "row"
-
-
 def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
     """Evaluate every user alone and with the deltas; write `cfg.out`/items/*.jsonl as it goes and
     results.json + report.md after each row. on_progress(label, done, total)."""
@@ -237,6 +216,7 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
     from cmc_cli.engine.decode import load_lm
     from cmc_cli.engine.devices import pick_device, pick_dtype
     from cmc_cli.engine.generate import build_decoder
+    from cmc_cli.eval.report import slug as _slug
     from cmc_cli.eval.report import write_tofu_report
 
     phase = on_phase or (lambda msg: log.info("%s", msg))

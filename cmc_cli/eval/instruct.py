@@ -1,0 +1,170 @@
+"""Instruction following: generate on a prompt set, export AlpacaEval inputs, and measure offline.
+
+Per model (alone, and with deltas):
+  generations   JSONL written as it goes (resumable), and `alpaca_eval/<model>.json` — the list of
+                {instruction, output, generator} AlpacaEval reads, for users with judge access
+  ref log-lik   mean over items of the mean per-token log-likelihood of the reference response under
+                the (combined) model, scored like decoding (engine/score.py)
+  ROUGE-L       F-measure and recall of the generation against the reference (stemmed)
+  win rate      pairwise against the reference responses, judged by a local judge model: each pair is
+                judged in both orders; a response that wins both counts 1, loses both 0, else 0.5
+                (ties and position-following count half). The judge reads JUDGE_PROMPT and its
+                verdict is the more likely of the letters A and B as the next token.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cmc_cli.config import GenerateConfig
+from cmc_cli.data.instruct import Prompt, load_prompts
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.score import Scorer
+from cmc_cli.engine.streams import LockstepLM
+from cmc_cli.errors import CmcError
+from cmc_cli.eval.metrics import pairwise_outcome, rouge_l
+
+log = logging.getLogger(__name__)
+
+JUDGE_PROMPT = (
+    "You are a fair judge comparing two responses to the same instruction. Judge helpfulness, correctness "
+    "and relevance; ignore length and order.\n\n"
+    "Instruction: {instruction}\n\n"
+    "Response A: {a}\n\n"
+    "Response B: {b}\n\n"
+    "Which response is better, A or B? The better response is"
+)
+
+
+def _label_id(tokenizer, letter: str) -> int:
+    """The id the judge would write for ' A' / ' B' (the last piece of its tokenization)."""
+    ids = tokenizer(" " + letter, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise CmcError(f"the judge's tokenizer cannot write '{letter}'")
+    return int(ids[-1])
+
+
+@torch.inference_mode()
+def judge_prefers_a(judge: Decoder, triples: list[tuple[str, str, str]], batch_size: int = 8) -> list[bool | None]:
+    """For (instruction, response A, response B): True if the judge prefers A, False for B, None on a tie."""
+    tok = judge.user.tokenizer
+    a_id, b_id = _label_id(tok, "A"), _label_id(tok, "B")
+    if a_id == b_id:
+        raise CmcError("the judge's tokenizer writes A and B with the same token; choose another judge")
+    out: list[bool | None] = []
+    for s in range(0, len(triples), batch_size):
+        chunk = triples[s:s + batch_size]
+        ids = [judge.user_prompt_ids(JUDGE_PROMPT.format(instruction=i, a=a, b=b)) for i, a, b in chunk]
+        logits = LockstepLM(judge.user.model, judge.user.pad_id).start(ids)
+        for la, lb in zip(logits[:, a_id].tolist(), logits[:, b_id].tolist()):
+            out.append(None if la == lb else la > lb)
+    return out
+
+
+def win_rate_against(judge: Decoder, instructions: list[str], outputs: list[str], references: list[str],
+                     batch_size: int = 8) -> list[float]:
+    """Per-item outcome of `outputs` against `references`, judged in both orders (pairwise_outcome)."""
+    first = judge_prefers_a(judge, list(zip(instructions, outputs, references)), batch_size)
+    second = judge_prefers_a(judge, list(zip(instructions, references, outputs)), batch_size)
+    return [pairwise_outcome(x, y) for x, y in zip(first, second)]
+
+
+@dataclass
+class InstructRow:
+    label: str
+    user: str
+    deltas: list[dict]
+    n: int
+    n_ref: int = 0
+    ref_loglik: float | None = None
+    rouge_l_f: float | None = None
+    rouge_l_recall: float | None = None
+    win_rate: float | None = None
+    files: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def evaluate_outputs(dec: Decoder, prompts: list[Prompt], outputs: list[str], judge: Decoder | None,
+                     batch_size: int) -> dict:
+    """The offline metrics of one model's outputs (items with a reference only)."""
+    with_ref = [(p, o) for p, o in zip(prompts, outputs) if p.reference]
+    if not with_ref:
+        return {"n_ref": 0}
+    scorer = Scorer(dec)
+    ll = []
+    for s in range(0, len(with_ref), batch_size):
+        chunk = with_ref[s:s + batch_size]
+        for sc in scorer.score([p.text for p, _ in chunk], [p.reference for p, _ in chunk]):
+            if sc.n:
+                ll.append(-sc.mean_nll)
+    rl = [rouge_l(o, p.reference) for p, o in with_ref]
+    res = {"n_ref": len(with_ref), "ref_loglik": sum(ll) / len(ll) if ll else None,
+           "rouge_l_recall": sum(r for r, _ in rl) / len(rl), "rouge_l_f": sum(f for _, f in rl) / len(rl)}
+    if judge is not None:
+        wins = win_rate_against(judge, [p.instruction for p, _ in with_ref], [o for _, o in with_ref],
+                                [p.reference for p, _ in with_ref], batch_size)
+        res["win_rate"] = sum(wins) / len(wins)
+    return res
+
+
+def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]:
+    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.devices import pick_device, pick_dtype
+    from cmc_cli.engine.generate import build_decoder, run_generate
+    from cmc_cli.eval.report import slug as _slug
+    from cmc_cli.eval.report import write_instruct_report
+    from cmc_cli.fileio import atomic_write_json
+
+    phase = on_phase or (lambda msg: log.info("%s", msg))
+    prompts = load_prompts(cfg.prompts)
+    prompts = prompts[:cfg.limit] if cfg.limit else prompts
+    out = Path(cfg.out) if cfg.out else None
+    dev = pick_device(cfg.device)
+    dt = pick_dtype(cfg.dtype, dev)
+    judge = None
+    if cfg.judge:
+        phase(f"loading judge {cfg.judge}")
+        judge = build_decoder(cfg.judge, [], user_format=cfg.judge_format, device=cfg.device, dtype=cfg.dtype)
+    rows = []
+    for ref in cfg.users:
+        phase(f"loading user model {ref}")
+        user = load_lm(ref, dtype=dt, device=str(dev))
+        variants = [[]] if not cfg.deltas else ([[], cfg.deltas] if cfg.alone else [cfg.deltas])
+        for deltas in variants:
+            dec = build_decoder(user, deltas, cfg.token_maps, alpha=cfg.alpha, user_format=cfg.user_format,
+                                combine=cfg.combine, device=cfg.device, dtype=cfg.dtype, on_phase=phase)
+            label = " + ".join([user.name] + [f"{d.lm.name}@{d.alpha:g}" for d in dec.deltas])
+            phase(f"generating with {label}")
+            gen_path = out / "generations" / f"{_slug(label)}.jsonl" if out else None
+            gcfg = GenerateConfig(user=ref, deltas=list(deltas), prompts=cfg.prompts, output=str(gen_path) if gen_path else None,
+                                  resume=True, generator=label, max_new_tokens=cfg.max_new_tokens,
+                                  batch_size=cfg.batch_size, seed=0)
+            before = []
+            if gen_path and gen_path.is_file():
+                from cmc_cli.fileio import read_jsonl_for_resume
+
+                before = [r for _, r in read_jsonl_for_resume(gen_path)]
+            res = run_generate(gcfg, dec, prompts=prompts,
+                               on_batch=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
+            records = (before + res.records)[:len(prompts)]
+            outputs = [r["output"] for r in records]
+            row = InstructRow(label, ref, [{"path": d.lm.name, "alpha": d.alpha} for d in dec.deltas], len(outputs))
+            if out:
+                ae = out / "alpaca_eval" / f"{_slug(label)}.json"
+                atomic_write_json(ae, [{"instruction": r["instruction"], "output": r["output"], "generator": label}
+                                       for r in records])
+                row.files = {"generations": str(gen_path), "alpaca_eval": str(ae)}
+            phase(f"scoring {label}")
+            for k, v in evaluate_outputs(dec, prompts, outputs, judge, cfg.batch_size).items():
+                setattr(row, k, v)
+            rows.append(row)
+            if out:
+                write_instruct_report(out, rows, cfg)
+    return rows
+

@@ -1,0 +1,82 @@
+"""Instruction-following evaluation: the pairwise rule by hand, the judge against a direct forward pass,
+and `cmc eval instruct` end to end with resume."""
+
+import json
+
+import pytest
+import torch
+
+from cmc_cli.engine.decode import Decoder, load_delta, load_lm
+from cmc_cli.engine.score import Scorer
+from cmc_cli.eval.instruct import JUDGE_PROMPT, judge_prefers_a
+from cmc_cli.eval.metrics import pairwise_outcome, rouge_l
+from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
+
+
+def test_pairwise_outcome_both_orders_ties_half():
+    assert pairwise_outcome(True, False) == 1.0   # X wins as A and as B
+    assert pairwise_outcome(False, True) == 0.0   # X loses both
+    assert pairwise_outcome(True, True) == 0.5    # the judge always picks A: position, not quality
+    assert pairwise_outcome(False, False) == 0.5
+    assert pairwise_outcome(None, None) == 0.5    # ties
+    assert pairwise_outcome(True, None) == 0.5
+
+
+def test_rouge_l_f_by_hand():
+    r, f = rouge_l("cat ran home", "The cats were running home")
+    assert r == pytest.approx(2 / 5) and f == pytest.approx(2 * (2 / 3) * (2 / 5) / (2 / 3 + 2 / 5))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_tokenizers):
+    root = tmp_path_factory.mktemp("instruct")
+    rows = [{"instruction": "Name three fish.", "output": "Cod, salmon and trout."},
+            {"instruction": "Describe the harbour.", "input": "One sentence.", "output": "The harbour is busy with boats."},
+            {"instruction": "Say hi"},
+            {"instruction": "What colour is box 2?", "output": "Box 2 is blue."}]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"root": root, "user": make_tiny_llama(tiny_tokenizers["bl"], root / "user", hidden=48, seed=3),
+            "judge": make_tiny_llama(tiny_tokenizers["spm"], root / "judge", hidden=48, seed=12),
+            "delta": make_random_delta(tiny_tokenizers["spm"], root / "delta", seed=5, head_std=0.5)}
+
+
+def test_judge_verdict_is_the_likelier_letter(models):
+    judge = Decoder(load_lm(str(models["judge"])))
+    triples = [("Name a fish.", "Cod.", "A boat."), ("Say hi", "Hello!", "Goodbye."), ("Q", "x", "y")]
+    got = judge_prefers_a(judge, triples, batch_size=2)
+    tok = judge.user.tokenizer
+    a_id = tok(" A", add_special_tokens=False)["input_ids"][-1]
+    b_id = tok(" B", add_special_tokens=False)["input_ids"][-1]
+    for (i, a, b), verdict in zip(triples, got):
+        ids = tok(JUDGE_PROMPT.format(instruction=i, a=a, b=b))["input_ids"]
+        with torch.no_grad():
+            logits = judge.user.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert verdict == bool(logits[a_id] > logits[b_id])
+
+
+def test_cli_eval_instruct_end_to_end_and_resume(models, workdir, cli):
+    args = ["eval", "instruct", "--prompts", models["root"] / "prompts.jsonl", "--user", models["user"],
+            "-d", f"{models['delta']}:0.5", "--judge", models["judge"], "--max-new-tokens", "6", "-o", "ev"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((workdir / "ev" / "results.json").read_text())
+    assert res["judge"]["prompt"] == JUDGE_PROMPT
+    alone, with_delta = res["rows"]
+    assert (alone["label"], with_delta["label"]) == ("user", "user + delta@0.5")
+    assert alone["n"] == 4 and alone["n_ref"] == 3
+    assert 0 <= alone["win_rate"] <= 1 and alone["win_rate"] * 6 == int(alone["win_rate"] * 6)  # halves of 3 items
+    ae = json.loads((workdir / "ev" / "alpaca_eval" / "user_delta@0.5.json").read_text())
+    assert [set(x) for x in ae] == [{"instruction", "output", "generator"}] * 4
+    assert ae[1]["instruction"] == "Describe the harbour." and ae[0]["generator"] == "user + delta@0.5"
+    # the reference log-likelihood is the scorer's, by hand
+    user = load_lm(str(models["user"]))
+    dec = Decoder(user, [load_delta(models["delta"], user, 0.5)])
+    scored = Scorer(dec).score(["Name three fish.", "Describe the harbour.\n\nOne sentence.", "What colour is box 2?"],
+                               ["Cod, salmon and trout.", "The harbour is busy with boats.", "Box 2 is blue."])
+    assert with_delta["ref_loglik"] == pytest.approx(sum(-s.mean_nll for s in scored) / 3, abs=1e-5)
+    gens = (workdir / "ev" / "generations" / "user_delta@0.5.jsonl").read_text()
+    r = cli(*args)  # resumed: nothing regenerated, same figures
+    assert r.exit_code == 0, r.output
+    assert (workdir / "ev" / "generations" / "user_delta@0.5.jsonl").read_text() == gens
+    assert json.loads((workdir / "ev" / "results.json").read_text())["rows"] == res["rows"]
+    assert "Response A: {a}" in (workdir / "ev" / "report.md").read_text()
