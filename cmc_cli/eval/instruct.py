@@ -114,9 +114,8 @@ def evaluate_outputs(dec: Decoder, prompts: list[Prompt], outputs: list[str], ju
 
 
 def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]:
-    from cmc_cli.engine.decode import load_lm
-    from cmc_cli.engine.devices import pick_device, pick_dtype
-    from cmc_cli.engine.generate import build_decoder, run_generate
+    from cmc_cli.engine.generate import build_decoder
+    from cmc_cli.eval.models import eval_decoders, run_generate
     from cmc_cli.eval.report import slug as _slug
     from cmc_cli.eval.report import write_instruct_report
     from cmc_cli.fileio import atomic_write_json
@@ -125,46 +124,37 @@ def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]
     prompts = load_prompts(cfg.prompts)
     prompts = prompts[:cfg.limit] if cfg.limit else prompts
     out = Path(cfg.out) if cfg.out else None
-    dev = pick_device(cfg.device)
-    dt = pick_dtype(cfg.dtype, dev)
     judge = None
     if cfg.judge:
         phase(f"loading judge {cfg.judge}")
         judge = build_decoder(cfg.judge, [], user_format=cfg.judge_format, device=cfg.device, dtype=cfg.dtype)
     rows = []
-    for ref in cfg.users:
-        phase(f"loading user model {ref}")
-        user = load_lm(ref, dtype=dt, device=str(dev))
-        variants = [[]] if not cfg.deltas else ([[], cfg.deltas] if cfg.alone else [cfg.deltas])
-        for deltas in variants:
-            dec = build_decoder(user, deltas, cfg.token_maps, alpha=cfg.alpha, user_format=cfg.user_format,
-                                combine=cfg.combine, device=cfg.device, dtype=cfg.dtype, on_phase=phase)
-            label = " + ".join([user.name] + [f"{d.lm.name}@{d.alpha:g}" for d in dec.deltas])
-            phase(f"generating with {label}")
-            gen_path = out / "generations" / f"{_slug(label)}.jsonl" if out else None
-            gcfg = GenerateConfig(user=ref, deltas=list(deltas), prompts=cfg.prompts, output=str(gen_path) if gen_path else None,
-                                  resume=True, generator=label, max_new_tokens=cfg.max_new_tokens,
-                                  batch_size=cfg.batch_size, seed=0)
-            before = []
-            if gen_path and gen_path.is_file():
-                from cmc_cli.fileio import read_jsonl_for_resume
+    for ref, label, deltas, dec in eval_decoders(cfg, phase):
+        phase(f"generating with {label}")
+        gen_path = out / "generations" / f"{_slug(label)}.jsonl" if out else None
+        gcfg = GenerateConfig(user=ref, deltas=list(deltas), prompts=cfg.prompts, output=str(gen_path) if gen_path else None,
+                              resume=True, generator=label, max_new_tokens=cfg.max_new_tokens,
+                              batch_size=cfg.batch_size, seed=0)
+        before = []
+        if gen_path and gen_path.is_file():
+            from cmc_cli.fileio import read_jsonl_for_resume
 
-                before = [r for _, r in read_jsonl_for_resume(gen_path)]
-            res = run_generate(gcfg, dec, prompts=prompts,
-                               on_batch=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
-            records = (before + res.records)[:len(prompts)]
-            outputs = [r["output"] for r in records]
-            row = InstructRow(label, ref, [{"path": d.lm.name, "alpha": d.alpha} for d in dec.deltas], len(outputs))
-            if out:
-                ae = out / "alpaca_eval" / f"{_slug(label)}.json"
-                atomic_write_json(ae, [{"instruction": r["instruction"], "output": r["output"], "generator": label}
-                                       for r in records])
-                row.files = {"generations": str(gen_path), "alpaca_eval": str(ae)}
-            phase(f"scoring {label}")
-            for k, v in evaluate_outputs(dec, prompts, outputs, judge, cfg.batch_size).items():
-                setattr(row, k, v)
-            rows.append(row)
-            if out:
-                write_instruct_report(out, rows, cfg)
+            before = [r for _, r in read_jsonl_for_resume(gen_path)]
+        res = run_generate(gcfg, dec, prompts=prompts,
+                           on_batch=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
+        records = (before + res.records)[:len(prompts)]
+        outputs = [r["output"] for r in records]
+        row = InstructRow(label, ref, [{"path": d.lm.name, "alpha": d.alpha} for d in dec.deltas], len(outputs))
+        if out:
+            ae = out / "alpaca_eval" / f"{_slug(label)}.json"
+            atomic_write_json(ae, [{"instruction": r["instruction"], "output": r["output"], "generator": label}
+                                   for r in records])
+            row.files = {"generations": str(gen_path), "alpaca_eval": str(ae)}
+        phase(f"scoring {label}")
+        for k, v in evaluate_outputs(dec, prompts, outputs, judge, cfg.batch_size).items():
+            setattr(row, k, v)
+        rows.append(row)
+        if out:
+            write_instruct_report(out, rows, cfg)
     return rows
 

@@ -213,9 +213,8 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
     results.json + report.md after each row. on_progress(label, done, total)."""
     from cmc_cli.data.records import file_sha256
     from cmc_cli.data.tofu import load_tofu_eval
-    from cmc_cli.engine.decode import load_lm
-    from cmc_cli.engine.devices import pick_device, pick_dtype
     from cmc_cli.engine.generate import build_decoder
+    from cmc_cli.eval.models import eval_decoders
     from cmc_cli.eval.report import slug as _slug
     from cmc_cli.eval.report import write_tofu_report
 
@@ -226,8 +225,6 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
         sets[kind] = items[:cfg.limit] if cfg.limit else items
     data = {k: {"path": str(p), "sha256": file_sha256(p), "n": len(sets[k])} for k, p in cfg.set_paths().items()}
     out = Path(cfg.out) if cfg.out else None
-    dev = pick_device(cfg.device)
-    dt = pick_dtype(cfg.dtype, dev)
     retain_ratios = None
     if cfg.retain_model:
         phase(f"scoring the forget set with the retain model {cfg.retain_model}")
@@ -236,22 +233,15 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
             out / "items" / f"retain-model_{_slug(rm.user.name)}.jsonl" if out else None)
         retain_ratios = res["forget"].ratios
     rows: list[TofuRow] = []
-    for ref in cfg.users:
-        phase(f"loading user model {ref}")
-        user = load_lm(ref, dtype=dt, device=str(dev))
-        variants = [[]] if not cfg.deltas else ([[], cfg.deltas] if cfg.alone else [cfg.deltas])
-        for deltas in variants:
-            dec = build_decoder(user, deltas, cfg.token_maps, alpha=cfg.alpha, user_format=cfg.user_format,
-                                combine=cfg.combine, device=cfg.device, dtype=cfg.dtype, on_phase=phase)
-            label = " + ".join([user.name] + [f"{d.lm.name}@{d.alpha:g}" for d in dec.deltas])
-            phase(f"evaluating {label}")
-            ev = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-            res = ev.run(out / "items" / f"{_slug(label)}.jsonl" if out else None,
-                         on_progress=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
-            row = TofuRow(label, ref, [{"path": str(d.lm.name), "alpha": d.alpha} for d in dec.deltas], res)
-            if retain_ratios is not None and res["forget"].ratios:
-                row.forget_quality = forget_quality(res["forget"].ratios, retain_ratios)
-            rows.append(row)
-            if out:
-                write_tofu_report(out, rows, data, cfg)
+    for ref, label, deltas, dec in eval_decoders(cfg, phase):
+        phase(f"evaluating {label}")
+        ev = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        res = ev.run(out / "items" / f"{_slug(label)}.jsonl" if out else None,
+                     on_progress=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
+        row = TofuRow(label, ref, [{"path": str(d.lm.name), "alpha": d.alpha} for d in dec.deltas], res)
+        if retain_ratios is not None and res["forget"].ratios:
+            row.forget_quality = forget_quality(res["forget"].ratios, retain_ratios)
+        rows.append(row)
+        if out:
+            write_tofu_report(out, rows, data, cfg)
     return rows
