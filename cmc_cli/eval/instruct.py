@@ -114,8 +114,8 @@ def evaluate_outputs(dec: Decoder, prompts: list[Prompt], outputs: list[str], ju
 
 
 def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]:
-    from cmc_cli.engine.generate import build_decoder
-    from cmc_cli.eval.models import eval_decoders, run_generate
+    from cmc_cli.engine.generate import build_decoder, run_generate
+    from cmc_cli.eval.models import eval_decoders
     from cmc_cli.eval.report import slug as _slug
     from cmc_cli.eval.report import write_instruct_report
     from cmc_cli.fileio import atomic_write_json
