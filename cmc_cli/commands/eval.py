@@ -102,3 +102,42 @@ def _with_progress(run, unit: str):
             p.update(tasks[label], completed=done, total=total)
 
         return run(on_progress)
+
+
+@eval_app.command("shift")
+@handle_errors
+def shift(
+    base: Annotated[list[str], Opt("--base", help="Base model of a family (repeat; pairs with --tuned in order).")] = None,
+    tuned: Annotated[list[str], Opt("--tuned", help="Fine-tuned model of the same family (same tokenizer as its base).")] = None,
+    texts: Annotated[str, Opt(help="JSONL/JSON of `text` (or instruction+output, question+answer) records.")] = None,
+    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) between the families (default: built).")] = None,
+    top_k: Annotated[int, Opt(help="Tokens compared per position: union of both shifts' top-k. (default: 50)")] = 50,
+    limit: Annotated[int, Opt(help="Use only the first N texts.")] = None,
+    out: Annotated[str, Opt("-o", "--out", help="Directory for results.json, report.md and heat maps (PNG).")] = None,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = "auto",
+) -> None:
+    """Logit-shift similarity between model families (the paper's premise): cosine, Spearman, Sinkhorn."""
+    from rich.table import Table
+
+    from cmc_cli.errors import ConfigError
+    from cmc_cli.eval.shift import run_shift_eval
+
+    base, tuned = base or [], tuned or []
+    if len(base) != len(tuned):
+        raise ConfigError("give a --tuned for every --base (in the same order)")
+    if len(base) < 2:
+        raise ConfigError("give at least two --base/--tuned pairs to compare")
+    if not texts:
+        raise ConfigError("--texts is required: the texts the shifts are measured on")
+    if top_k <= 0:
+        raise ConfigError(f"--top-k must be positive, got {top_k}")
+    results = run_shift_eval(base, tuned, texts, token_map or [], top_k=top_k, limit=limit, out=out, device=device)
+    t = Table(title="Logit-shift similarity (mean over shared positions; control: random other position)")
+    for h in ("A", "B", "positions", "cosine", "spearman", "sinkhorn", "control cos", "control sinkhorn"):
+        t.add_column(h, justify="left" if h in ("A", "B") else "right")
+    for r in results:
+        t.add_row(r.a, r.b, str(r.positions), f"{r.metrics['cosine'][0]:.3f}", f"{r.metrics['spearman'][0]:.3f}",
+                  f"{r.metrics['sinkhorn'][0]:.3f}", f"{r.control['cosine'][0]:.3f}", f"{r.control['sinkhorn'][0]:.3f}")
+    console.print(t)
+    if out:
+        info(f"[green]wrote[/green] {out}/results.json, {out}/report.md and heat maps")
