@@ -34,8 +34,7 @@ def random_texts(n, seed):
 
 def teacher_forced(dec, prompts, answers):
     """Log-probabilities of each answer token from the decoder's own step distributions."""
-    tok = dec.user.tokenizer
-    force = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
+    force = [dec.user_answer_ids(p, a) for p, a in zip(prompts, answers)]
     dec.trace = []
     dec.generate(prompts, GenerationConfig(max_new_tokens=max(len(f) for f in force)), force=force)
     out = []
@@ -89,3 +88,19 @@ def test_empty_answer_scores_nothing(world):
     s = Scorer(Decoder(user, [])).score(["Q", "Q2"], ["", "blue"])
     assert s[0].n == 0 and s[0].mean_nll == 0.0 and s[1].n > 0
     assert torch.isfinite(torch.tensor(s[1].token_logprobs)).all()
+
+
+def test_answers_are_tokenized_in_context(world):
+    from cmc_cli.data.instruct import join_response
+
+    assert join_response("Answer:", "Paris") == "Answer: Paris"
+    assert join_response("Answer:\n", "Paris") == "Answer:\nParis"
+    assert join_response("Answer:", " Paris") == "Answer: Paris"
+    user = load_lm(str(world["user_bl"]))
+    dec = Decoder(user, [], user_format="Question: {prompt}\nAnswer:")
+    tok = user.tokenizer
+    ids = dec.user_answer_ids("Where?", "the harbour")
+    full = tok("Question: Where?\nAnswer: the harbour")["input_ids"]
+    prompt = tok("Question: Where?\nAnswer:")["input_ids"]
+    assert ids == full[len(prompt):]
+    assert tok.decode(ids) == " the harbour"  # byte-level: the space belongs to the answer's first token

@@ -97,6 +97,14 @@ def _reference(path, line: int, rec: dict, key: str) -> str | None:
     return require_text(path, line, rec, key, allow_empty=True) if key in rec else None
 
 
+def join_response(head: str, response: str) -> str:
+    """head + response, with one space between when neither side has one at the seam (so a format
+    ending in "Answer:" and the response "Paris" read "Answer: Paris"; lm-eval's target delimiter)."""
+    if head and response and not head[-1].isspace() and not response[0].isspace():
+        return head + " " + response
+    return head + response
+
+
 def render(prompt_format: str, prompt: str) -> str:
     return prompt_format.replace("{prompt}", prompt)
 
@@ -119,7 +127,7 @@ def encode(examples: list[Example], tokenizer, prompt_format: str, max_length: i
     out = []
     for ex in examples:
         head = render(prompt_format, ex.prompt)
-        text = head + ex.response
+        text = join_response(head, ex.response)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         labels = [tid if end > len(head) else IGNORE for tid, (start, end) in zip(ids, offsets)]

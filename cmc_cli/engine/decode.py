@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from cmc_cli.data.instruct import join_response
 from cmc_cli.engine.combine import decode_scores, proxy_scores
 from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
 from cmc_cli.engine.textsync import DeltaText, GenText
@@ -236,13 +237,29 @@ class Decoder:
         ids.update([e] if isinstance(e, int) else list(e or []))
         return ids
 
-    def user_prompt_ids(self, prompt: str) -> list[int]:
-        tok = self.user.tokenizer
+    def user_prompt_text(self, prompt: str) -> tuple[str, bool]:
+        """The user model's prompt as text, and whether its tokenizer adds its special tokens (BOS) to it."""
         if self.user_format == "chat":
-            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-            return list(tok(text, add_special_tokens=False)["input_ids"])
-        text = prompt if self.user_format == "raw" else self.user_format.replace("{prompt}", prompt)
-        return list(tok(text, add_special_tokens=True)["input_ids"])
+            tok = self.user.tokenizer
+            return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           tokenize=False), False
+        return (prompt if self.user_format == "raw" else self.user_format.replace("{prompt}", prompt)), True
+
+    def user_prompt_ids(self, prompt: str) -> list[int]:
+        text, special = self.user_prompt_text(prompt)
+        return list(self.user.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def user_answer_ids(self, prompt: str, answer: str) -> list[int]:
+        """The user's ids of `answer` after `prompt`, tokenized in context (join_response: one space between
+        when neither side has one), as the model would have written them; the answer alone if the
+        prompt's ids are not a prefix of the joined text's."""
+        tok = self.user.tokenizer
+        text, special = self.user_prompt_text(prompt)
+        p_ids = list(tok(text, add_special_tokens=special)["input_ids"])
+        full = list(tok(join_response(text, answer), add_special_tokens=special)["input_ids"])
+        if full[:len(p_ids)] == p_ids and len(full) > len(p_ids):
+            return full[len(p_ids):]
+        return list(tok(answer, add_special_tokens=False)["input_ids"])
 
     def _runners(self) -> list[DeltaRunner]:
         return [DeltaRunner(d, same_vocab=d.lm.vocab.fingerprint == self.user.vocab.fingerprint) for d in self.deltas]

@@ -120,9 +120,8 @@ class Scorer:
     def score(self, prompts: list[str], answers: list[str]) -> list[Scored]:
         """Per-token log-probabilities of each answer after its prompt (one batch; the caller batches)."""
         dec, user = self.dec, self.dec.user
-        tok = user.tokenizer
         p_ids = [dec.user_prompt_ids(p) for p in prompts]
-        a_ids = [list(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
+        a_ids = [dec.user_answer_ids(p, a) if a else [] for p, a in zip(prompts, answers)]
         keep = [b for b, a in enumerate(a_ids) if a]
         out = [Scored([], a) for a in a_ids]
         if not keep:
