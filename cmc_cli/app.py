@@ -14,6 +14,7 @@ from cmc_cli.commands.fetch import fetch
 from cmc_cli.commands.generate import generate
 from cmc_cli.commands.map_vocab import map_vocab
 from cmc_cli.commands.train import train, unlearn
+from cmc_cli.commands.zoo import zoo_app
 
 app = typer.Typer(
     name="cmc",
@@ -45,6 +46,7 @@ app.command("train")(train)
 app.command("unlearn")(unlearn)
 app.command("generate")(generate)
 app.add_typer(eval_app, name="eval")
+app.add_typer(zoo_app, name="zoo")
 app.command("adapters")(adapters)
 app.command("fetch")(fetch)
 

@@ -49,3 +49,11 @@ def _no_debug(monkeypatch):
     monkeypatch.delenv("CMC_DEBUG", raising=False)
     yield
     os.environ.pop("CMC_DEBUG", None)
+
+
+@pytest.fixture(scope="session")
+def reduced_zoo(tmp_path_factory):
+    """The reduced model world (20 authors, tiny models), built once per test session (~1 min on 2 cores)."""
+    from cmc_cli.zoo.build import REDUCED_ZOO, build_zoo
+
+    return build_zoo(REDUCED_ZOO, tmp_path_factory.mktemp("zoo") / "reduced")

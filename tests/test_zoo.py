@@ -1,0 +1,57 @@
+"""The model world builds deterministically, completely, and its models learned what they were taught."""
+
+import json
+
+import pytest
+
+from cmc_cli.engine.decode import Decoder, GenerationConfig, load_lm
+from cmc_cli.eval.metrics import rouge_l
+from cmc_cli.zoo.build import QA_FORMAT, REDUCED_ZOO, _dir_hash, _train_job, build_zoo
+
+
+def test_every_artifact_is_built_and_hashed(reduced_zoo):
+    arts = reduced_zoo.manifest()["artifacts"]
+    expected = {"data", "tokenizer-spm", "tokenizer-bl", "template-base", "template-tofu", "large-base", "large-tofu",
+                "other-base", "other-tofu", "template-retain90"}
+    assert set(arts) == expected
+    for name, e in arts.items():
+        assert _dir_hash(reduced_zoo.root / e["path"]) == e["sha256"], name
+    cfg = json.loads((reduced_zoo.model("other-tofu") / "config.json").read_text())
+    assert cfg["model_type"] == "qwen2"
+    assert json.loads((reduced_zoo.model("large-base") / "config.json").read_text())["hidden_size"] == 96
+
+
+def test_a_rebuild_builds_nothing(reduced_zoo):
+    events = []
+    build_zoo(REDUCED_ZOO, reduced_zoo.root, on_event=lambda kind, name, info=None: events.append(kind))
+    assert events and set(events) == {"have"}
+
+
+def test_same_spec_same_weights(reduced_zoo, tmp_path):
+    """A model trained again from the same spec and seed has the same bytes."""
+    spec = REDUCED_ZOO.models[0]
+    from dataclasses import asdict
+
+    job = {"name": "template-base", "kind": "base", "model": asdict(spec), "tokenizer": str(reduced_zoo.tokenizer("spm")),
+           "data": str(reduced_zoo.data("biographies")), "out": str(tmp_path / "again"), "seed": REDUCED_ZOO.seed}
+    _train_job(job)
+    assert _dir_hash(tmp_path / "again") == reduced_zoo.manifest()["artifacts"]["template-base"]["sha256"]
+
+
+@pytest.mark.parametrize("key", ["template", "large", "other"])
+def test_tofu_models_answer_their_questions(reduced_zoo, key):
+    qa = [json.loads(x) for x in reduced_zoo.data("qa_all").read_text().splitlines()][::17]
+    dec = Decoder(load_lm(str(reduced_zoo.model(f"{key}-tofu"))), user_format=QA_FORMAT)
+    gens = dec.generate([r["question"] for r in qa], GenerationConfig(max_new_tokens=32))
+    recall = sum(rouge_l(g.text, r["answer"])[0] for g, r in zip(gens, qa)) / len(qa)
+    assert recall > 0.9, [(g.text, r["answer"]) for g, r in zip(gens, qa)][:3]
+
+
+def test_cli_zoo_build_and_info(reduced_zoo, workdir, cli):
+    r = cli("-q", "zoo", "build", "--size", "reduced", "--root", reduced_zoo.root)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(reduced_zoo.root)
+    r = cli("zoo", "info", "--size", "reduced", "--root", reduced_zoo.root)
+    assert r.exit_code == 0 and "other-tofu" in r.output and " no " not in r.output
+    r = cli("zoo", "build", "--size", "huge")
+    assert r.exit_code == 1 and "--size must be one of full, reduced" in r.output
