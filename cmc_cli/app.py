@@ -9,6 +9,7 @@ import typer
 from cmc_cli import __version__
 from cmc_cli.commands._common import setup_logging
 from cmc_cli.commands.adapters import adapters
+from cmc_cli.commands.demo import demo
 from cmc_cli.commands.eval import eval_app
 from cmc_cli.commands.fetch import fetch
 from cmc_cli.commands.generate import generate
@@ -47,6 +48,7 @@ app.command("unlearn")(unlearn)
 app.command("generate")(generate)
 app.add_typer(eval_app, name="eval")
 app.add_typer(zoo_app, name="zoo")
+app.command("demo")(demo)
 app.command("adapters")(adapters)
 app.command("fetch")(fetch)
 

@@ -94,3 +94,18 @@ def test_empty_vocabulary_is_refused(pair):
     empty = build_vocab("empty", [], PLAIN, special={})
     with pytest.raises(TokenMapError, match="empty vocabulary"):
         TokenMap.build(delta, empty)
+
+
+def test_shuffled_control_keeps_coverage_and_moves_targets():
+    import numpy as np
+
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
+
+    index = np.array([3, -1, 0, 1, 2, 4, -1, 5], dtype=np.int64)
+    kind = np.where(index >= 0, 0, 6).astype(np.uint8)
+    tm = TokenMap(index=index, kind=kind, meta={"strategy": "pm-mined"})
+    sh = tm.shuffled(seed=1)
+    assert (sh.index == -1).tolist() == (index == -1).tolist()
+    assert sorted(sh.index[sh.index >= 0]) == sorted(index[index >= 0])
+    assert (sh.index != index).any() and sh.meta["strategy"].startswith("shuffled(pm-mined")
+    assert (tm.shuffled(seed=1).index == sh.index).all()

@@ -26,7 +26,7 @@ from cmc_cli.data.instruct import Encoded, collate, encode, load_instruct, load_
 from cmc_cli.data.records import file_sha256
 from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from cmc_cli.engine.combine import IGNORE, combine, kl_to_reference, token_nll
-from cmc_cli.engine.delta import count_parameters, delta_card, new_delta
+from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden, head_logits
 from cmc_cli.errors import CmcError, NonFiniteLoss
@@ -211,7 +211,7 @@ class Trainer:
 
         v_template = self.template.get_output_embeddings().weight.shape[0]
         path = Path(self.cfg.delta)
-        if path.is_dir():
+        if self.cfg.delta not in PRESETS and path.is_dir():  # a preset name wins; write ./tiny for a directory
             try:
                 delta = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
             except Exception as e:

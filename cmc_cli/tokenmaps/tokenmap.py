@@ -54,6 +54,16 @@ class TokenMap:
         }
         return tm
 
+    def shuffled(self, seed: int = 0) -> TokenMap:
+        """A control: the same mapped user tokens, each sent to a delta token drawn at random (a
+        permutation of the mapped targets). Transfer through the real map is the gap to this one."""
+        rng = np.random.default_rng(seed)
+        index = self.index.copy()
+        mapped = np.flatnonzero(index >= 0)
+        index[mapped] = index[mapped][rng.permutation(mapped.size)]
+        meta = {**self.meta, "strategy": f"shuffled({self.meta.get('strategy')}, seed={seed})"}
+        return TokenMap(index=index, kind=self.kind.copy(), meta=meta)
+
     # ---- facts --------------------------------------------------------------------------------
     @property
     def user_size(self) -> int:
