@@ -175,15 +175,19 @@ def _instruct(zoo: Zoo, cfg: DemoConfig, rows, phase) -> list:
 
 
 # ---- report -------------------------------------------------------------------------------------------
-def table1_rows(rows) -> list[list[str]]:
-    """Instruction following: ROUGE-L recall and reference log-likelihood, change against the model alone."""
+def _with_baseline(rows):
+    """(row, the same model's row without a delta) — rows come model alone first, then its variants."""
     base = {}
-    out = []
     for r in rows:
         key = r.label.split(" ")[0]
-        if r.label == key:
-            base[key] = r
-        b = base[key]
+        base.setdefault(key, r)
+        yield r, base[key]
+
+
+def table1_rows(rows) -> list[list[str]]:
+    """Instruction following: ROUGE-L recall and reference log-likelihood, change against the model alone."""
+    out = []
+    for r, b in _with_baseline(rows):
         d_rl = "" if r is b else f"{r.rouge_l_recall - b.rouge_l_recall:+.2f}"
         d_ll = "" if r is b else f"{r.ref_loglik - b.ref_loglik:+.2f}"
         out.append([r.label, f"{r.rouge_l_recall:.2f}", d_rl, f"{r.ref_loglik:.2f}", d_ll])
@@ -191,14 +195,9 @@ def table1_rows(rows) -> list[list[str]]:
 
 
 def table2_rows(rows) -> list[list[str]]:
-    """Unlearning: forget / retain ROUGE-L and truth ratio, FQ, MU, and the forget RL change."""
-    base = {}
+    """Unlearning: forget / retain ROUGE-L and truth ratio, FQ, MU, and the ROUGE-L changes."""
     out = []
-    for r in rows:
-        key = r.label.split(" ")[0]
-        if r.label == key:
-            base[key] = r
-        b = base[key]
+    for r, b in _with_baseline(rows):
         f, rt = r.sets["forget"], r.sets["retain"]
         d = "" if r is b else f"{f.rouge_l - b.sets['forget'].rouge_l:+.2f} / {rt.rouge_l - b.sets['retain'].rouge_l:+.2f}"
         out.append([r.label, f"{f.rouge_l:.2f}", f"{f.truth_ratio:.2f}", f"{rt.rouge_l:.2f}", f"{rt.truth_ratio:.2f}",
