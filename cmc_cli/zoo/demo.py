@@ -36,10 +36,13 @@ class DemoConfig:
     alpha: float = 1.0
     seed: int = 0
     delta: str = "tiny"  # delta preset
-    unlearn_lr: float = 3e-3
-    unlearn_epochs: int = 30
-    unlearn_batch: int = 4
-    unlearn_max_steps: int = 200
+    # unlearning: None = the world size's setting (UNLEARN_SETTINGS); epochs are a ceiling, max_steps and
+    # the forget-loss stopping rule end training first
+    unlearn_lr: float | None = None
+    unlearn_epochs: int = 100
+    unlearn_batch: int | None = None
+    unlearn_max_steps: int | None = None
+    unlearn_retain_weight: float | None = None
     stop_forget_loss: float = 8.0
     instruct_lr: float = 3e-3
     instruct_epochs: int = 20
@@ -48,6 +51,15 @@ class DemoConfig:
     eval_limit: int = 60  # items per TOFU set / instruction prompts evaluated
     max_new_tokens: int = 32
     forget_split: int = 10
+
+
+# Measured on these machines (docs/world.md): on the full world, batch 8 with the retain term weighted 3
+# forgets (ROUGE-L 1.00 -> 0.13) and keeps retain at 0.99; on the 20-author world the same setting floods
+# forget contexts through any map (the shuffled control forgets as much), so it trains milder.
+UNLEARN_SETTINGS = {
+    "full": {"unlearn_lr": 3e-3, "unlearn_batch": 8, "unlearn_max_steps": 400, "unlearn_retain_weight": 3.0},
+    "reduced": {"unlearn_lr": 3e-3, "unlearn_batch": 4, "unlearn_max_steps": 200, "unlearn_retain_weight": 1.0},
+}
 
 
 @dataclass
@@ -75,8 +87,12 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
+    spec = _spec(cfg)
+    for key, val in UNLEARN_SETTINGS[cfg.size].items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, val)
     t0 = time.perf_counter()
-    zoo = build_zoo(_spec(cfg), cfg.root, cfg.jobs, on_event=on_event)
+    zoo = build_zoo(spec, cfg.root, cfg.jobs, on_event=on_event)
     res = DemoResult(zoo, Path(cfg.out) if cfg.out else zoo.root / "demo")
     res.seconds["world"] = time.perf_counter() - t0
     out = res.out
@@ -102,6 +118,7 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
                         output=str(out / "deltas" / "unlearn"), delta=cfg.delta, prompt_format=QA_FORMAT,
                         lr=cfg.unlearn_lr, batch_size=cfg.unlearn_batch, epochs=cfg.unlearn_epochs,
                         max_steps=cfg.unlearn_max_steps, seed=cfg.seed, stop_forget_loss=cfg.stop_forget_loss,
+                        retain_weight=cfg.unlearn_retain_weight,
                         max_length=128, device="cpu")).run()
     phase("training the instruction delta beside template-base")
     Trainer(TrainConfig(task="instruct", template=str(zoo.model("template-base")), data=str(zoo.data("instruct_train")),
