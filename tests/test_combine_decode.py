@@ -35,3 +35,14 @@ def test_alpha_zero_is_the_user_model_alone():
     got = decode_scores(user, [(0.0, torch.randn(3, 4), torch.tensor([0, 1, 2, 3, -1, 0, 1]))])
     assert torch.allclose(got, torch.log_softmax(user, -1))
     assert torch.equal(got.argmax(-1), user.argmax(-1))
+
+
+def test_every_combine_mode_gives_the_same_distribution():
+    """softmax ignores a per-position constant, and LogSoftmax only subtracts one: the paper's 'no
+    LogSoftmax' ablation and log-softmaxing the delta too leave softmax(final) unchanged."""
+    torch.manual_seed(1)
+    user, delta = torch.randn(4, 9) * 3, torch.randn(4, 9)
+    a = torch.log_softmax(decode_scores(user, [(0.7, delta, None)]), -1)
+    b = torch.log_softmax(decode_scores(user, [(0.7, delta, None)], mode="sum"), -1)
+    c = torch.log_softmax(decode_scores(user, [(0.7, delta, None)], mode="log-softmax-both"), -1)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)

@@ -3,7 +3,9 @@
 Training (template frozen, delta trainable, same text):
     final = LogSoftmax(template_logits) + delta_logits          (mode "log-softmax-template")
 Paper ablations: "sum" (no LogSoftmax), "log-softmax-both" (delta log-softmaxed too).
-The combined distribution is softmax(final); losses take `final` as logits.
+The combined distribution is softmax(final); losses take `final` as logits. softmax is invariant to a
+per-position constant and LogSoftmax only subtracts one, so all three modes give the same distribution
+(and the same CE and KL): the ablations are exact no-ops (tests/test_combine_decode.py).
 """
 
 from __future__ import annotations
