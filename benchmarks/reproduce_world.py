@@ -148,6 +148,9 @@ def main() -> None:
     results["table4"] = t4
     results["map_counts"] = {k: v.counts() for k, v in maps.items() if k != "shuffled"}
 
+    # ---- upper bounds (each model fine-tuned directly) and proxy-tuning (the paper's baselines)
+    results["baselines"] = baselines_section(zoo, models, lim, tofu, instruct)
+
     # ---- logit-shift similarity
     results["shift"] = shift_section(zoo, models, maps["pm-mined"], out, lim)
     results["seconds"] = time.perf_counter() - t_start
@@ -157,6 +160,41 @@ def main() -> None:
     (out / "tables.md").write_text(md)
     plot_sweep(results["alpha_sweep"], out / "alpha_sweep.png")
     print(md)
+
+
+def baselines_section(zoo, models, lim, tofu, instruct) -> dict:
+    """Direct fine-tunes of each model (instruction: CE on the training QA pairs; unlearning: gradient
+    difference on its own weights) and proxy-tuning of `large` with the template's pair (same vocabulary)."""
+    import json as _json
+
+    from cmc_cli.zoo.lm import encode_qa, train_lm, unlearn_lm
+
+    def rows(name):
+        return [_json.loads(x) for x in zoo.data(name).read_text().splitlines() if x.strip()]
+
+    out = {}
+    tuned = {}
+    for k in KEYS:
+        m = load_lm(str(zoo.model(f"{k}-base")))
+        m.model.requires_grad_(True)
+        data = encode_qa([(r["instruction"], r["output"]) for r in rows("instruct_train")], m.tokenizer, QA_FORMAT, 128)
+        train_lm(m.model, data, m.tokenizer.eos_token_id, 5, 1e-3, 16, 0)
+        tuned[k] = m
+        out[f"instruct {k} fine-tuned"] = instruct(Decoder(m, user_format=QA_FORMAT))
+    out["instruct large + proxy-tuning"] = instruct(Decoder(models["large-base"], expert=tuned["template"],
+                                                            anti_expert=models["template-base"], user_format=QA_FORMAT))
+    unlearned = {}
+    for k in KEYS:
+        m = load_lm(str(zoo.model(f"{k}-tofu")))
+        m.model.requires_grad_(True)
+        enc = lambda name: encode_qa([(r["question"], r["answer"]) for r in rows(name)], m.tokenizer, QA_FORMAT, 128)  # noqa: E731
+        unlearn_lm(m.model, enc("forget10"), enc("retain90"), m.tokenizer.eos_token_id, 1e-4, 8, 200, 0,
+                   retain_weight=3.0, stop_forget_loss=8.0)
+        unlearned[k] = m
+        out[f"unlearn {k} fine-tuned"] = tofu(Decoder(m, user_format=QA_FORMAT))
+    out["unlearn large + proxy-tuning"] = tofu(Decoder(models["large-tofu"], expert=unlearned["template"],
+                                                       anti_expert=models["template-tofu"], user_format=QA_FORMAT))
+    return out
 
 
 def shift_section(zoo, models, tm, out: Path, lim: int) -> dict:
@@ -221,6 +259,10 @@ def tables_markdown(r: dict) -> str:
         m, ctl = c["metrics"], c["shuffled_control"]
         L.append(f"| {name} | {c['positions']} | {_f(m['cosine']['mean'])} | {_f(m['spearman']['mean'])} | "
                  f"{_f(m['sinkhorn']['mean'], 3)} | {_f(ctl['cosine']['mean'])} | {_f(ctl['sinkhorn']['mean'], 3)} |")
+    L += ["", "## Baselines — direct fine-tunes (upper bounds) and proxy-tuning", "",
+          "| row | metrics |", "|---|---|"]
+    for k, v in r["baselines"].items():
+        L.append(f"| {k} | " + ", ".join(f"{m} {_f(x)}" for m, x in v.items()) + " |")
     L += ["", f"Map counts (template -> other): {r['map_counts']['pm-mined']}", f"Total time: {r['seconds']:.0f} s", ""]
     return "\n".join(L)
 

@@ -55,3 +55,34 @@ def test_cli_zoo_build_and_info(reduced_zoo, workdir, cli):
     assert r.exit_code == 0 and "other-tofu" in r.output and " no " not in r.output
     r = cli("zoo", "build", "--size", "huge")
     assert r.exit_code == 1 and "--size must be one of full, reduced" in r.output
+
+
+def test_direct_unlearning_baseline_raises_forget_loss_and_keeps_retain(reduced_zoo):
+    import torch
+    import torch.nn.functional as F
+
+    from cmc_cli.data.instruct import collate
+    from cmc_cli.engine.combine import IGNORE
+    from cmc_cli.zoo.lm import encode_qa, unlearn_lm
+
+    m = load_lm(str(reduced_zoo.model("template-tofu")))
+    m.model.requires_grad_(True)
+
+    def enc(name):
+        rows = [json.loads(x) for x in reduced_zoo.data(name).read_text().splitlines()]
+        return encode_qa([(r["question"], r["answer"]) for r in rows], m.tokenizer, QA_FORMAT, 128)
+
+    forget, retain = enc("forget10"), enc("retain90")[:40]
+
+    def ce(items):
+        b = collate(items, m.tokenizer.eos_token_id)
+        with torch.no_grad():
+            logits = m.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        return float(F.cross_entropy(logits.flatten(0, 1), b["targets"].flatten(), ignore_index=IGNORE))
+
+    f0, r0 = ce(forget), ce(retain)
+    res = unlearn_lm(m.model, forget, retain, m.tokenizer.eos_token_id, 3e-4, 8, 60, 0, retain_weight=3.0,
+                     stop_forget_loss=6.0)
+    assert res.steps <= 60
+    assert ce(forget) > f0 + 2.0
+    assert ce(retain) < r0 + 1.0

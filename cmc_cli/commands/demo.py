@@ -14,7 +14,7 @@ Opt = typer.Option
 
 @handle_errors
 def demo(
-    size: Annotated[str, Opt(help="full (100 authors; ~10 min to build once on 2 cores) or reduced (20 authors).")] = "full",
+    size: Annotated[str, Opt(help="full (100 authors; ~7.5 min to build once on 2 cores) or reduced (20 authors).")] = "full",
     root: Annotated[str, Opt(help="The world's directory (default: $CMC_CACHE/zoo/<spec hash>).")] = None,
     out: Annotated[str, Opt("-o", "--out", help="Deltas, token maps, report.md, results.json (default: <world>/demo).")] = None,
     alpha: Annotated[float, Opt(help="Delta strength.")] = 1.0,

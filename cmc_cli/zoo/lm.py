@@ -117,3 +117,34 @@ def save_model(model, tokenizer_dir: str | Path, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def unlearn_lm(model, forget: list[Encoded], retain: list[Encoded], pad_id: int, lr: float, batch_size: int,
+               max_steps: int, seed: int, retain_weight: float = 1.0, stop_forget_loss: float | None = None) -> LMResult:
+    """Direct gradient-difference unlearning of a model's own weights (the baseline CMC is compared with):
+    loss = -CE(forget batch) + retain_weight * CE(retain batch), until max_steps or forget CE >= the stop."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    t0, step, forget_ce = time.perf_counter(), 0, float("nan")
+
+    def ce(batch_items):
+        b = collate(batch_items, pad_id)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), ignore_index=IGNORE)
+
+    while step < max_steps:
+        f_idx = torch.randperm(len(forget), generator=g)[:batch_size].tolist()
+        r_idx = torch.randperm(len(retain), generator=g)[:batch_size].tolist()
+        f_loss = ce([forget[i] for i in f_idx])
+        r_loss = ce([retain[i] for i in r_idx])
+        (-f_loss + retain_weight * r_loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        forget_ce = float(f_loss.detach())
+        if stop_forget_loss is not None and forget_ce >= stop_forget_loss:
+            break
+    model.eval()
+    return LMResult(step, forget_ce, time.perf_counter() - t0, 0)
