@@ -6,7 +6,7 @@
 Prints, and writes to --out (results.json, tables.md, alpha_sweep.png):
   Table 1  instruction tuning: ROUGE-L recall / reference log-likelihood on questions about authors the
            delta never saw in QA form, for the three base models, mean ± spread over --seeds
-  Table 2  unlearning forget10: the demo's delta and a milder one stopped early, with the map controls
+  Table 2  unlearning forget10: the demo's delta and a milder one (stopped at forget CE 3), with the map controls
   Table 3  three delta sizes (tiny, mini, small)
   Figure 4 alpha from 0.25 to 2: forget / retain ROUGE-L (unlearning) and ROUGE-L (instruction)
   Table 4  ablations on the other-vocabulary model: PM-MinED, min-ed alone, exact-only, shuffled,
@@ -113,7 +113,7 @@ def main() -> None:
 
     # ---- Table 2: the demo's delta and a milder one
     strong = train("unlearn", "unlearn")
-    mild = train("unlearn", "unlearn-mild", max_steps=max(20, ul["unlearn_max_steps"] // 5))
+    mild = train("unlearn", "unlearn-mild", stop_forget_loss=3.0)  # stops as soon as forget CE reaches 3
     t2 = {}
     for name, d in (("alone", None), ("strong", strong), ("mild", mild)):
         for k in KEYS:
@@ -238,7 +238,7 @@ def tables_markdown(r: dict) -> str:
                 for k, v in rows.items()]
         return out + [""]
 
-    L += tofu_table("Table 2 — unlearning forget10 (strong: the demo's delta; mild: stopped at a fifth of its steps)",
+    L += tofu_table("Table 2 — unlearning forget10 (strong: the demo's delta; mild: stopped at forget CE 3)",
                     r["table2"])
     L += tofu_table("Table 3 — delta sizes (tiny 32x2, mini 64x2, small 96x3)", r["table3"])
     L += tofu_table("Table 4 — ablations on the other-vocabulary model", r["table4"])
