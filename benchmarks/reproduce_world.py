@@ -31,8 +31,8 @@ from cmc_cli.engine.train import Trainer
 from cmc_cli.eval.instruct import evaluate_outputs
 from cmc_cli.eval.tofu import TofuEvaluator
 from cmc_cli.tokenmaps.tokenmap import TokenMap
-from cmc_cli.zoo.build import QA_FORMAT, build_zoo
-from cmc_cli.zoo.demo import UNLEARN_SETTINGS, _spec, DemoConfig
+from cmc_cli.zoo.build import QA_FORMAT, build_zoo, zoo_from_size
+from cmc_cli.zoo.demo import UNLEARN_SETTINGS
 
 KEYS = ("template", "large", "other")
 
@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     t_start = time.perf_counter()
     out = Path(args.out)
-    zoo = build_zoo(_spec(DemoConfig(size=args.size)))
+    zoo = build_zoo(zoo_from_size(args.size))
     ul = UNLEARN_SETTINGS[args.size]
     lim = args.limit
     sets = {"forget": load_tofu_eval(zoo.data("forget10"), "forget")[:lim],

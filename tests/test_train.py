@@ -15,7 +15,7 @@ from cmc_cli.zoo.models import make_tiny_llama
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_tokenizers):
     root = tmp_path_factory.mktemp("train")
-    template = make_tiny_llama(tiny_tokenizers["spm"], root / "template", hidden=48, seed=1)
+    make_tiny_llama(tiny_tokenizers["spm"], root / "template", hidden=48, seed=1)
     colours = ["red", "blue", "green"]
     data = [{"instruction": f"What colour is box {i}?", "input": "", "output": f"Box {i} is {colours[i % 3]}."}
             for i in range(24)]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cmc_cli.data.instruct import join_response
+from cmc_cli.data.instruct import join_response, render
 from cmc_cli.engine.combine import decode_scores, proxy_scores
 from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
 from cmc_cli.engine.textsync import DeltaText, GenText
@@ -71,6 +71,14 @@ class Delta:
     combine: str = "log-softmax-template"
     meta: dict = field(default_factory=dict)
     token_map: object = None  # the TokenMap behind `index` (None: same vocabulary)
+
+    def reads_user_ids(self, user: LoadedModel) -> bool:
+        """Same tokenizer as the user model: fed the user's ids instead of re-tokenized text."""
+        return self.lm.vocab.fingerprint == user.vocab.fingerprint
+
+    def heads(self, prompts: list[str]) -> list[str]:
+        """Each prompt in the delta's own prompt format."""
+        return [render(self.prompt_format, p) for p in prompts]
 
 
 @dataclass
@@ -122,19 +130,16 @@ class DeltaRunner:
         self.limit = context_length(delta.lm.model)
         self.prompt_fed: list[int] = []
 
-    def heads(self, prompts: list[str]) -> list[str]:
-        return [self.delta.prompt_format.replace("{prompt}", p) for p in prompts]
-
     def start(self, prompts: list[str]) -> torch.Tensor:
         lm = self.delta.lm
         tok = lm.tokenizer
         if self.same_vocab:
-            ids = [lm.bos + list(tok(h, add_special_tokens=False)["input_ids"]) for h in self.heads(prompts)]
+            ids = [lm.bos + list(tok(h, add_special_tokens=False)["input_ids"]) for h in self.delta.heads(prompts)]
             self._check_prompts(ids, prompts)
             self.lm = LockstepLM(lm.model, lm.pad_id)
             out = self.lm.start(ids)
         else:
-            self.texts = [DeltaText(tok, h, lm.bos) for h in self.heads(prompts)]
+            self.texts = [DeltaText(tok, h, lm.bos) for h in self.delta.heads(prompts)]
             self._check_prompts([t.ids for t in self.texts], prompts)
             self.lm = ResyncLM(lm.model, len(prompts), lm.pad_id)
             out = self.lm.feed([0] * len(prompts), [list(t.ids) for t in self.texts])
@@ -243,7 +248,7 @@ class Decoder:
             tok = self.user.tokenizer
             return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                            tokenize=False), False
-        return (prompt if self.user_format == "raw" else self.user_format.replace("{prompt}", prompt)), True
+        return (prompt if self.user_format == "raw" else render(self.user_format, prompt)), True
 
     def user_prompt_ids(self, prompt: str) -> list[int]:
         text, special = self.user_prompt_text(prompt)
@@ -262,7 +267,7 @@ class Decoder:
         return list(tok(answer, add_special_tokens=False)["input_ids"])
 
     def _runners(self) -> list[DeltaRunner]:
-        return [DeltaRunner(d, same_vocab=d.lm.vocab.fingerprint == self.user.vocab.fingerprint) for d in self.deltas]
+        return [DeltaRunner(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
 
     def _scores(self, user_logits, delta_logits, expert_logits) -> torch.Tensor:
         terms = [(d.alpha, lg, d.index) for d, lg in zip(self.deltas, delta_logits)]

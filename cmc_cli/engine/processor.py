@@ -47,8 +47,7 @@ class CMCLogitsProcessor(LogitsProcessor):
             while pad is not None and start < len(row) - 1 and row[start] == pad:
                 start += 1  # left padding
             self.texts.append(GenText(self.user.tokenizer, row[start:]))
-        self.runners = [DeltaRunner(d, same_vocab=d.lm.vocab.fingerprint == self.user.vocab.fingerprint)
-                        for d in self.deltas]
+        self.runners = [DeltaRunner(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
         self.d_logits = [r.start(self.prompts) for r in self.runners]
 
     @torch.inference_mode()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from cmc_cli.engine.combine import decode_scores, proxy_scores
 from cmc_cli.engine.decode import Decoder, Delta
 from cmc_cli.engine.heads import final_hidden, head_logits
-from cmc_cli.engine.textsync import DeltaText, GenText
+from cmc_cli.engine.textsync import DeltaText, GenText, common_prefix_len
 
 
 @dataclass
@@ -101,14 +101,6 @@ def _tree_hidden(model, rows: list[tuple[list[int], list[tuple[int, list[int]]]]
     return h[torch.tensor(r_idx, device=device), torch.tensor(c_idx, device=device)]
 
 
-def _common_prefix_len(a: list[int], b: list[int], start: int = 0) -> int:
-    n = min(len(a), len(b))
-    i = min(start, n)
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class Scorer:
     """Scores answers for the user model, deltas and proxy-tuning pair of a Decoder."""
 
@@ -159,8 +151,8 @@ class Scorer:
     def _delta_hidden(self, d: Delta, prompts: list[str], p_ids: list[list[int]], a_ids: list[list[int]]):
         """Delta hidden states before each answer token, in (row, position) order; continuation tokens per row."""
         lm = d.lm
-        heads = [d.prompt_format.replace("{prompt}", p) for p in prompts]
-        if d.lm.vocab.fingerprint == self.dec.user.vocab.fingerprint:  # fed the user's ids, as in decoding
+        heads = d.heads(prompts)
+        if d.reads_user_ids(self.dec.user):  # fed the user's ids, as in decoding
             h_ids = [lm.bos + list(lm.tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
             seqs = [h + a for h, a in zip(h_ids, a_ids)]
             positions = [list(range(len(h) - 1, len(h) - 1 + len(a))) for h, a in zip(h_ids, a_ids)]
@@ -184,7 +176,7 @@ class Scorer:
                     low = min(low, step_lcp[t - 1])
             conts, items = [], []
             for t, ids_t in enumerate(seqs_t):
-                m = _common_prefix_len(ids_t, full, start=min(bound[t], len(ids_t)))
+                m = common_prefix_len(ids_t, full, start=min(bound[t], len(ids_t)))
                 if m == len(ids_t):
                     items.append(("full", m - 1))
                 else:

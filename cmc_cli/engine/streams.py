@@ -132,7 +132,8 @@ class ResyncLM:
         out = self.trunk(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos.to(self.device),
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
-        self._check_full_attention()
+        if T == 0:  # the first feed built the cache's layers: check them once
+            self._check_full_attention()
         h = out.last_hidden_state[torch.arange(self.B, device=self.device), last.to(self.device)]
         logits = head_logits(self.model, h).float()
         empty = torch.tensor([not x for x in new], device=self.device)

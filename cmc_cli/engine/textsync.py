@@ -45,9 +45,10 @@ class GenText:
         return self.text
 
 
-def _common_prefix_len(a, b) -> int:
+def common_prefix_len(a, b, start: int = 0) -> int:
+    """Length of the common prefix of two sequences, given that the first `start` items agree."""
     n = min(len(a), len(b))
-    i = 0
+    i = min(start, n)
     while i < n and a[i] == b[i]:
         i += 1
     return i
@@ -95,7 +96,7 @@ class DeltaText:
         if text == self.text:
             return len(self.ids)
         old_ids = self.ids
-        changed = _common_prefix_len(self.text, text)  # first character that differs
+        changed = common_prefix_len(self.text, text)  # first character that differs
         spliced = self._splice(text, changed)
         if spliced is None:
             ids, starts = self._encode(text, 0)
@@ -105,7 +106,7 @@ class DeltaText:
             ids, starts = spliced
             self.stats.tail_encodes += 1
         self.text, self.ids, self.starts = text, ids, starts
-        return _common_prefix_len(old_ids, ids)
+        return common_prefix_len(old_ids, ids)
 
     def _splice(self, text: str, changed: int) -> tuple[list[int], list[int]] | None:
         nb = len(self.bos)

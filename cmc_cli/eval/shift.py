@@ -269,6 +269,7 @@ def run_shift_eval(bases: list[str], tuned: list[str], texts_path: str, token_ma
     per comparison in `out`."""
     from cmc_cli.engine.decode import load_lm
     from cmc_cli.engine.devices import pick_device
+    from cmc_cli.eval.report import slug
     from cmc_cli.fileio import atomic_write_json, atomic_write_text
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 
@@ -297,17 +298,11 @@ def run_shift_eval(bases: list[str], tuned: list[str], texts_path: str, token_ma
     if out:
         o = Path(out)
         for r in results:
-            heatmap_png(r, o / f"shift_{_file(r.a)}__{_file(r.b)}.png")
+            heatmap_png(r, o / f"shift_{slug(r.a)}__{slug(r.b)}.png")
         atomic_write_json(o / "results.json", {"format": "cmc-eval-shift/1", "texts": str(texts_path), "top_k": top_k,
                                                "comparisons": [r.as_dict() for r in results]})
         atomic_write_text(o / "report.md", shift_markdown(results, texts_path, top_k))
     return results
-
-
-def _file(name: str) -> str:
-    from cmc_cli.eval.report import slug
-
-    return slug(name)
 
 
 def shift_markdown(results: list[ShiftResult], texts_path, top_k: int) -> str:

@@ -117,6 +117,10 @@ def _record(zoo: Zoo, name: str, path: Path) -> None:
     atomic_write_json(zoo.manifest_path, m)
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
 def _have(zoo: Zoo, name: str) -> bool:
     entry = zoo.manifest()["artifacts"].get(name)
     return bool(entry) and (zoo.root / entry["path"]).exists()
@@ -138,7 +142,7 @@ def _train_job(args: dict) -> dict:
     torch.manual_seed(args["seed"])
     tok = AutoTokenizer.from_pretrained(args["tokenizer"])
     pad = tok.eos_token_id
-    records = [json.loads(x) for x in Path(args["data"]).read_text().splitlines() if x.strip()]
+    records = _jsonl(Path(args["data"]))
     if args["kind"] == "base":
         m = args["model"]
         model = new_model(m["arch"], tok, m["hidden"], m["layers"], m["heads"], args["seed"])
@@ -170,9 +174,8 @@ def build_zoo(spec: ZooSpec = FULL, root: str | Path | None = None, jobs: int | 
         write_world_data(spec.world, zoo.root / "data")
         _record(zoo, "data", zoo.root / "data")
         event("done", "data")
-    corpus = [json.loads(x)["text"] for x in zoo.data("biographies").read_text().splitlines() if x.strip()]
-    corpus += [(lambda r: r["question"] + " " + r["answer"])(json.loads(x))
-               for x in zoo.data("qa_all").read_text().splitlines() if x.strip()]
+    corpus = [r["text"] for r in _jsonl(zoo.data("biographies"))]
+    corpus += [r["question"] + " " + r["answer"] for r in _jsonl(zoo.data("qa_all"))]
     for kind, size, fn in (("spm", spec.spm_vocab, train_spm_tokenizer), ("bl", spec.bl_vocab, train_byte_level_tokenizer)):
         name = f"tokenizer-{kind}"
         if not _have(zoo, name):

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmc_cli.zoo.build import FULL, QA_FORMAT, REDUCED_ZOO, Zoo, build_zoo
+from cmc_cli.zoo.build import QA_FORMAT, Zoo, build_zoo, zoo_from_size
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,6 @@ class DemoResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _spec(cfg: DemoConfig):
-    from cmc_cli.errors import ConfigError
-
-    specs = {"full": FULL, "reduced": REDUCED_ZOO}
-    if cfg.size not in specs:
-        raise ConfigError(f"--size must be one of {', '.join(specs)}, got '{cfg.size}'")
-    return specs[cfg.size]
-
-
 def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     from cmc_cli.config import TrainConfig
     from cmc_cli.engine.decode import Decoder, load_delta, load_lm
@@ -87,7 +78,7 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
-    spec = _spec(cfg)
+    spec = zoo_from_size(cfg.size)
     for key, val in UNLEARN_SETTINGS[cfg.size].items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, val)
