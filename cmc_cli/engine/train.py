@@ -156,6 +156,17 @@ class TrainResult:
     history: list[StepMetrics] = field(default_factory=list)
 
 
+def asset_prompt_format(path: Path) -> str | None:
+    """The prompt format recorded by `cmc fetch models` for a fetched real model (None otherwise)."""
+    info = Path(path) / "cmc-asset.json"
+    if not info.is_file():
+        return None
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("prompt_format")
+    except (OSError, ValueError):
+        return None
+
+
 class Trainer:
     """Builds everything from a TrainConfig, then `run()`s. Usable from Python without the CLI."""
 
@@ -183,7 +194,7 @@ class Trainer:
         self.template = self.adapter.load_model(ref, dtype=dtype, device=str(self.device))
         self.template.requires_grad_(False)
         self.template.eval()
-        self.prompt_format = cfg.prompt_format or self.adapter.default_prompt_format
+        self.prompt_format = cfg.prompt_format or asset_prompt_format(ref.path) or self.adapter.default_prompt_format
         self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
         self.phase("reading data")
         self.data_hashes: dict[str, str] = {}

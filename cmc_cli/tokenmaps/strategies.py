@@ -13,8 +13,11 @@ pm-mined (default; DESIGN.md), for a user token with surface u:
 min-ed: exact match, else the nearest delta token by Levenshtein distance over the whole delta
   vocabulary (as FuseLLM does), ties to the lowest id; computed in C by rapidfuzz, in blocks.
 exact: exact match only.
-Special tokens map by role (eos, bos, unk, pad, chat markers), never by string; SentencePiece byte
-pieces map to the delta's byte piece of the same value when it has byte pieces.
+Special tokens map by role (eos, bos, unk, chat markers), never by string; a token that only pads is
+never generated and stays unmapped. Added non-special tokens (`<tool_call>`, `<start_of_image>`) map
+exactly or not at all, and are no other token's prefix / extension / edit candidate: a delta's `<`
+says nothing about `<start_of_image>`. SentencePiece byte pieces map to the delta's byte piece of the
+same value when it has byte pieces.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ class DeltaIndex:
         self.exact = exact_table(delta)
         self.byte_ids = {v: i for i, v in sorted(delta.byte_values.items(), reverse=True)}
         self.roles = delta.role_index()
+        # candidates for prefix / extension / edit: every exact target but added raw-text tokens
+        self.partial = {s: i for s, i in self.exact.items() if i not in delta.raw_text_ids}
         # best_ext[p] = (length, id) of the best delta token that properly extends p
         best_ext: dict[str, tuple[int, int]] = {}
-        for s, i in self.exact.items():
+        for s, i in self.partial.items():
             n = len(s)
             for k in range(1, n):
                 p = s[:k]
@@ -77,7 +82,7 @@ class DeltaIndex:
             p = u[:k]
             if p == WORD_START and not markers_only:
                 continue
-            j = self.exact.get(p)
+            j = self.partial.get(p)
             if j is not None:
                 best = (n - k, j, PREFIX)
                 break
@@ -100,7 +105,7 @@ class DeltaIndex:
         from rapidfuzz.process import cdist
 
         if self._ed_ids is None:
-            pairs = sorted((i, s) for s, i in self.exact.items())
+            pairs = sorted((i, s) for s, i in self.partial.items())
             self._ed_ids = np.array([i for i, _ in pairs], dtype=np.int64)
             self._ed_surfaces = [s for _, s in pairs]
         if not surfaces or self._ed_ids.size == 0:
@@ -132,7 +137,7 @@ def map_vocab(delta: Vocab, user: Vocab, strategy: str = "pm-mined", fallback: s
         s = user.surfaces[i]
         if s is None:  # special token: by role
             for r in user.roles.get(i, ()):
-                j = index.roles.get(r)
+                j = index.roles.get(r) if r != "pad" else None
                 if j is not None:
                     out[i], kind[i] = j, SPECIAL
                     break
@@ -140,8 +145,11 @@ def map_vocab(delta: Vocab, user: Vocab, strategy: str = "pm-mined", fallback: s
         if i in user.byte_values and user.byte_values[i] in index.byte_ids:
             out[i], kind[i] = index.byte_ids[user.byte_values[i]], BYTE
             continue
-        if strategy == "min-ed":
+        if strategy == "min-ed" or i in user.raw_text_ids:
             j, k = index.exact_only(s)
+            if i in user.raw_text_ids:
+                out[i], kind[i] = j, k
+                continue
         else:
             j, k = lookup(s)
         if k == UNMAPPED and (strategy == "min-ed" or fallback == "min-ed"):
@@ -172,7 +180,7 @@ def naive_pm_mined(delta: Vocab, u: str) -> tuple[int, int]:
     markers_only = is_marker_only(u)
     best = None
     for s, i in exact.items():
-        if s == u:
+        if s == u or i in delta.raw_text_ids:
             continue
         if u.startswith(s):
             if s == WORD_START and not markers_only:

@@ -115,6 +115,8 @@ class Vocab:
     surfaces:    normalised surface per id; None for special tokens
     byte_values: id -> byte value, for SentencePiece byte-fallback pieces `<0xNN>`
     roles:       id -> roles in priority order, for special tokens
+    raw_text_ids: added, non-special tokens (`<tool_call>`, Gemma's `<start_of_image>`): they map
+                 exactly or not at all, and are never a prefix / extension / edit candidate
     """
 
     name: str
@@ -123,6 +125,7 @@ class Vocab:
     surfaces: tuple[str | None, ...]
     byte_values: dict[int, int] = field(default_factory=dict)
     roles: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    raw_text_ids: frozenset[int] = frozenset()
 
     @property
     def size(self) -> int:
@@ -176,7 +179,7 @@ def build_vocab(name: str, pieces: list[str], convention: str, *, special: dict[
         surfaces.append(normalise_piece(piece, convention, raw_text=i in raw_text_ids))
     roles = {i: tuple(sorted(set(r), key=_role_rank)) for i, r in special.items()}
     return Vocab(name=name, convention=convention, pieces=tuple(pieces), surfaces=tuple(surfaces),
-                 byte_values=byte_values, roles=roles)
+                 byte_values=byte_values, roles=roles, raw_text_ids=frozenset(raw_text_ids) - set(special))
 
 
 def _role_rank(role: str) -> int:

