@@ -49,6 +49,21 @@ def test_instruction_delta_makes_base_models_answer_about_unseen_authors(demo_re
     assert _row(t1, "other + delta (pm-mined map)")["ref_loglik"] > _row(t1, "other + delta (shuffled map)")["ref_loglik"]
 
 
+def test_baselines_sit_beside_cmc(demo_result):
+    """Direct fine-tunes (Table 1's upper bound; Table 2's direct unlearning) and proxy-tuning of `large`."""
+    res, out = demo_result
+    t1, t2 = res["table1"], res["table2"]
+    for key in ("template", "large", "other"):
+        ft = _row(t1, f"{key} fine-tuned (upper bound)")
+        assert ft["rouge_l_recall"] > _row(t1, key)["rouge_l_recall"] + 0.1, key
+        un = _row(t2, f"{key} unlearned directly (grad. diff.)")
+        assert un["sets"]["forget"]["RL"] < _row(t2, key)["sets"]["forget"]["RL"], key
+    proxy = _row(t1, "large + proxy-tuning (template pair)")
+    assert proxy["ref_loglik"] > _row(t1, "large")["ref_loglik"]
+    assert _row(t2, "large + proxy-tuning (template pair)")["sets"]["forget"]["RL"] < _row(t2, "large")["sets"]["forget"]["RL"]
+    assert "upper bound" in (out / "report.md").read_text()
+
+
 def test_demo_writes_its_artifacts(demo_result):
     res, out = demo_result
     assert (out / "report.md").read_text().startswith("# cmc demo")

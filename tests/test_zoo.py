@@ -13,6 +13,7 @@ def test_every_artifact_is_built_and_hashed(reduced_zoo):
     arts = reduced_zoo.manifest()["artifacts"]
     expected = {"data", "tokenizer-spm", "tokenizer-bl", "template-base", "template-tofu", "large-base", "large-tofu",
                 "other-base", "other-tofu", "template-retain90"}
+    expected |= {f"{k}-{t}-ft" for k in ("template", "large", "other") for t in ("instruct", "unlearn")}
     assert set(arts) == expected
     for name, e in arts.items():
         assert _dir_hash(reduced_zoo.root / e["path"]) == e["sha256"], name
@@ -86,3 +87,32 @@ def test_direct_unlearning_baseline_raises_forget_loss_and_keeps_retain(reduced_
     assert res.steps <= 60
     assert ce(forget) > f0 + 2.0
     assert ce(retain) < r0 + 1.0
+
+
+def test_jobs_start_only_after_the_model_they_fine_tune(tmp_path, monkeypatch):
+    """The scheduler (one worker here) runs every job once, each after the job it starts from."""
+    from cmc_cli.zoo import build
+
+    zoo = build.Zoo(tmp_path, REDUCED_ZOO)
+    jobs = build.model_jobs(zoo)
+    names = [j["name"] for j in jobs]
+    assert len(names) == len(set(names)) == 3 * 4 + 1
+    ran = []
+
+    def fake(job):
+        assert job["after"] is None or job["after"] in ran, (job["name"], ran)
+        ran.append(job["name"])
+        build.Path(job["out"]).mkdir(parents=True)
+        (build.Path(job["out"]) / "w").write_text(job["name"])
+        return {"name": job["name"], "loss": 0.0, "seconds": 0.0}
+
+    monkeypatch.setattr(build, "_train_job", fake)
+    events = []
+    build._run_jobs(zoo, jobs, 1, lambda kind, name, info=None: events.append((kind, name)))
+    assert sorted(ran) == sorted(names) and ran[0] == "large-base"  # the most expensive chain first
+    by = {j["name"]: j for j in jobs}
+    assert by["other-instruct-ft"]["after"] == "other-base" and by["other-unlearn-ft"]["after"] == "other-tofu"
+    assert by["other-unlearn-ft"]["retain"].endswith("retain90.jsonl")
+    ran.clear()
+    build._run_jobs(zoo, jobs, 1, lambda kind, name, info=None: events.append((kind, name)))
+    assert ran == []  # all recorded in the manifest: nothing reruns

@@ -6,8 +6,12 @@
 
 Each is trained twice: "<key>-base" learns the biographies as prose, "<key>-tofu" is then fine-tuned
 on every question-answer pair (TOFU's first step); "template-retain<NN>" is the base template
-fine-tuned on the retain set only (TOFU's reference for forget quality). Models train in parallel
-processes, one CPU thread each. Everything lands in `$CMC_CACHE/zoo/<spec hash>/` with a manifest of
+fine-tuned on the retain set only (TOFU's reference for forget quality). The baselines CMC is compared
+with are built too: "<key>-instruct-ft", each base model fine-tuned directly on the instruction data
+(the upper bound of Table 1), and "<key>-unlearn-ft", each TOFU model unlearned directly by gradient
+difference on its own weights (Table 2); the template's pair also gives proxy-tuning for `large`.
+Models train in parallel processes, one CPU thread each, each job starting as soon as the model it
+fine-tunes is built. Everything lands in `$CMC_CACHE/zoo/<spec hash>/` with a manifest of
 sha256 hashes; a rerun builds only what is missing, and the same spec gives the same hashes.
 """
 
@@ -45,6 +49,21 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class BaselineSpec:
+    """Direct fine-tunes of every model: the upper bound / baselines beside CMC in `cmc demo`."""
+
+    instruct_epochs: int = 5
+    instruct_lr: float = 1e-3
+    instruct_batch: int = 16
+    unlearn_lr: float = 1e-4
+    unlearn_batch: int = 8
+    unlearn_max_steps: int = 200
+    unlearn_retain_weight: float = 3.0
+    unlearn_stop_forget_loss: float = 8.0
+    forget_split: int = 10  # forget<NN> / retain<100-NN>
+
+
+@dataclass(frozen=True)
 class ZooSpec:
     world: WorldSpec = field(default_factory=WorldSpec)
     spm_vocab: int = 700
@@ -56,6 +75,7 @@ class ZooSpec:
     )
     retain_split: int = 90  # template-retain90: the forget-quality reference
     seed: int = 0
+    baselines: BaselineSpec | None = field(default_factory=BaselineSpec)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -132,7 +152,7 @@ def _train_job(args: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cmc_cli.zoo.lm import encode_prose, encode_qa, new_model, save_model, train_lm  # noqa: I001
+    from cmc_cli.zoo.lm import encode_prose, encode_qa, new_model, save_model, train_lm, unlearn_lm  # noqa: I001
 
     from transformers.utils import logging as hf_logging
 
@@ -143,24 +163,31 @@ def _train_job(args: dict) -> dict:
     tok = AutoTokenizer.from_pretrained(args["tokenizer"])
     pad = tok.eos_token_id
     records = _jsonl(Path(args["data"]))
+    m, b = args["model"], args.get("baselines")
     if args["kind"] == "base":
-        m = args["model"]
         model = new_model(m["arch"], tok, m["hidden"], m["layers"], m["heads"], args["seed"])
         data = encode_prose([r["text"] for r in records], tok, 256)
         res = train_lm(model, data, pad, m["base_epochs"], m["base_lr"], m["batch_size"], args["seed"])
     else:
         model = AutoModelForCausalLM.from_pretrained(args["init"], dtype=torch.float32)
-        m = args["model"]
-        data = encode_qa([(r["question"], r["answer"]) for r in records], tok, QA_FORMAT, 128)
-        res = train_lm(model, data, pad, m["qa_epochs"], m["qa_lr"], m["batch_size"], args["seed"])
+        if args["kind"] == "qa":
+            data = encode_qa([(r["question"], r["answer"]) for r in records], tok, QA_FORMAT, 128)
+            res = train_lm(model, data, pad, m["qa_epochs"], m["qa_lr"], m["batch_size"], args["seed"])
+        elif args["kind"] == "instruct-ft":
+            data = encode_qa([(r["instruction"], r["output"]) for r in records], tok, QA_FORMAT, 128)
+            res = train_lm(model, data, pad, b["instruct_epochs"], b["instruct_lr"], b["instruct_batch"], args["seed"])
+        else:  # unlearn-ft
+            retain = _jsonl(Path(args["retain"]))
+            enc = lambda rows: encode_qa([(r["question"], r["answer"]) for r in rows], tok, QA_FORMAT, 128)  # noqa: E731
+            res = unlearn_lm(model, enc(records), enc(retain), pad, b["unlearn_lr"], b["unlearn_batch"],
+                             b["unlearn_max_steps"], args["seed"], retain_weight=b["unlearn_retain_weight"],
+                             stop_forget_loss=b["unlearn_stop_forget_loss"])
     save_model(model, args["tokenizer"], args["out"])
     return {"name": args["name"], "loss": res.final_loss, "seconds": res.seconds}
 
 
 def build_zoo(spec: ZooSpec = FULL, root: str | Path | None = None, jobs: int | None = None, on_event=None) -> Zoo:
     """Build whatever the manifest lacks. on_event(kind, name, info) reports: "start"/"done"/"have"."""
-    import multiprocessing as mp
-
     from cmc_cli.zoo.tokenizers import train_byte_level_tokenizer, train_spm_tokenizer
 
     event = on_event or (lambda kind, name, info=None: log.info("%s %s %s", kind, name, info or ""))
@@ -183,44 +210,80 @@ def build_zoo(spec: ZooSpec = FULL, root: str | Path | None = None, jobs: int | 
             fn(corpus, size, zoo.tokenizer(kind))
             _record(zoo, name, zoo.tokenizer(kind))
             event("done", name)
-    # stage 1: base models; stage 2: fine-tunes of them
-    stages = [[], []]
-    for ms in spec.models:
+    workers = max(1, jobs or min(len(spec.models), os.cpu_count() or 1))
+    _run_jobs(zoo, model_jobs(zoo), workers, event)
+    return zoo
+
+
+def model_jobs(zoo: Zoo) -> list[dict]:
+    """Every model of the world as a training job; `after` names the model a job fine-tunes. Ordered
+    with the most expensive chains first, which the scheduler starts first."""
+    spec = zoo.spec
+    out = []
+    for ms in sorted(spec.models, key=lambda m: -(m.hidden ** 2 * m.layers)):
         base = {"name": f"{ms.key}-base", "kind": "base", "model": asdict(ms), "tokenizer": str(zoo.tokenizer(ms.tokenizer)),
-                "data": str(zoo.data("biographies")), "out": str(zoo.model(f"{ms.key}-base")), "seed": spec.seed}
-        stages[0].append(base)
+                "data": str(zoo.data("biographies")), "out": str(zoo.model(f"{ms.key}-base")), "seed": spec.seed,
+                "after": None}
         tofu = {**base, "name": f"{ms.key}-tofu", "kind": "qa", "data": str(zoo.data("qa_all")),
-                "init": base["out"], "out": str(zoo.model(f"{ms.key}-tofu"))}
-        stages[1].append(tofu)
+                "init": base["out"], "out": str(zoo.model(f"{ms.key}-tofu")), "after": base["name"]}
+        out += [base, tofu]
+        if spec.baselines is not None:
+            b = asdict(spec.baselines)
+            k = spec.baselines.forget_split
+            out.append({**tofu, "name": f"{ms.key}-unlearn-ft", "kind": "unlearn-ft", "baselines": b,
+                        "data": str(zoo.data(f"forget{k:02d}")), "retain": str(zoo.data(f"retain{100 - k:02d}")),
+                        "init": tofu["out"], "out": str(zoo.model(f"{ms.key}-unlearn-ft")), "after": tofu["name"]})
+            out.append({**tofu, "name": f"{ms.key}-instruct-ft", "kind": "instruct-ft", "baselines": b,
+                        "data": str(zoo.data("instruct_train")), "out": str(zoo.model(f"{ms.key}-instruct-ft"))})
         if ms.key == "template":
             r = spec.retain_split
-            stages[1].append({**tofu, "name": f"template-retain{r:02d}", "data": str(zoo.data(f"retain{r:02d}")),
-                              "out": str(zoo.model(f"template-retain{r:02d}"))})
-    workers = max(1, jobs or min(len(spec.models), os.cpu_count() or 1))
-    ctx = mp.get_context("spawn")
-    for stage in stages:
-        todo = [j for j in stage if not _have(zoo, j["name"])]
-        for j in stage:
-            if j not in todo:
-                event("have", j["name"])
-        if not todo:
-            continue
-        for j in todo:
-            event("start", j["name"])
-        if workers == 1 or len(todo) == 1:
-            results = map(_train_job, todo)
+            out.append({**tofu, "name": f"template-retain{r:02d}", "data": str(zoo.data(f"retain{r:02d}")),
+                        "out": str(zoo.model(f"template-retain{r:02d}"))})
+    return out
+
+
+def _run_jobs(zoo: Zoo, jobs: list[dict], workers: int, event) -> None:
+    """Run the jobs the manifest lacks, each once the model it starts from is built, `workers` at a time."""
+    import multiprocessing as mp
+    import queue
+
+    todo = []
+    for j in jobs:
+        if _have(zoo, j["name"]):
+            event("have", j["name"])
         else:
-            pool = ctx.Pool(min(workers, len(todo)))
-            results = pool.imap_unordered(_train_job, todo)
-        try:
-            for res in results:
-                _record(zoo, res["name"], zoo.model(res["name"]))
-                event("done", res["name"], f"loss {res['loss']:.3f}, {res['seconds']:.0f} s")
-        finally:
-            if workers > 1 and len(todo) > 1:
-                pool.close()
-                pool.join()
-    return zoo
+            todo.append(j)
+    if not todo:
+        return
+    pending = {j["name"] for j in todo}
+    done_q: queue.Queue = queue.Queue()
+    pool = mp.get_context("spawn").Pool(min(workers, len(todo))) if workers > 1 and len(todo) > 1 else None
+    running = 0
+    try:
+        while todo or running:
+            ready = [j for j in todo if j["after"] is None or j["after"] not in pending]
+            for j in ready[:max(0, (workers if pool else 1) - running)]:
+                todo.remove(j)
+                event("start", j["name"])
+                if pool is None:
+                    done_q.put(("ok", _train_job(j)))
+                else:
+                    pool.apply_async(_train_job, (j,), callback=lambda r: done_q.put(("ok", r)),
+                                     error_callback=lambda e: done_q.put(("error", e)))
+                running += 1
+            if running == 0:
+                raise CmcError(f"world build: no job can start ({', '.join(j['name'] for j in todo)})")
+            status, res = done_q.get()
+            running -= 1
+            if status == "error":
+                raise res
+            _record(zoo, res["name"], zoo.model(res["name"]))
+            pending.discard(res["name"])
+            event("done", res["name"], f"loss {res['loss']:.3f}, {res['seconds']:.0f} s")
+    finally:
+        if pool is not None:
+            pool.terminate() if running else pool.close()
+            pool.join()
 
 
 def zoo_from_size(size: str) -> ZooSpec:

@@ -134,11 +134,32 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
         return out_rows
 
     t2 = time.perf_counter()
-    res.tofu_rows = _tofu(zoo, cfg, rows_for("tofu", out / "deltas" / "unlearn"), forget, retain, r, phase)
-    res.instruct_rows = _instruct(zoo, cfg, rows_for("base", out / "deltas" / "instruct"), phase)
+    res.tofu_rows = _tofu(zoo, cfg, rows_for("tofu", out / "deltas" / "unlearn") + baseline_rows(zoo, models, "unlearn", cfg),
+                          forget, retain, r, phase)
+    res.instruct_rows = _instruct(zoo, cfg, rows_for("base", out / "deltas" / "instruct")
+                                  + baseline_rows(zoo, models, "instruct", cfg), phase)
     res.seconds["eval"] = time.perf_counter() - t2
     _write(res, cfg)
     return res
+
+
+def baseline_rows(zoo: Zoo, models: dict, task: str, cfg: DemoConfig) -> list:
+    """The direct fine-tune of every model (instruct: the upper bound; unlearn: gradient difference on
+    the model's own weights) and proxy-tuning of `large` with the template's pair (same vocabulary only).
+    Empty when the world was built without baselines, or for another forget split than theirs."""
+    from cmc_cli.engine.decode import Decoder, load_lm
+
+    b = zoo.spec.baselines
+    if b is None or (task == "unlearn" and b.forget_split != cfg.forget_split):
+        return []
+    prefix = "base" if task == "instruct" else "tofu"
+    tuned = {k: load_lm(str(zoo.model(f"{k}-{task}-ft"))) for k in ("template", "large", "other")}
+    what = "fine-tuned (upper bound)" if task == "instruct" else "unlearned directly (grad. diff.)"
+    rows = [(f"{k} {what}", Decoder(tuned[k], user_format=QA_FORMAT)) for k in ("template", "large", "other")]
+    rows.append(("large + proxy-tuning (template pair)", Decoder(models[f"large-{prefix}"], expert=tuned["template"],
+                                                                anti_expert=models[f"template-{prefix}"],
+                                                                proxy_alpha=cfg.alpha, user_format=QA_FORMAT)))
+    return rows
 
 
 def _tofu(zoo: Zoo, cfg: DemoConfig, rows, forget: Path, retain: Path, r: int, phase) -> list:
