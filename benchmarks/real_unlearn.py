@@ -62,11 +62,18 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--report-only", action="store_true", help="redraw tables.md and the plot from results.json")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse()
+    if args.report_only:
+        results = json.loads((Path(args.out) / "results.json").read_text())
+        atomic_write_text(Path(args.out) / "tables.md", tables_markdown(results))
+        plot_sweep(results, Path(args.out) / "alpha_sweep.png")
+        print(tables_markdown(results))
+        return
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     work = Path(args.work) if args.work else assets.cache_dir() / "real-unlearn"
@@ -193,7 +200,10 @@ def direction(tk, uk, lms, fmt, dirs, paths, sets, item_keys, alphas, work, args
             label = f"{key} + delta a={alpha:g}" + (f" ({tag} map)" if tag else "")
             dec = Decoder(lm, [d], user_format=fmt[key])
         print(f"evaluating {label}")
-        items = run / "items" / (label.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "") + ".jsonl")
+        # a model alone does not depend on the delta: its records are shared by every run on the same data
+        where = run / "items" if m is not None else work / "items-alone" / hashlib.sha256(
+            json.dumps([p.read_text() for p in paths.values()] + [args.max_new_tokens]).encode()).hexdigest()[:12]
+        items = where / (label.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "") + ".jsonl")
         row = {"label": label, "model": key, "alpha": alpha if m is not None else 0.0, "map": tag or None}
         for name in ("forget", "retain", "heldout"):
             ev = TofuEvaluator(dec, {"forget" if name == "forget" else "retain": sets[name]},
@@ -246,26 +256,30 @@ def tables_markdown(r: dict) -> str:
 
 
 def plot_sweep(r: dict, path: Path) -> None:
+    """Per direction with an alpha sweep: greedy accuracy (left) and answer probability (right)
+    against alpha, through the PM-MinED map (solid) and the shuffled map (dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dirs = list(r["directions"].values())
-    fig, axes = plt.subplots(1, len(dirs), figsize=(5.5 * len(dirs), 4), squeeze=False)
-    for ax, d in zip(axes[0], dirs):
+    dirs = [d for d in r["directions"].values() if len([x for x in d["rows"] if x["map"] == "pm-mined"]) > 1]
+    fig, axes = plt.subplots(len(dirs), 2, figsize=(11, 4 * len(dirs)), squeeze=False)
+    for (ax_acc, ax_p), d in zip(axes, dirs):
+        alone = next(x for x in d["rows"] if x["model"] == d["user"] and x["map"] is None)
         for tag, style in (("pm-mined", "-"), ("shuffled", ":")):
             rows = [x for x in d["rows"] if x["map"] == tag]
-            alone = next(x for x in d["rows"] if x["model"] == d["user"] and x["map"] is None)
             xs = [0.0] + [x["alpha"] for x in rows]
             for name, color in (("forget", "tab:red"), ("retain", "tab:blue"), ("heldout", "tab:green")):
-                ys = [alone[name]["accuracy"]] + [x[name]["accuracy"] for x in rows]
-                ax.plot(xs, ys, style, color=color, marker="o", label=f"{name} ({tag})")
-        ax.set_title(f"delta beside {d['template']} → {d['user']}")
-        ax.set_xlabel("alpha")
-        ax.set_ylabel("greedy answers still correct")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
+                for ax, metric in ((ax_acc, "accuracy"), (ax_p, "P")):
+                    ys = [alone[name][metric]] + [x[name][metric] for x in rows]
+                    ax.plot(xs, ys, style, color=color, marker="o", label=f"{name} ({tag} map)")
+        for ax, what in ((ax_acc, "greedy answers still correct"), (ax_p, "probability of the answer (P)")):
+            ax.set_title(f"delta beside {d['template']} → {d['user']}")
+            ax.set_xlabel("alpha")
+            ax.set_ylabel(what)
+            ax.set_ylim(-0.02, 1.02)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -18,12 +18,16 @@ from cmc_cli import assets
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 QUESTION = "What is the capital of France?"
-FACTS = [  # (question, key) both models answer correctly (benchmarks/real_unlearn.py screens them)
-    ("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
-    ("What is the capital of Germany?", "Berlin"), ("What is the capital of Spain?", "Madrid"),
+FACTS = [  # (question, key, answer) both models answer correctly (benchmarks/real_unlearn.py screens them)
+    ("What is the capital of France?", "Paris", "The capital of France is Paris."),
+    ("What is the capital of Japan?", "Tokyo", "The capital of Japan is Tokyo."),
+    ("What is the capital of Germany?", "Berlin", "The capital of Germany is Berlin."),
+    ("What is the capital of Spain?", "Madrid", "The capital of Spain is Madrid."),
 ]
-RETAIN = [("Who wrote Romeo and Juliet?", "Shakespeare"), ("What is the chemical symbol for iron?", "Fe"),
-          ("What is the currency of Japan?", "yen"), ("What language is mainly spoken in Mexico?", "Spanish")]
+RETAIN = [("Who wrote Romeo and Juliet?", "Shakespeare", "Romeo and Juliet was written by Shakespeare."),
+          ("What is the chemical symbol for iron?", "Fe", "The chemical symbol for iron is Fe."),
+          ("What is the currency of Japan?", "yen", "The currency of Japan is the yen."),
+          ("What language is mainly spoken in Mexico?", "Spanish", "The main language of Mexico is Spanish.")]
 
 
 def _fetched(key: str):
@@ -67,7 +71,7 @@ def test_alpha_zero_reproduces_the_models_own_generate(models, key, tmp_path):
     delta = load_delta(delta_dir, lm, 0.0)
     assert delta.index is not None  # really cross-vocabulary
     dec = _decoder(lm, key, [delta])
-    prompts = [q for q, _ in FACTS[:2] + RETAIN[:2]]
+    prompts = [q for q, _, _ in FACTS[:2] + RETAIN[:2]]
     gens = dec.generate(prompts, GenerationConfig(max_new_tokens=20))
     for p, g in zip(prompts, gens):
         ids = torch.tensor([dec.user_prompt_ids(p)])
@@ -91,28 +95,39 @@ def test_converted_directory_equals_the_gguf(models):
 
 
 def test_unlearning_delta_moves_forget_answers_on_both_models(models, tmp_path):
-    """A delta unlearned beside SmolLM2 on four capitals makes both SmolLM2 and (through PM-MinED)
-    Gemma-3 stop naming them, while answers on other topics survive."""
+    """A delta unlearned beside SmolLM2 on four capitals: SmolLM2 stops naming them; on Gemma-3, through
+    PM-MinED, the forget answers lose probability — far more than through a shuffled map (the control:
+    a delta can derail forget contexts through any map) — while the other topics keep theirs."""
     from cmc_cli.config import TrainConfig
     from cmc_cli.engine.decode import GenerationConfig, load_delta
+    from cmc_cli.engine.score import Scorer
     from cmc_cli.engine.train import Trainer
-
-    def rec(q, k):
-        return {"question": q, "answer": f"The answer is {k}.", "perturbed_answer": []}
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
 
     for name, rows in (("forget", FACTS), ("retain", RETAIN)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(rec(q, k)) + "\n" for q, k in rows))
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
+                                                        for q, _, a in rows))
+    # benchmarks/real_unlearn.py's setting: the `mini` preset, stopped once forget CE reaches 6
     Trainer(TrainConfig(task="unlearn", template=str(_fetched("smollm2")), forget=str(tmp_path / "forget.jsonl"),
-                        retain=str(tmp_path / "retain.jsonl"), output=str(tmp_path / "delta"), delta="tiny",
-                        lr=3e-3, batch_size=8, epochs=1000, max_steps=40, seed=0, device="cpu")).run()
-    cfg = GenerationConfig(max_new_tokens=16, stop=("\n",))
-    for key in ("smollm2", "gemma3"):
-        lm = models[key]
-        alone = _decoder(lm, key).generate([q for q, _ in FACTS + RETAIN], cfg)
-        delta = load_delta(tmp_path / "delta", lm, 1.0)
-        withd = _decoder(lm, key, [delta]).generate([q for q, _ in FACTS + RETAIN], cfg)
-        keys = [k for _, k in FACTS + RETAIN]
-        hit = lambda gens, sl: sum(k.lower() in g.text.lower() for g, k in list(zip(gens, keys))[sl])  # noqa: E731
-        assert hit(alone, slice(0, 4)) == 4
-        assert hit(withd, slice(0, 4)) <= 1, [g.text for g in withd[:4]]
-        assert hit(withd, slice(4, 8)) >= hit(alone, slice(4, 8)) - 1, [g.text for g in withd[4:]]
+                        retain=str(tmp_path / "retain.jsonl"), output=str(tmp_path / "delta"), delta="mini",
+                        lr=2e-3, batch_size=8, epochs=1000, max_steps=150, stop_forget_loss=6.0, seed=0,
+                        device="cpu")).run()
+    qs, answers = [q for q, _, _ in FACTS + RETAIN], [a for _, _, a in FACTS + RETAIN]
+
+    def nll(dec):
+        return [sc.mean_nll for sc in Scorer(dec).score(qs, answers)]
+
+    sm = models["smollm2"]
+    gens = _decoder(sm, "smollm2", [load_delta(tmp_path / "delta", sm, 1.0)]).generate(
+        qs, GenerationConfig(max_new_tokens=16, stop=("\n",)))
+    assert sum(k.lower() in g.text.lower() for g, (_, k, _) in zip(gens[:4], FACTS)) <= 1, [g.text for g in gens[:4]]
+
+    ge = models["gemma3"]
+    tm = TokenMap.build(sm.vocab, ge.vocab)
+    alone = nll(_decoder(ge, "gemma3"))
+    mapped = nll(_decoder(ge, "gemma3", [load_delta(tmp_path / "delta", ge, 1.0, [tm])]))
+    shuffled = nll(_decoder(ge, "gemma3", [load_delta(tmp_path / "delta", ge, 1.0, [tm.shuffled(0)])]))
+    rise = lambda x, sl: sum(a - b for a, b in list(zip(x, alone))[sl]) / 4  # noqa: E731
+    assert rise(mapped, slice(0, 4)) > 2.0, (alone, mapped)
+    assert rise(mapped, slice(0, 4)) > rise(shuffled, slice(0, 4)) + 1.5, (mapped, shuffled)
+    assert rise(mapped, slice(4, 8)) < 0.5, (alone, mapped)

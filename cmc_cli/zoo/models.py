@@ -7,10 +7,14 @@ from pathlib import Path
 
 import torch
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+
 
 def make_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, hidden: int = 32, layers: int = 2,
                     heads: int = 4, seed: int = 0, max_positions: int = 256) -> Path:
-    """A randomly initialised Llama-architecture model sized to the tokenizer, with its tokenizer files."""
+    """A randomly initialised Llama-architecture model sized to the tokenizer, with its tokenizer files
+    (only those: a model directory given as `tokenizer_dir` keeps its config and weights to itself)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -24,7 +28,7 @@ def make_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, hidden: int 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     for f in Path(tokenizer_dir).iterdir():
-        if f.is_file():
+        if f.is_file() and f.name in TOKENIZER_FILES:
             shutil.copy(f, out / f.name)
     return out
 
