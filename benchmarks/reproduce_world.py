@@ -163,35 +163,18 @@ def main() -> None:
 
 
 def baselines_section(zoo, models, lim, tofu, instruct) -> dict:
-    """Direct fine-tunes of each model (instruction: CE on the training QA pairs; unlearning: gradient
-    difference on its own weights) and proxy-tuning of `large` with the template's pair (same vocabulary)."""
-    import json as _json
-
-    from cmc_cli.zoo.lm import encode_qa, train_lm, unlearn_lm
-
-    def rows(name):
-        return [_json.loads(x) for x in zoo.data(name).read_text().splitlines() if x.strip()]
-
+    """The world's direct fine-tunes of each model (instruction: CE on the training QA pairs; unlearning:
+    gradient difference on its own weights; built by `cmc zoo build`, docs/world.md) and proxy-tuning of
+    `large` with the template's pair (same vocabulary)."""
     out = {}
-    tuned = {}
+    tuned = {k: load_lm(str(zoo.model(f"{k}-instruct-ft"))) for k in KEYS}
     for k in KEYS:
-        m = load_lm(str(zoo.model(f"{k}-base")))
-        m.model.requires_grad_(True)
-        data = encode_qa([(r["instruction"], r["output"]) for r in rows("instruct_train")], m.tokenizer, QA_FORMAT, 128)
-        train_lm(m.model, data, m.tokenizer.eos_token_id, 5, 1e-3, 16, 0)
-        tuned[k] = m
-        out[f"instruct {k} fine-tuned"] = instruct(Decoder(m, user_format=QA_FORMAT))
+        out[f"instruct {k} fine-tuned"] = instruct(Decoder(tuned[k], user_format=QA_FORMAT))
     out["instruct large + proxy-tuning"] = instruct(Decoder(models["large-base"], expert=tuned["template"],
                                                             anti_expert=models["template-base"], user_format=QA_FORMAT))
-    unlearned = {}
+    unlearned = {k: load_lm(str(zoo.model(f"{k}-unlearn-ft"))) for k in KEYS}
     for k in KEYS:
-        m = load_lm(str(zoo.model(f"{k}-tofu")))
-        m.model.requires_grad_(True)
-        enc = lambda name: encode_qa([(r["question"], r["answer"]) for r in rows(name)], m.tokenizer, QA_FORMAT, 128)  # noqa: E731
-        unlearn_lm(m.model, enc("forget10"), enc("retain90"), m.tokenizer.eos_token_id, 1e-4, 8, 200, 0,
-                   retain_weight=3.0, stop_forget_loss=8.0)
-        unlearned[k] = m
-        out[f"unlearn {k} fine-tuned"] = tofu(Decoder(m, user_format=QA_FORMAT))
+        out[f"unlearn {k} fine-tuned"] = tofu(Decoder(unlearned[k], user_format=QA_FORMAT))
     out["unlearn large + proxy-tuning"] = tofu(Decoder(models["large-tofu"], expert=unlearned["template"],
                                                        anti_expert=models["template-tofu"], user_format=QA_FORMAT))
     return out
