@@ -153,6 +153,17 @@ def find_family(text: str) -> tuple[Path, str] | None:
     return None
 
 
+def asset_prompt_format(path: str | Path | None) -> str | None:
+    """The prompt format `cmc fetch models` recorded for a fetched real model directory (None otherwise)."""
+    info = Path(path) / "cmc-asset.json" if path is not None else None
+    if info is None or not info.is_file():
+        return None
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("prompt_format")
+    except (OSError, ValueError):
+        return None
+
+
 def fetched_model(key: str) -> Path | None:
     """The converted model directory if `cmc fetch models` brought it, else None."""
     d = model_dir(key)

@@ -243,7 +243,7 @@ class GenerateConfig:
     output: str | None = None
     resume: bool = False
     generator: str | None = None
-    user_format: str = "raw"
+    user_format: str = "auto"
     combine: str | None = None
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -322,7 +322,7 @@ class EvalTofuConfig:
     world_facts: str | None = None
     retain_model: str | None = None  # trained without the forget set: forget quality
     alone: bool = True  # also evaluate each user without deltas
-    user_format: str = "raw"
+    user_format: str = "auto"
     combine: str | None = None
     max_new_tokens: int = 64
     batch_size: int = 8
@@ -358,7 +358,7 @@ class EvalInstructConfig:
     judge: str | None = None
     judge_format: str = "raw"
     alone: bool = True
-    user_format: str = "raw"
+    user_format: str = "auto"
     combine: str | None = None
     max_new_tokens: int = 256
     batch_size: int = 8

@@ -69,19 +69,22 @@ def test_checksum_mismatch_installs_nothing(workdir, fake_pip, tmp_path):
 
 
 def test_model_names_resolve_only_once_fetched(workdir, tiny_tokenizers):
-    import shutil
+    from cmc_cli.engine.decode import Decoder, load_lm
+    from cmc_cli.zoo.models import make_tiny_llama
 
     with pytest.raises(ModelRefError, match="cmc fetch models"):
         resolve("smollm2")
-    d = assets.model_dir("smollm2")
-    shutil.copytree(tiny_tokenizers["bl"], d)
+    d = make_tiny_llama(tiny_tokenizers["bl"], assets.model_dir("smollm2"))
     (d / "cmc-asset.json").write_text(json.dumps({"family": "llama", "prompt_format": "Q: {prompt}\nA:"}))
     ref = resolve("SmolLM2")
     assert ref.origin == "assets" and ref.path == d and ref.adapter == "llama"
     assert assets.fetched_model("smollm2") == d and assets.fetched_model("gemma3") is None
-    from cmc_cli.engine.train import asset_prompt_format
-
-    assert asset_prompt_format(d) == "Q: {prompt}\nA:" and asset_prompt_format(workdir) is None
+    assert assets.asset_prompt_format(d) == "Q: {prompt}\nA:" and assets.asset_prompt_format(workdir) is None
+    # --user-format auto (the default): a fetched model is asked in its own format, anything else raw
+    assert Decoder(load_lm("smollm2")).user_prompt_text("Hi?") == ("Q: Hi?\nA:", True)
+    assert Decoder(load_lm("smollm2"), user_format="raw").user_prompt_text("Hi?") == ("Hi?", True)
+    (d / "cmc-asset.json").unlink()
+    assert Decoder(load_lm(str(d))).user_prompt_text("Hi?") == ("Hi?", True)
 
 
 def test_pinned_assets_are_consistent():

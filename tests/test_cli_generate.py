@@ -77,7 +77,7 @@ def test_token_map_file_is_used_and_checked(models, workdir, cli):
     (["-d", "DELTA:inf"], "alpha must be a finite number"),
     (["-d", "DELTA:strong"], "must be a number"),
     (["--user-format", "chat"], "no chat template"),
-    (["--user-format", "Question"], "--user-format must be raw, chat or a format string"),
+    (["--user-format", "Question"], "--user-format must be auto, raw, chat or a format string"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--prompts", "PROMPTS"], "exactly one of --prompt"),
 ])

@@ -28,7 +28,7 @@ def generate(
     output: Annotated[str, Opt("-o", "--output", help="JSONL output (instruction, output, generator), written as it goes.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue --output: skip the prompts it already holds.")] = None,
     generator: Annotated[str, Opt(help="Name in the output's 'generator' field. (default: user+delta@alpha...)")] = None,
-    user_format: Annotated[str, Opt(help="raw | chat (the user's chat template) | a format string with {prompt}. (default: raw)")] = None,
+    user_format: Annotated[str, Opt(help="auto (a fetched real model's own format, else raw) | raw | chat (the user's chat template) | a format string with {prompt}. (default: auto)")] = None,
     combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's training mode)")] = None,
     max_new_tokens: Annotated[int, Opt(help="(default: 256)")] = None,
     temperature: Annotated[float, Opt(help="0 = greedy. (default: 0)")] = None,

@@ -31,7 +31,7 @@ from cmc_cli.errors import CmcError, ConfigError
 
 log = logging.getLogger(__name__)
 
-USER_FORMATS = ("raw", "chat")
+USER_FORMATS = ("auto", "raw", "chat")  # auto: a fetched real model's own format (cmc-asset.json), else raw
 
 
 # ---- what is decoded ---------------------------------------------------------------------------------
@@ -44,6 +44,7 @@ class LoadedModel:
     tokenizer: object
     vocab: object  # tokenmaps.surfaces.Vocab
     adapter: str = ""
+    path: Path | None = None  # where it was loaded from
 
     @property
     def pad_id(self) -> int:
@@ -203,12 +204,16 @@ class Decoder:
     """A user model, its deltas and an optional proxy-tuning pair; `generate(prompts)` decodes a batch."""
 
     def __init__(self, user: LoadedModel, deltas: list[Delta] = (), expert: LoadedModel | None = None,
-                 anti_expert: LoadedModel | None = None, proxy_alpha: float = 1.0, user_format: str = "raw",
+                 anti_expert: LoadedModel | None = None, proxy_alpha: float = 1.0, user_format: str = "auto",
                  combine: str | None = None):
         self.user = user
         self.deltas = list(deltas)
         self.expert, self.anti_expert = expert, anti_expert
         self.proxy_alpha = check_alpha(proxy_alpha)
+        if user_format == "auto":
+            from cmc_cli.assets import asset_prompt_format
+
+            user_format = asset_prompt_format(user.path) or "raw"
         self.user_format = user_format
         self.combine = combine or (self.deltas[0].combine if self.deltas else "log-softmax-template")
         self.limit = context_length(user.model)
@@ -224,7 +229,7 @@ class Decoder:
             if m is not None and m.vocab.fingerprint != user.vocab.fingerprint:
                 raise CmcError(f"proxy-tuning needs the user's vocabulary: {m.name} has another tokenizer than {user.name}")
         if user_format not in USER_FORMATS and "{prompt}" not in user_format:
-            raise ConfigError(f"--user-format must be raw, chat or a format string containing {{prompt}}, got '{user_format}'")
+            raise ConfigError(f"--user-format must be auto, raw, chat or a format string containing {{prompt}}, got '{user_format}'")
         if user_format == "chat" and not getattr(user.tokenizer, "chat_template", None):
             raise ConfigError(f"the user model {user.name} has no chat template; use --user-format raw or a format "
                               "string such as '### Question: {prompt}\\n### Answer:'")
@@ -381,7 +386,7 @@ def load_lm(text: str, dtype=None, device: str = "cpu", adapter: str | None = No
     vocab = ad.token_surfaces(tok, name=ref.name)
     model = ad.load_model(ref, dtype=dtype, device=device)
     model.requires_grad_(False)
-    return LoadedModel(ref.name, model, tok, vocab, ad.name)
+    return LoadedModel(ref.name, model, tok, vocab, ad.name, ref.path)
 
 
 def read_delta_meta(path: Path) -> dict:

@@ -29,7 +29,7 @@ def load_decoder(cfg: GenerateConfig, on_phase=None) -> Decoder:
 
 
 def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_maps: list[Path] = (), alpha: float = 1.0,
-                  expert: str | None = None, anti_expert: str | None = None, user_format: str = "raw",
+                  expert: str | None = None, anti_expert: str | None = None, user_format: str = "auto",
                   combine: str | None = None, device: str = "auto", dtype: str = "auto", on_phase=None) -> Decoder:
     """Load (or reuse) the user model, the deltas with their token maps, and a proxy-tuning pair."""
     from cmc_cli.tokenmaps.tokenmap import TokenMap

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from cmc_cli.assets import asset_prompt_format
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Encoded, collate, encode, load_instruct, load_tofu
 from cmc_cli.data.records import file_sha256
@@ -154,17 +155,6 @@ class TrainResult:
     stopped: str  # completed | max-steps | stop-forget-loss
     last: StepMetrics | None
     history: list[StepMetrics] = field(default_factory=list)
-
-
-def asset_prompt_format(path: Path) -> str | None:
-    """The prompt format recorded by `cmc fetch models` for a fetched real model (None otherwise)."""
-    info = Path(path) / "cmc-asset.json"
-    if not info.is_file():
-        return None
-    try:
-        return json.loads(info.read_text(encoding="utf-8")).get("prompt_format")
-    except (OSError, ValueError):
-        return None
 
 
 class Trainer:
