@@ -72,3 +72,12 @@ def test_demo_writes_its_artifacts(demo_result):
         "template__other.shuffled.safetensors"}
     assert json.loads((out / "deltas" / "unlearn" / "cmc.json").read_text())["task"] == "unlearn"
     assert res["seconds"]["deltas"] > 0
+
+
+@pytest.mark.parametrize("args, msg", [(["--alpha", "nan"], "--alpha must be a finite number"),
+                                       (["--instruct-alpha", "inf"], "--instruct-alpha must be a finite number"),
+                                       (["--eval-limit", "0"], "--eval-limit must be positive"),
+                                       (["--size", "huge"], "--size must be one of full, reduced")])
+def test_demo_rejects_bad_options_before_building(cli, workdir, args, msg):
+    r = cli("demo", *args)
+    assert r.exit_code == 1 and msg in r.output and "building" not in r.output

@@ -17,7 +17,8 @@ def demo(
     size: Annotated[str, Opt(help="full (100 authors; ~7.5 min to build once on 2 cores) or reduced (20 authors).")] = "full",
     root: Annotated[str, Opt(help="The world's directory (default: $CMC_CACHE/zoo/<spec hash>).")] = None,
     out: Annotated[str, Opt("-o", "--out", help="Deltas, token maps, report.md, results.json (default: <world>/demo).")] = None,
-    alpha: Annotated[float, Opt(help="Delta strength.")] = 1.0,
+    alpha: Annotated[float, Opt(help="Strength of the unlearning delta.")] = 1.0,
+    instruct_alpha: Annotated[float, Opt(help="Strength of the instruction delta (and of its proxy-tuning row).")] = 1.0,
     eval_limit: Annotated[int, Opt(help="Items per evaluation set.")] = 60,
     jobs: Annotated[int, Opt(help="Models trained in parallel while building the world.")] = None,
     seed: Annotated[int, Opt(help="Seed of the deltas and of the shuffled-map control.")] = 0,
@@ -28,11 +29,13 @@ def demo(
     from cmc_cli.errors import ConfigError
     from cmc_cli.zoo.demo import TABLE1_HEADER, TABLE2_HEADER, DemoConfig, run_demo, table1_rows, table2_rows
 
-    if not math.isfinite(alpha):
-        raise ConfigError(f"--alpha must be a finite number, got {alpha}")
+    for name, a in (("--alpha", alpha), ("--instruct-alpha", instruct_alpha)):
+        if not math.isfinite(a):
+            raise ConfigError(f"{name} must be a finite number, got {a}")
     if eval_limit <= 0:
         raise ConfigError(f"--eval-limit must be positive, got {eval_limit}")
-    cfg = DemoConfig(size=size, root=root, out=out, alpha=alpha, eval_limit=eval_limit, jobs=jobs, seed=seed)
+    cfg = DemoConfig(size=size, root=root, out=out, alpha=alpha, instruct_alpha=instruct_alpha, eval_limit=eval_limit,
+                     jobs=jobs, seed=seed)
 
     def on_event(kind, name, detail=None):
         if not UI.quiet and kind in ("start", "done"):

@@ -33,7 +33,11 @@ class DemoConfig:
     root: str | None = None  # the world's directory (default: the cache)
     out: str | None = None  # where deltas, maps and the report go (default: <world>/demo)
     jobs: int | None = None
-    alpha: float = 1.0
+    alpha: float = 1.0  # the unlearning delta's strength
+    # the instruction delta's (and its proxy-tuning row's). The paper's 1 by default; on the full world 2
+    # gives better generations (ROUGE-L +0.21/+0.20/+0.07 instead of +0.04/+0.14/-0.06) at the cost of
+    # likelihood (+0.8 instead of +2.1 nats on the template), and on the reduced world 2 is worse on both
+    instruct_alpha: float = 1.0
     seed: int = 0
     delta: str = "tiny"  # delta preset
     # unlearning: None = the world size's setting (UNLEARN_SETTINGS); epochs are a ceiling, max_steps and
@@ -119,7 +123,7 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     res.seconds["deltas"] = time.perf_counter() - t1
 
     # -- rows: each model alone, with the delta, and for the other vocabulary the two controls
-    def rows_for(prefix: str, delta_dir: Path):
+    def rows_for(prefix: str, delta_dir: Path, alpha: float):
         out_rows = []
         for key in ("template", "large", "other"):
             user = models[f"{key}-{prefix}"]
@@ -128,15 +132,15 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
             if key == "other":
                 variants += [("exact-only", maps["exact-only"]), ("shuffled", maps["shuffled"])]
             for tag, tm in variants:
-                d = load_delta(delta_dir, user, cfg.alpha, [tm] if tm is not None else [])
+                d = load_delta(delta_dir, user, alpha, [tm] if tm is not None else [])
                 label = f"{key} + delta" + (f" ({tag} map)" if tag else "")
                 out_rows.append((label, Decoder(user, [d], user_format=QA_FORMAT)))
         return out_rows
 
     t2 = time.perf_counter()
-    res.tofu_rows = _tofu(zoo, cfg, rows_for("tofu", out / "deltas" / "unlearn") + baseline_rows(zoo, models, "unlearn", cfg),
-                          forget, retain, r, phase)
-    res.instruct_rows = _instruct(zoo, cfg, rows_for("base", out / "deltas" / "instruct")
+    res.tofu_rows = _tofu(zoo, cfg, rows_for("tofu", out / "deltas" / "unlearn", cfg.alpha)
+                          + baseline_rows(zoo, models, "unlearn", cfg), forget, retain, r, phase)
+    res.instruct_rows = _instruct(zoo, cfg, rows_for("base", out / "deltas" / "instruct", cfg.instruct_alpha)
                                   + baseline_rows(zoo, models, "instruct", cfg), phase)
     res.seconds["eval"] = time.perf_counter() - t2
     _write(res, cfg)
@@ -158,7 +162,8 @@ def baseline_rows(zoo: Zoo, models: dict, task: str, cfg: DemoConfig) -> list:
     rows = [(f"{k} {what}", Decoder(tuned[k], user_format=QA_FORMAT)) for k in ("template", "large", "other")]
     rows.append(("large + proxy-tuning (template pair)", Decoder(models[f"large-{prefix}"], expert=tuned["template"],
                                                                 anti_expert=models[f"template-{prefix}"],
-                                                                proxy_alpha=cfg.alpha, user_format=QA_FORMAT)))
+                                                                proxy_alpha=cfg.alpha if task == "unlearn" else cfg.instruct_alpha,
+                                                                user_format=QA_FORMAT)))
     return rows
 
 
@@ -243,7 +248,8 @@ def _write(res: DemoResult, cfg: DemoConfig) -> None:
     from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
     md = ["# cmc demo on the model world", "",
-          f"World: {res.zoo.root} (size {cfg.size}); alpha {cfg.alpha}; {cfg.eval_limit} items per set.", "",
+          f"World: {res.zoo.root} (size {cfg.size}); alpha {cfg.instruct_alpha} for the instruction delta (and its "
+          f"proxy-tuning row), {cfg.alpha} for the unlearning one; {cfg.eval_limit} items per set.", "",
           "## Table 1 — instruction tuning (questions about authors the delta never saw in QA form)", "",
           "| " + " | ".join(TABLE1_HEADER) + " |", "|" + "|".join(["---"] + ["---:"] * (len(TABLE1_HEADER) - 1)) + "|"]
     md += ["| " + " | ".join(c) + " |" for c in table1_rows(res.instruct_rows)]
