@@ -6,7 +6,7 @@ import pytest
 
 from cmc_cli.engine.decode import Decoder, GenerationConfig, load_lm
 from cmc_cli.eval.metrics import rouge_l
-from cmc_cli.zoo.build import QA_FORMAT, REDUCED_ZOO, _dir_hash, _train_job, build_zoo
+from cmc_cli.zoo.build import QA_FORMAT, REDUCED_ZOO, _dir_hash, _train_job, artifact_names, build_zoo
 
 
 def test_every_artifact_is_built_and_hashed(reduced_zoo):
@@ -14,7 +14,7 @@ def test_every_artifact_is_built_and_hashed(reduced_zoo):
     expected = {"data", "tokenizer-spm", "tokenizer-bl", "template-base", "template-tofu", "large-base", "large-tofu",
                 "other-base", "other-tofu", "template-retain90"}
     expected |= {f"{k}-{t}-ft" for k in ("template", "large", "other") for t in ("instruct", "unlearn")}
-    assert set(arts) == expected
+    assert set(arts) == expected == set(artifact_names(reduced_zoo))
     for name, e in arts.items():
         assert _dir_hash(reduced_zoo.root / e["path"]) == e["sha256"], name
     cfg = json.loads((reduced_zoo.model("other-tofu") / "config.json").read_text())
@@ -53,7 +53,9 @@ def test_cli_zoo_build_and_info(reduced_zoo, workdir, cli):
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == str(reduced_zoo.root)
     r = cli("zoo", "info", "--size", "reduced", "--root", reduced_zoo.root)
-    assert r.exit_code == 0 and "other-tofu" in r.output and " no " not in r.output
+    assert r.exit_code == 0 and " no " not in r.output
+    for name in ("other-tofu", "template-retain90", "large-instruct-ft", "other-unlearn-ft"):
+        assert name in r.output, name
     r = cli("zoo", "build", "--size", "huge")
     assert r.exit_code == 1 and "--size must be one of full, reduced" in r.output
 

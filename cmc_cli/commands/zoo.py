@@ -50,7 +50,7 @@ def show(
     """What the model world holds and which parts are built."""
     from pathlib import Path
 
-    from cmc_cli.zoo.build import Zoo, zoo_from_size, zoo_root
+    from cmc_cli.zoo.build import Zoo, artifact_names, zoo_from_size, zoo_root
 
     spec = zoo_from_size(size)
     zoo = Zoo(Path(root) if root else zoo_root(spec), spec)
@@ -58,11 +58,7 @@ def show(
     t = Table(title=f"model world ({size}) in {zoo.root}")
     for h in ("artifact", "built", "sha256"):
         t.add_column(h)
-    names = ["data", "tokenizer-spm", "tokenizer-bl"]
-    for ms in spec.models:
-        names += [f"{ms.key}-base", f"{ms.key}-tofu"]
-    names.append(f"template-retain{spec.retain_split:02d}")
-    for n in names:
+    for n in artifact_names(zoo):
         e = built.get(n)
         t.add_row(n, "yes" if e else "no", e["sha256"][:12] if e else "")
     console.print(t)

@@ -242,6 +242,11 @@ def model_jobs(zoo: Zoo) -> list[dict]:
     return out
 
 
+def artifact_names(zoo: Zoo) -> list[str]:
+    """Everything a complete world holds, in build order."""
+    return ["data", "tokenizer-spm", "tokenizer-bl"] + [j["name"] for j in model_jobs(zoo)]
+
+
 def _run_jobs(zoo: Zoo, jobs: list[dict], workers: int, event) -> None:
     """Run the jobs the manifest lacks, each once the model it starts from is built, `workers` at a time."""
     import multiprocessing as mp
