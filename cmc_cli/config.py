@@ -251,6 +251,7 @@ class GenerateConfig:
     top_k: int = 0
     seed: int = 0
     stop: list = field(default_factory=list)
+    suppress: list = field(default_factory=list)
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
@@ -265,6 +266,7 @@ class GenerateConfig:
         self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
         self.token_maps = [Path(p) for p in self.token_maps or []]
         self.stop = list(self.stop or [])
+        self.suppress = [str(s) for s in self.suppress or []]
         if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
             raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
         if (self.prompt is None) == (self.prompts is None):

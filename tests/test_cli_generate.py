@@ -80,6 +80,7 @@ def test_token_map_file_is_used_and_checked(models, workdir, cli):
     (["--user-format", "Question"], "--user-format must be auto, raw, chat or a format string"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--prompts", "PROMPTS"], "exactly one of --prompt"),
+    (["--suppress", "no-such-token", "-o", "out.jsonl"], "--suppress: 'no-such-token' is not a token"),
 ])
 def test_bad_options_give_one_line_errors(models, workdir, cli, extra, message):
     extra = [str(models["delta"]) + x[5:] if x.startswith("DELTA") else models["prompts"] if x == "PROMPTS" else x
@@ -88,6 +89,7 @@ def test_bad_options_give_one_line_errors(models, workdir, cli, extra, message):
     assert r.exit_code == 1, r.output
     assert message in r.output
     assert len(r.output.strip().splitlines()) == 1
+    assert not (workdir / "out.jsonl").exists()  # nothing written before the error
 
 
 def test_prompt_longer_than_the_context_window(models, workdir, cli):

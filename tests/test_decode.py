@@ -309,3 +309,22 @@ def test_chat_user_format_uses_the_user_models_template(world, tmp_path, tiny_to
     fmt = Decoder(user, [], user_format="Q: {prompt}\nA:")
     assert user.tokenizer.decode(fmt.user_prompt_ids("Hi"), skip_special_tokens=True) == "Q: Hi\nA:"
     assert dec.generate(["Name a fish."], GenerationConfig(max_new_tokens=3))[0].token_ids
+
+
+def test_suppressed_tokens_are_never_generated_and_the_rest_is_the_next_best(world, user_bl):
+    """--suppress: the step's scores with the suppressed ids at -inf, nothing else changed."""
+    d = load_delta(world["delta"], user_bl, alpha=1.0)
+    free = Decoder(user_bl, [d]).generate(PROMPTS[:2], GenerationConfig(max_new_tokens=8))
+    banned = sorted({g.token_ids[0] for g in free})
+    tok = user_bl.tokenizer
+    spelled = [tok.convert_ids_to_tokens(banned[0])] + [str(i) for i in banned[1:]]
+    dec = Decoder(user_bl, [d])
+    dec.trace = []
+    gens = dec.generate(PROMPTS[:2], GenerationConfig(max_new_tokens=8, suppress=tuple(spelled)))
+    for g in gens:
+        assert not set(g.token_ids) & set(banned)
+    first = dec.trace[0]["final"]
+    assert torch.isinf(first[:, banned]).all()
+    assert [g.token_ids[0] for g in gens] == first.argmax(-1).tolist()
+    with pytest.raises(ConfigError, match="--suppress: 'no-such-token' is not a token of the user model"):
+        dec.generate(PROMPTS[:1], GenerationConfig(max_new_tokens=2, suppress=("no-such-token",)))

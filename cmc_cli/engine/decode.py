@@ -90,6 +90,7 @@ class GenerationConfig:
     top_k: int = 0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    suppress: tuple[str, ...] = ()  # user tokens never generated: as the tokenizer spells them, or ids
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -102,6 +103,8 @@ class GenerationConfig:
             raise ConfigError(f"--top-k must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):
             raise ConfigError("--stop strings must not be empty")
+        if any(not str(s) for s in self.suppress):
+            raise ConfigError("--suppress tokens must not be empty")
 
 
 @dataclass
@@ -247,6 +250,22 @@ class Decoder:
         ids.update([e] if isinstance(e, int) else list(e or []))
         return ids
 
+    def suppress_ids(self, tokens) -> list[int]:
+        """User ids of `--suppress` tokens: a token as the user's tokenizer spells it (`<start_of_image>`,
+        `▁Paris`) or an id. One unknown is an error that names it."""
+        tok, out = self.user.tokenizer, []
+        for t in tokens:
+            t = str(t)
+            if t.isdigit() and int(t) < self.user.width:
+                out.append(int(t))
+                continue
+            i = tok.convert_tokens_to_ids(t)
+            if i is None or i == tok.unk_token_id and t != tok.unk_token:
+                raise ConfigError(f"--suppress: '{t}' is not a token of the user model {self.user.name}; give a "
+                                  "token as its tokenizer spells it (e.g. '<start_of_image>', '▁Paris') or an id")
+            out.append(int(i))
+        return sorted(set(out))
+
     def user_prompt_text(self, prompt: str) -> tuple[str, bool]:
         """The user model's prompt as text, and whether its tokenizer adds its special tokens (BOS) to it."""
         if self.user_format == "chat":
@@ -305,12 +324,15 @@ class Decoder:
         if self.expert is not None:
             experts = [LockstepLM(m.model, m.pad_id) for m in (self.expert, self.anti_expert)]
             e_logits = [e.start(user_ids) for e in experts]
+        suppressed = self.suppress_ids(cfg.suppress)
         texts = [GenText(self.user.tokenizer, ids) for ids in user_ids]
         out_ids: list[list[int]] = [[] for _ in range(B)]
         finish: list[str | None] = [None] * B
         cut: list[str | None] = [None] * B
         for t in range(cfg.max_new_tokens):
             final = self._scores(logits, d_logits, e_logits if experts else None)
+            if suppressed:
+                final[:, suppressed] = float("-inf")
             tokens = choose_tokens(final, cfg, gens)
             if force is not None:
                 tokens = torch.tensor([f[t] if t < len(f) else self.user.pad_id for f in force], device=tokens.device)

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def load_decoder(cfg: GenerateConfig, on_phase=None) -> Decoder:
-    return build_decoder(cfg.user, cfg.deltas, cfg.token_maps, alpha=cfg.alpha, expert=cfg.expert,
-                         anti_expert=cfg.anti_expert, user_format=cfg.user_format, combine=cfg.combine,
-                         device=cfg.device, dtype=cfg.dtype, on_phase=on_phase)
+    dec = build_decoder(cfg.user, cfg.deltas, cfg.token_maps, alpha=cfg.alpha, expert=cfg.expert,
+                        anti_expert=cfg.anti_expert, user_format=cfg.user_format, combine=cfg.combine,
+                        device=cfg.device, dtype=cfg.dtype, on_phase=on_phase)
+    dec.suppress_ids(cfg.suppress)  # names an unknown --suppress token before anything runs
+    return dec
 
 
 def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_maps: list[Path] = (), alpha: float = 1.0,
@@ -134,7 +136,8 @@ def run_generate(cfg: GenerateConfig, decoder: Decoder | None = None, on_phase=N
     prompts = prompts if prompts is not None else read_prompts(cfg)
     dec = decoder or load_decoder(cfg, on_phase)
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               top_k=cfg.top_k, seed=cfg.seed, stop=tuple(cfg.stop))
+                               top_k=cfg.top_k, seed=cfg.seed, stop=tuple(cfg.stop), suppress=tuple(cfg.suppress))
+    dec.suppress_ids(gen_cfg.suppress)  # an unknown token fails before the output file is touched
     name = cfg.generator or generator_name(dec)
     sink = JsonlSink(Path(cfg.output), prompts, name, cfg.resume) if cfg.output else None
     start = sink.done if sink else 0
