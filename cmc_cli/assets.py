@@ -142,8 +142,8 @@ def find_family(text: str) -> tuple[Path, str] | None:
     """(directory, adapter) of a fetched family tokenizer or real model, or None."""
     key = MODEL_ALIASES.get(text.lower())
     if key is not None:
-        d = model_dir(key)
-        return (d, MODELS[key].adapter) if (d / "cmc-asset.json").is_file() else None
+        d = fetched_model(key)
+        return (d, MODELS[key].adapter) if d is not None else None
     key = FAMILY_ALIASES.get(text.lower())
     if key is None:
         return None

@@ -137,7 +137,6 @@ def run_generate(cfg: GenerateConfig, decoder: Decoder | None = None, on_phase=N
     dec = decoder or load_decoder(cfg, on_phase)
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                top_k=cfg.top_k, seed=cfg.seed, stop=tuple(cfg.stop), suppress=tuple(cfg.suppress))
-    dec.suppress_ids(gen_cfg.suppress)  # an unknown token fails before the output file is touched
     name = cfg.generator or generator_name(dec)
     sink = JsonlSink(Path(cfg.output), prompts, name, cfg.resume) if cfg.output else None
     start = sink.done if sink else 0

@@ -145,11 +145,11 @@ def map_vocab(delta: Vocab, user: Vocab, strategy: str = "pm-mined", fallback: s
         if i in user.byte_values and user.byte_values[i] in index.byte_ids:
             out[i], kind[i] = index.byte_ids[user.byte_values[i]], BYTE
             continue
-        if strategy == "min-ed" or i in user.raw_text_ids:
+        if i in user.raw_text_ids:  # an added token: exactly or not at all
+            out[i], kind[i] = index.exact_only(s)
+            continue
+        if strategy == "min-ed":
             j, k = index.exact_only(s)
-            if i in user.raw_text_ids:
-                out[i], kind[i] = j, k
-                continue
         else:
             j, k = lookup(s)
         if k == UNMAPPED and (strategy == "min-ed" or fallback == "min-ed"):

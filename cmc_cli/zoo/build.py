@@ -164,6 +164,7 @@ def _train_job(args: dict) -> dict:
     pad = tok.eos_token_id
     records = _jsonl(Path(args["data"]))
     m, b = args["model"], args.get("baselines")
+    qa = lambda rows: encode_qa([(r["question"], r["answer"]) for r in rows], tok, QA_FORMAT, 128)  # noqa: E731
     if args["kind"] == "base":
         model = new_model(m["arch"], tok, m["hidden"], m["layers"], m["heads"], args["seed"])
         data = encode_prose([r["text"] for r in records], tok, 256)
@@ -171,17 +172,14 @@ def _train_job(args: dict) -> dict:
     else:
         model = AutoModelForCausalLM.from_pretrained(args["init"], dtype=torch.float32)
         if args["kind"] == "qa":
-            data = encode_qa([(r["question"], r["answer"]) for r in records], tok, QA_FORMAT, 128)
-            res = train_lm(model, data, pad, m["qa_epochs"], m["qa_lr"], m["batch_size"], args["seed"])
+            res = train_lm(model, qa(records), pad, m["qa_epochs"], m["qa_lr"], m["batch_size"], args["seed"])
         elif args["kind"] == "instruct-ft":
             data = encode_qa([(r["instruction"], r["output"]) for r in records], tok, QA_FORMAT, 128)
             res = train_lm(model, data, pad, b["instruct_epochs"], b["instruct_lr"], b["instruct_batch"], args["seed"])
         else:  # unlearn-ft
-            retain = _jsonl(Path(args["retain"]))
-            enc = lambda rows: encode_qa([(r["question"], r["answer"]) for r in rows], tok, QA_FORMAT, 128)  # noqa: E731
-            res = unlearn_lm(model, enc(records), enc(retain), pad, b["unlearn_lr"], b["unlearn_batch"],
-                             b["unlearn_max_steps"], args["seed"], retain_weight=b["unlearn_retain_weight"],
-                             stop_forget_loss=b["unlearn_stop_forget_loss"])
+            res = unlearn_lm(model, qa(records), qa(_jsonl(Path(args["retain"]))), pad, b["unlearn_lr"],
+                             b["unlearn_batch"], b["unlearn_max_steps"], args["seed"],
+                             retain_weight=b["unlearn_retain_weight"], stop_forget_loss=b["unlearn_stop_forget_loss"])
     save_model(model, args["tokenizer"], args["out"])
     return {"name": args["name"], "loss": res.final_loss, "seconds": res.seconds}
 
