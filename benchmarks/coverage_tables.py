@@ -30,9 +30,10 @@ def main() -> None:
             adapter = get_adapter(a.adapter)
             vocabs[key] = adapter.load_vocab(ModelRef(text=key, path=d, adapter=adapter.name, origin="assets"))
     pairs += [p for p in MODEL_PAIRS if p[0] in vocabs and p[1] in vocabs]
-    print("| delta → user | " + " | ".join(KIND_NAMES) + " | mapped |")
-    print("|---|" + "---:|" * (len(KIND_NAMES) + 1))
-    for strategy in ("pm-mined",):
+    for strategy in ("pm-mined", "exact-ext"):
+        print(f"\n{strategy}:\n")
+        print("| delta → user | " + " | ".join(KIND_NAMES) + " | mapped |")
+        print("|---|" + "---:|" * (len(KIND_NAMES) + 1))
         for d, u in pairs:
             tm = TokenMap.build(vocabs[d], vocabs[u], strategy=strategy)
             c = tm.counts()

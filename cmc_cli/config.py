@@ -93,7 +93,7 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
     return ProjectConfig(source=path, models=models)
 
 
-STRATEGIES = ("pm-mined", "min-ed", "exact")
+STRATEGIES = ("pm-mined", "min-ed", "exact", "exact-ext", "pm-suppress", "shuffled")  # tokenmaps/tokenmap.py
 FALLBACKS = ("none", "min-ed")
 
 
@@ -104,28 +104,37 @@ class MapVocabConfig:
     delta: str
     user: str
     output: Path | None = None
-    strategy: str = "pm-mined"
+    strategy: str = "exact-ext"  # tokenmaps.tokenmap.DEFAULT_STRATEGY
     fallback: str = "none"
     delta_adapter: str | None = None
     user_adapter: str | None = None
     show: bool = False
+    seed: int = 0  # --strategy shuffled
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{self.strategy}'")
         if self.fallback not in FALLBACKS:
             raise ConfigError(f"--fallback must be one of {', '.join(FALLBACKS)}, got '{self.fallback}'")
-        if self.fallback != "none" and self.strategy != "pm-mined":
-            raise ConfigError("--fallback applies to --strategy pm-mined only")
+        if self.fallback != "none" and self.strategy not in ("pm-mined", "pm-suppress"):
+            raise ConfigError("--fallback applies to the PM-MinED strategies only (pm-mined, pm-suppress)")
+        if self.seed != 0 and self.strategy != "shuffled":
+            raise ConfigError("--seed applies to --strategy shuffled only")
 
 
 TASKS = ("instruct", "unlearn")
-UNLEARN_LOSSES = ("grad-diff", "grad-ascent", "kl")
+UNLEARN_LOSSES = ("grad-diff", "grad-ascent", "kl", "idk", "npo")  # engine/combine.py UNLEARN_METHODS
 TASK_DEFAULTS = {
     # the paper's settings
     "instruct": {"lr": 2e-4, "batch_size": 64, "epochs": 4},
     "unlearn": {"lr": 1e-4, "batch_size": 16, "epochs": 20},
 }
+# The presets sized for the model world (engine/delta.py) need a larger step to move a confident template:
+# at the paper's 1e-4 a `tiny` idk delta learned nothing in 140 steps on template-tofu (refusal CE 11.05 -> 11.05);
+# at 3e-3 it refuses (docs/training.md)
+SMALL_PRESET_LR = {"tiny": 3e-3, "mini": 3e-3, "small": 3e-3}
+DEFAULT_EVAL_LIMIT = 256  # unlearn: examples per set in each evaluation (many batches, never one)
 
 
 @dataclass
@@ -139,10 +148,18 @@ class TrainConfig:
     data: str | None = None  # instruct: Alpaca JSON/JSONL or chat messages
     forget: str | None = None  # unlearn: TOFU-format forget set
     retain: str | None = None  # unlearn: TOFU-format retain set
-    loss: str = "grad-diff"
+    loss: str = "grad-diff"  # unlearn: the method (--method)
+    retain_loss: str | None = None  # unlearn: nll | kl | none (default: the method's, combine.UNLEARN_METHODS)
+    refusals: str | None = None  # idk: a file of refusal answers, one per line (default: data/refusals.py)
+    npo_beta: float = 0.1
     forget_weight: float = 1.0
     retain_weight: float = 1.0
-    stop_forget_loss: float | None = None  # unlearn: stop once the forget CE exceeds this
+    # unlearn: evaluate forget / retain CE on the whole sets every `eval_every` steps (default: a fifth of
+    # the run), stop at the first evaluation whose forget CE reaches `stop_forget_loss`; the delta written
+    # is the one evaluated there (or at the end)
+    stop_forget_loss: float | None = None
+    eval_every: int | None = None
+    eval_limit: int | None = DEFAULT_EVAL_LIMIT  # evaluate on the first N examples of each set (None: all)
     combine: str = "log-softmax-template"
     prompt_format: str | None = None  # default: the template adapter's
     max_length: int = 512
@@ -161,11 +178,22 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = only at the end (and on Ctrl-C)
     resume: str | None = None
 
+    def retain_term(self) -> str | None:
+        """The unlearning retain term in use: nll, kl or None."""
+        from cmc_cli.engine.combine import UNLEARN_METHODS
+
+        term = self.retain_loss or UNLEARN_METHODS[self.loss][1] or "none"
+        return None if term == "none" else term
+
     def __post_init__(self) -> None:
-        from cmc_cli.engine.combine import COMBINE_MODES
+        import math
+
+        from cmc_cli.engine.combine import COMBINE_MODES, RETAIN_TERMS
 
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'")
+        if self.lr is None and self.delta in SMALL_PRESET_LR:
+            self.lr = SMALL_PRESET_LR[self.delta]
         for key, val in TASK_DEFAULTS[self.task].items():
             if getattr(self, key) is None:
                 setattr(self, key, val)
@@ -179,15 +207,28 @@ class TrainConfig:
             raise ConfigError("--data is required for --task instruct (Alpaca JSON/JSONL or chat messages)")
         if self.task == "unlearn" and not self.forget:
             raise ConfigError("--forget is required for --task unlearn (TOFU-format forget set)")
-        if self.task == "unlearn" and self.loss in ("grad-diff", "kl") and not self.retain:
-            raise ConfigError(f"--retain is required for --loss {self.loss}")
         if self.loss not in UNLEARN_LOSSES:
-            raise ConfigError(f"--loss must be one of {', '.join(UNLEARN_LOSSES)}, got '{self.loss}'")
+            raise ConfigError(f"--method must be one of {', '.join(UNLEARN_LOSSES)}, got '{self.loss}'")
+        if self.retain_loss is not None and self.retain_loss not in RETAIN_TERMS:
+            raise ConfigError(f"--retain-loss must be one of {', '.join(RETAIN_TERMS)}, got '{self.retain_loss}'")
+        if self.task == "unlearn" and self.retain_term() is not None and not self.retain:
+            raise ConfigError(f"--retain is required for --method {self.loss} (its retain term is "
+                              f"{self.retain_term()}); give a retain set or --retain-loss none")
+        if self.refusals is not None and not Path(self.refusals).is_file():
+            raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
+        if not (self.npo_beta > 0 and math.isfinite(self.npo_beta)):
+            raise ConfigError(f"--npo-beta must be a positive number, got {self.npo_beta}")
+        for key in ("eval_every", "eval_limit"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+        if self.stop_forget_loss is not None and not math.isfinite(self.stop_forget_loss):
+            raise ConfigError(f"--stop-forget-loss must be a finite number, got {self.stop_forget_loss}")
         if self.combine not in COMBINE_MODES:
             raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
         for key in ("lr", "batch_size", "micro_batch_size", "epochs", "max_length", "loss_chunk"):
-            if not getattr(self, key) or getattr(self, key) <= 0:
-                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+            val = getattr(self, key)
+            if not val or not math.isfinite(val) or val <= 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be a positive finite number, got {val}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
         if not 0 <= self.warmup_ratio < 1:
@@ -323,6 +364,7 @@ class EvalTofuConfig:
     real_authors: str | None = None
     world_facts: str | None = None
     retain_model: str | None = None  # trained without the forget set: forget quality
+    refusals: str | None = None  # refusal answers for the refusal rate (default: data/refusals.py)
     alone: bool = True  # also evaluate each user without deltas
     user_format: str = "auto"
     combine: str | None = None
@@ -339,6 +381,8 @@ class EvalTofuConfig:
             raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts")
         if self.retain_model and not self.forget:
             raise ConfigError("--retain-model is for forget quality and needs --forget")
+        if self.refusals is not None and not Path(self.refusals).is_file():
+            raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
 
     def set_paths(self) -> dict[str, str]:
         return {k: getattr(self, k) for k in ("forget", "retain", "real_authors", "world_facts") if getattr(self, k)}

@@ -81,10 +81,11 @@ def test_model_names_resolve_only_once_fetched(workdir, tiny_tokenizers):
     assert assets.fetched_model("smollm2") == d and assets.fetched_model("gemma3") is None
     assert assets.asset_prompt_format(d) == "Q: {prompt}\nA:" and assets.asset_prompt_format(workdir) is None
     # --user-format auto (the default): a fetched model is asked in its own format, anything else raw
-    assert Decoder(load_lm("smollm2")).user_prompt_text("Hi?") == ("Q: Hi?\nA:", True)
-    assert Decoder(load_lm("smollm2"), user_format="raw").user_prompt_text("Hi?") == ("Hi?", True)
+    dec = Decoder(load_lm("smollm2"))
+    assert dec.user_prompt_text("Hi?") == ("Q: Hi?\nA:", dec.user.bos)
+    assert Decoder(load_lm("smollm2"), user_format="raw").user_prompt_text("Hi?") == ("Hi?", dec.user.bos)
     (d / "cmc-asset.json").unlink()
-    assert Decoder(load_lm(str(d))).user_prompt_text("Hi?") == ("Hi?", True)
+    assert Decoder(load_lm(str(d))).user_prompt_text("Hi?") == ("Hi?", dec.user.bos)
 
 
 def test_pinned_assets_are_consistent():

@@ -23,7 +23,7 @@ def test_map_vocab_writes_default_path_and_shows_table(cli, workdir, tiny_tokeni
     delta = load_vocab(resolve(str(tiny_tokenizers["spm"])))
     user = load_vocab(resolve(str(tiny_tokenizers["bl"])))
     tm = TokenMap.load(out, delta=delta, user=user)
-    assert tm.meta["strategy"] == "pm-mined" and tm.user_size == user.size == 420
+    assert tm.meta["strategy"] == "exact-ext" and tm.user_size == user.size == 420
     # the map equals a direct library build
     ref = TokenMap.build(delta, user)
     assert np.array_equal(tm.index, ref.index) and np.array_equal(tm.kind, ref.kind)

@@ -39,7 +39,7 @@ def real_vocabs():
 
 @pytest.fixture(scope="session")
 def real_maps(real_vocabs):
-    return {(d, u): TokenMap.build(real_vocabs[d], real_vocabs[u]) for d, u in PAIRS}
+    return {(d, u): TokenMap.build(real_vocabs[d], real_vocabs[u], strategy="pm-mined") for d, u in PAIRS}
 
 
 def test_vocab_sizes_and_conventions(real_vocabs):

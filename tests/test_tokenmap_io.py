@@ -15,7 +15,7 @@ def pair():
 
 def test_roundtrip_is_identical(tmp_path, pair):
     delta, user = pair
-    tm = TokenMap.build(delta, user)
+    tm = TokenMap.build(delta, user, strategy="pm-mined")
     path = tm.save(tmp_path / "m.safetensors")
     back = TokenMap.load(path, delta=delta, user=user)
     assert np.array_equal(back.index, tm.index) and np.array_equal(back.kind, tm.kind)

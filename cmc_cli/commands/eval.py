@@ -27,6 +27,7 @@ def tofu(
     real_authors: Annotated[str, Opt(help="TOFU real-authors set (question, answer, perturbed_answer).")] = None,
     world_facts: Annotated[str, Opt(help="TOFU world-facts set.")] = None,
     retain_model: Annotated[str, Opt(help="A model trained without the forget set: gives forget quality (KS test).")] = None,
+    refusals: Annotated[str, Opt(help="Refusal answers for the refusal rate, one per line. (default: cmc's list)")] = None,
     alone: Annotated[bool, Opt("--alone/--no-alone", help="Also evaluate each user without deltas. (default: on)")] = None,
     user_format: Annotated[str, Opt(help="auto (a fetched real model's own format, else raw) | raw | chat | a format string with {prompt}. (default: auto)")] = None,
     combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's)")] = None,
@@ -39,13 +40,16 @@ def tofu(
     config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
 ) -> None:
     """TOFU unlearning metrics (ROUGE-L, probability, truth ratio, forget quality, model utility)."""
-    from cmc_cli.eval.report import tofu_table
+    from cmc_cli.eval.report import behaviour_table, tofu_table
     from cmc_cli.eval.tofu import run_tofu_eval
 
-    flags = {k: v for k, v in locals().items() if k not in ("config", "tofu_table", "run_tofu_eval")}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "tofu_table", "behaviour_table", "run_tofu_eval")}
     flags["users"], flags["deltas"], flags["token_maps"] = flags.pop("user"), flags.pop("delta"), flags.pop("token_map")
     cfg = EvalTofuConfig.from_sources(config, flags)
     rows = _with_progress(lambda on_progress: run_tofu_eval(cfg, on_progress=on_progress), "items")
+    behaviour = behaviour_table(rows)
+    if behaviour is not None:
+        console.print(behaviour)
     console.print(tofu_table(rows))
     if cfg.out:
         info(f"[green]wrote[/green] {cfg.out}/results.json and {cfg.out}/report.md")

@@ -38,6 +38,8 @@ def _run(flags: dict, config: Path | None) -> None:
                 p.update(task, completed=m.step, stats=stats)
 
             trainer.on_step = on_step
+            trainer.on_eval = lambda ev: p.console.print(
+                f"eval step {ev['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items() if k != "step"))
             result = trainer.run()
     last = result.last
     summary = f"loss {last.loss:.4f}" if last else "no step taken"
@@ -59,14 +61,19 @@ def train(
     data: Annotated[str, Opt(help="instruct: Alpaca JSON/JSONL (instruction, input, output) or chat messages.")] = None,
     forget: Annotated[str, Opt(help="unlearn: TOFU-format forget set (question, answer).")] = None,
     retain: Annotated[str, Opt(help="unlearn: TOFU-format retain set.")] = None,
-    loss: Annotated[str, Opt(help="unlearn loss: grad-diff | grad-ascent | kl. (default: grad-diff)")] = None,
+    loss: Annotated[str, Opt("--method", "--loss", help="unlearn method: grad-diff | grad-ascent | kl | idk | npo. (default: grad-diff)")] = None,
+    retain_loss: Annotated[str, Opt(help="unlearn retain term: nll | kl | none. (default: the method's; grad-ascent: none)")] = None,
+    refusals: Annotated[str, Opt(help="idk: refusal answers, one per line. (default: cmc's list)")] = None,
+    npo_beta: Annotated[float, Opt(help="npo: inverse temperature beta. (default: 0.1)")] = None,
+    eval_every: Annotated[int, Opt(help="unlearn: evaluate forget/retain CE on the whole sets every N steps. (default: a fifth of the run)")] = None,
+    eval_limit: Annotated[int, Opt(help="unlearn: evaluate on the first N examples of each set. (default: 256)")] = None,
     forget_weight: Annotated[float, Opt(help="Weight of -CE(forget). (default: 1.0)")] = None,
     retain_weight: Annotated[float, Opt(help="Weight of the retain term. (default: 1.0)")] = None,
-    stop_forget_loss: Annotated[float, Opt(help="unlearn: stop once forget CE reaches this (gradient difference is unbounded).")] = None,
+    stop_forget_loss: Annotated[float, Opt(help="unlearn: stop at the first evaluation whose whole-set forget CE reaches this (gradient difference is unbounded).")] = None,
     combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: log-softmax-template)")] = None,
     prompt_format: Annotated[str, Opt(help="Prompt format with {prompt}. (default: a fetched real model's own, else the template adapter's, <|user|>\\n{prompt}\\n<|assistant|>\\n)")] = None,
     max_length: Annotated[int, Opt(help="Truncate examples to this many tokens. (default: 512)")] = None,
-    lr: Annotated[float, Opt(help="Peak learning rate. (default: 2e-4 instruct, 1e-4 unlearn)")] = None,
+    lr: Annotated[float, Opt(help="Peak learning rate. (default: 3e-3 for the tiny/mini/small presets, else 2e-4 instruct, 1e-4 unlearn)")] = None,
     batch_size: Annotated[int, Opt(help="Examples per optimizer step. (default: 64 instruct, 16 unlearn)")] = None,
     micro_batch_size: Annotated[int, Opt(help="Examples per forward pass (gradient accumulation). (default: batch size)")] = None,
     epochs: Annotated[int, Opt(help="Passes over the data. (default: 4 instruct, 20 unlearn)")] = None,
@@ -94,11 +101,17 @@ def unlearn(
     retain: Annotated[str, Opt(help="TOFU-format retain set.")] = None,
     output: Annotated[str, Opt("-o", "--output", help="Directory the delta is written to.")] = None,
     delta: Annotated[str, Opt(help="Preset tiny|mini|small|15m|42m|110m or a model directory. (default: tiny)")] = None,
-    loss: Annotated[str, Opt(help="grad-diff | grad-ascent | kl. (default: grad-diff)")] = None,
-    stop_forget_loss: Annotated[float, Opt(help="Stop once forget CE reaches this.")] = None,
+    loss: Annotated[str, Opt("--method", "--loss", help="grad-diff | grad-ascent | kl | idk (train forget questions toward refusals) | npo (negative preference optimisation against the template). (default: grad-diff)")] = None,
+    retain_loss: Annotated[str, Opt(help="Retain term: nll | kl | none. (default: the method's; grad-ascent: none)")] = None,
+    refusals: Annotated[str, Opt(help="idk: refusal answers, one per line. (default: cmc's list)")] = None,
+    npo_beta: Annotated[float, Opt(help="npo: inverse temperature beta. (default: 0.1)")] = None,
+    stop_forget_loss: Annotated[float, Opt(help="Stop at the first evaluation whose whole-set forget CE reaches this.")] = None,
+    eval_every: Annotated[int, Opt(help="Evaluate forget/retain CE on the whole sets every N steps. (default: a fifth of the run)")] = None,
+    eval_limit: Annotated[int, Opt(help="Evaluate on the first N examples of each set. (default: 256)")] = None,
+    checkpoint_every: Annotated[int, Opt(help="Checkpoint every N steps (0: at the end and on Ctrl-C). (default: 0)")] = None,
     retain_weight: Annotated[float, Opt(help="Weight of the retain term. (default: 1.0)")] = None,
     prompt_format: Annotated[str, Opt(help="Prompt format with {prompt}. (default: the template's own: see `cmc train --help`)")] = None,
-    lr: Annotated[float, Opt(help="(default: 1e-4)")] = None,
+    lr: Annotated[float, Opt(help="(default: 3e-3 for the tiny/mini/small presets, else 1e-4)")] = None,
     batch_size: Annotated[int, Opt(help="(default: 16)")] = None,
     epochs: Annotated[int, Opt(help="(default: 20)")] = None,
     max_steps: Annotated[int, Opt(help="Stop after this many steps.")] = None,

@@ -109,6 +109,23 @@ def render(prompt_format: str, prompt: str) -> str:
     return prompt_format.replace("{prompt}", prompt)
 
 
+def bos_ids(tokenizer) -> list[int]:
+    """The BOS a model is fed before every text, by its tokenizer's own rule: [bos] when encoding with
+    special tokens puts it first (Llama, Gemma, the world's tokenizers), else [] (SmolLM2, GPT-2).
+    Training, decoding and scoring all feed a model this prefix, so it sees what it was trained on."""
+    cached = getattr(tokenizer, "_cmc_bos_ids", None)
+    if cached is not None:
+        return list(cached)
+    bos = tokenizer.bos_token_id
+    ids = list(tokenizer("a", add_special_tokens=True)["input_ids"]) if bos is not None else []
+    out = [int(bos)] if ids and ids[0] == bos else []
+    try:
+        tokenizer._cmc_bos_ids = tuple(out)
+    except AttributeError:  # a tokenizer object that takes no new attributes: recomputed each time
+        pass
+    return out
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -117,12 +134,12 @@ class Encoded:
 
 
 def encode(examples: list[Example], tokenizer, prompt_format: str, max_length: int) -> list[Encoded]:
-    """Tokenize `format(prompt) + response + eos` as one text; labels only on response tokens.
+    """Tokenize `bos + format(prompt) + response + eos` as one text (bos_ids); labels only on response tokens.
 
     Tokenizing the whole text (not prompt and response apart) gives the same ids the decoder sees.
     A response cut away entirely by `max_length` is an error naming the record.
     """
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = bos_ids(tokenizer)
     eos = tokenizer.eos_token_id
     out = []
     for ex in examples:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cmc_cli.data.records import DataError, read_records, require_text
 
-SET_KINDS = ("forget", "retain", "real_authors", "world_facts")
+SET_KINDS = ("forget", "retain", "real_authors", "world_facts", "heldout")  # heldout: retain questions a delta never saw
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class TofuItem:
     paraphrased: str | None
     perturbed: tuple[str, ...]
     source: str
+    keys: tuple[str, ...] = ()  # `key`: the fact a correct answer contains (a string or a list of them)
 
     def base_answer(self, kind: str) -> str:
         """The correct answer the truth ratio compares against: paraphrased on forget/retain (TOFU),
@@ -45,5 +46,9 @@ def load_tofu_eval(path: str | Path, kind: str) -> list[TofuItem]:
             raise DataError(f"{src}: 'perturbed_answer' must be a list of non-empty strings")
         if kind in ("forget", "retain") and pert and para is None:
             raise DataError(f"{src}: a {kind} item with perturbed answers needs 'paraphrased_answer' for the truth ratio")
-        out.append(TofuItem(q, a, para, tuple(pert), src))
+        key = rec.get("key", [])
+        key = [key] if isinstance(key, str) else key
+        if not isinstance(key, list) or not all(isinstance(k, str) and k.strip() for k in key):
+            raise DataError(f"{src}: 'key' must be a non-empty string or a list of them")
+        out.append(TofuItem(q, a, para, tuple(pert), src, tuple(key)))
     return out

@@ -39,6 +39,55 @@ def token_nll(final: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
     return nll, (targets != IGNORE).sum()
 
 
+def weighted_nll(final: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i weights_i * NLL_i of `targets` under softmax(final) over positions where targets != IGNORE.
+
+    final (N, V); targets (N,); weights (N,) (ignored positions contribute nothing whatever their weight).
+    """
+    nll = F.cross_entropy(final, targets, ignore_index=IGNORE, reduction="none")
+    return (nll * weights.to(nll.dtype)).sum()
+
+
+def token_logratio(final: torch.Tensor, reference_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) log p_final(y) - log p_reference(y) per target position (0 where targets == IGNORE)."""
+    keep = targets != IGNORE
+    y = targets.clamp(min=0)[:, None]
+    lp = F.log_softmax(final.float(), dim=-1).gather(-1, y)[:, 0]
+    lr = F.log_softmax(reference_logits.float(), dim=-1).gather(-1, y)[:, 0]
+    return (lp - lr).masked_fill(~keep, 0.0)
+
+
+# ---- unlearning objectives (cmc unlearn --method) ------------------------------------------------------
+# method -> (forget term, default retain term). Forget terms: "ascent" = -CE(forget answers) (the paper's
+# gradient difference), "refusal" = CE(forget questions -> refusal answers) (TOFU's idk), "npo" = negative
+# preference optimisation against the frozen template. Retain terms: "nll" = CE(retain), "kl" =
+# KL(template || combined) on retain, None = no retain term.
+UNLEARN_METHODS = {
+    "grad-diff": ("ascent", "nll"),
+    "grad-ascent": ("ascent", None),
+    "kl": ("ascent", "kl"),
+    "idk": ("refusal", "nll"),
+    "npo": ("npo", "nll"),
+}
+RETAIN_TERMS = ("nll", "kl", "none")
+
+
+def npo_loss(logratio: torch.Tensor, beta: float, n: int | None = None) -> torch.Tensor:
+    """NPO (Zhang et al. 2024): (2 / beta) * mean_s softplus(beta * r_s) = -(2/beta) mean log sigmoid(-beta r_s),
+    r_s = log p_combined(answer_s) - log p_template(answer_s) summed over the answer's tokens (the frozen
+    template is the reference). (S,) -> (). `n` divides instead of S (a step split in micro-batches)."""
+    n = logratio.shape[0] if n is None else n
+    return (2.0 / beta) * F.softplus(beta * logratio.float()).sum() / n
+
+
+def npo_sequence_weights(logratio: torch.Tensor, beta: float, n: int | None = None) -> torch.Tensor:
+    """d npo_loss / d r_s = (2 / n) * sigmoid(beta * r_s), per sequence. Since d r_s = -d NLL_s, the NPO
+    gradient is that of  -sum_s w_s * NLL_s  with these weights held constant: an NLL-shaped surrogate the
+    chunked loss can sum position by position (tests/test_unlearn_methods.py checks it against autograd)."""
+    n = logratio.shape[0] if n is None else n
+    return (2.0 / n) * torch.sigmoid(beta * logratio.detach().float())
+
+
 def kl_to_reference(final: torch.Tensor, reference_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed KL(p_reference || softmax(final)) over the positions where targets != IGNORE."""
     keep = targets != IGNORE
@@ -47,19 +96,28 @@ def kl_to_reference(final: torch.Tensor, reference_logits: torch.Tensor, targets
     return (logp_ref.exp() * (logp_ref - logp)).sum()
 
 
-def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int | None = None) -> torch.Tensor:
+def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int | None = None,
+                     cap: torch.Tensor | None = None) -> torch.Tensor:
     """TokenMap(delta_logits): (..., V_delta) -> (..., V_user), 0 where a user token is unmapped.
 
     index: int64 [V_user_map] from a TokenMap (-1 = unmapped). `width` pads to a user model whose
     logits are wider than its tokenizer (padded embeddings): the extra ids get 0.
+    cap: bool [V_user_map], the user tokens that receive only the delta's suppressions (a map with
+    prefix rule "suppress": the prefix-mapped ones): their value is min(mapped, the position's median
+    delta logit), so a boost of a short delta token (▁I) never reaches a longer user token (ĠIron).
     """
     width = index.shape[0] if width is None else width
     if width < index.shape[0]:
         raise ValueError(f"user logits ({width}) are narrower than the token map ({index.shape[0]})")
     if width > index.shape[0]:
-        index = torch.cat([index, index.new_full((width - index.shape[0],), -1)])
+        pad = width - index.shape[0]
+        index = torch.cat([index, index.new_full((pad,), -1)])
+        cap = torch.cat([cap, cap.new_zeros((pad,))]) if cap is not None else None
     index = index.to(delta_logits.device)
     mapped = delta_logits.index_select(-1, index.clamp(min=0))
+    if cap is not None:
+        typical = delta_logits.float().median(dim=-1, keepdim=True).values.to(mapped.dtype)  # (..., 1)
+        mapped = torch.where(cap.to(mapped.device), torch.minimum(mapped, typical), mapped)
     return mapped.masked_fill(index < 0, 0.0)
 
 
@@ -67,7 +125,8 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
                   mode: str = "log-softmax-template") -> torch.Tensor:
     """final_t = LogSoftmax(user_logits) + sum_k alpha_k * TokenMap_k(delta_logits_k), in float32.
 
-    deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary).
+    deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary[, cap])
+    with cap as in map_delta_logits (Delta.term builds these).
     mode (the delta's training combine mode): "sum" leaves the user logits raw (the paper's ablation),
     "log-softmax-both" log-softmaxes each delta's logits too.
     """
@@ -75,7 +134,7 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
         raise ValueError(f"unknown combine mode {mode!r}; one of {', '.join(COMBINE_MODES)}")
     final = user_logits.float() if mode == "sum" else F.log_softmax(user_logits.float(), dim=-1)
     width = user_logits.shape[-1]
-    for alpha, d_logits, index in deltas:
+    for alpha, d_logits, index, *rest in deltas:
         d = d_logits.float()
         if mode == "log-softmax-both":
             d = F.log_softmax(d, dim=-1)
@@ -84,7 +143,7 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
                 raise ValueError(f"same-vocabulary delta has {d.shape[-1]} logits, the user model {width}")
             final = final + alpha * d
         else:
-            final = final + alpha * map_delta_logits(d, index, width)
+            final = final + alpha * map_delta_logits(d, index, width, rest[0] if rest else None)
     return final
 
 

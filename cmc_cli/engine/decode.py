@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cmc_cli.data.instruct import join_response, render
+from cmc_cli.data.instruct import bos_ids, join_response, render
 from cmc_cli.engine.combine import decode_scores, proxy_scores
 from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
 from cmc_cli.engine.textsync import DeltaText, GenText
@@ -45,6 +45,7 @@ class LoadedModel:
     vocab: object  # tokenmaps.surfaces.Vocab
     adapter: str = ""
     path: Path | None = None  # where it was loaded from
+    feed_bos: list[int] | None = None  # the BOS it was trained with, when recorded (a delta's cmc.json)
 
     @property
     def pad_id(self) -> int:
@@ -53,7 +54,8 @@ class LoadedModel:
 
     @property
     def bos(self) -> list[int]:
-        return [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        """What this model is fed before every text: as recorded at training, else its tokenizer's rule."""
+        return list(self.feed_bos) if self.feed_bos is not None else bos_ids(self.tokenizer)
 
     @property
     def width(self) -> int:
@@ -72,6 +74,11 @@ class Delta:
     combine: str = "log-softmax-template"
     meta: dict = field(default_factory=dict)
     token_map: object = None  # the TokenMap behind `index` (None: same vocabulary)
+    cap: torch.Tensor | None = None  # user ids that get only suppressions (TokenMap.cap_tensor)
+
+    def term(self, logits: torch.Tensor) -> tuple:
+        """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step."""
+        return (self.alpha, logits, self.index, self.cap)
 
     def reads_user_ids(self, user: LoadedModel) -> bool:
         """Same tokenizer as the user model: fed the user's ids instead of re-tokenized text."""
@@ -266,26 +273,27 @@ class Decoder:
             out.append(int(i))
         return sorted(set(out))
 
-    def user_prompt_text(self, prompt: str) -> tuple[str, bool]:
-        """The user model's prompt as text, and whether its tokenizer adds its special tokens (BOS) to it."""
+    def user_prompt_text(self, prompt: str) -> tuple[str, list[int]]:
+        """The user model's prompt as text, and the ids fed before it: its BOS (LoadedModel.bos) for a raw or
+        formatted prompt, nothing for a chat template (which writes its own)."""
         if self.user_format == "chat":
             tok = self.user.tokenizer
             return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                           tokenize=False), False
-        return (prompt if self.user_format == "raw" else render(self.user_format, prompt)), True
+                                           tokenize=False), []
+        return (prompt if self.user_format == "raw" else render(self.user_format, prompt)), self.user.bos
 
     def user_prompt_ids(self, prompt: str) -> list[int]:
-        text, special = self.user_prompt_text(prompt)
-        return list(self.user.tokenizer(text, add_special_tokens=special)["input_ids"])
+        text, head = self.user_prompt_text(prompt)
+        return head + list(self.user.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def user_answer_ids(self, prompt: str, answer: str) -> list[int]:
         """The user's ids of `answer` after `prompt`, tokenized in context (join_response: one space between
         when neither side has one), as the model would have written them; the answer alone if the
         prompt's ids are not a prefix of the joined text's."""
         tok = self.user.tokenizer
-        text, special = self.user_prompt_text(prompt)
-        p_ids = list(tok(text, add_special_tokens=special)["input_ids"])
-        full = list(tok(join_response(text, answer), add_special_tokens=special)["input_ids"])
+        text, head = self.user_prompt_text(prompt)
+        p_ids = head + list(tok(text, add_special_tokens=False)["input_ids"])
+        full = head + list(tok(join_response(text, answer), add_special_tokens=False)["input_ids"])
         if full[:len(p_ids)] == p_ids and len(full) > len(p_ids):
             return full[len(p_ids):]
         return list(tok(answer, add_special_tokens=False)["input_ids"])
@@ -294,7 +302,7 @@ class Decoder:
         return [DeltaRunner(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
 
     def _scores(self, user_logits, delta_logits, expert_logits) -> torch.Tensor:
-        terms = [(d.alpha, lg, d.index) for d, lg in zip(self.deltas, delta_logits)]
+        terms = [d.term(lg) for d, lg in zip(self.deltas, delta_logits)]
         final = decode_scores(user_logits, terms, self.combine)
         if expert_logits is not None:
             final = final + self.proxy_alpha * proxy_scores(*expert_logits, width=final.shape[-1])
@@ -431,9 +439,9 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
     """Load a delta directory and the map from the user's vocabulary to its own (same vocabulary: none).
 
     token_maps: paths or TokenMaps to choose from (the one built for this delta and user tokenizer
-    wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else PM-MinED, built in memory."""
+    wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else cmc's default map (exact-ext), built in memory."""
     from cmc_cli.tokenmaps.build import default_output
-    from cmc_cli.tokenmaps.tokenmap import TokenMap
+    from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
 
     path = Path(path)
     meta = read_delta_meta(path)
@@ -457,11 +465,15 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
             log.info("using token map %s", default)
             tm = TokenMap.load(default)
         else:
-            log.info("building a PM-MinED token map %s -> %s in memory", user.name, lm.name)
+            log.info("building a %s token map %s -> %s in memory", DEFAULT_STRATEGY, user.name, lm.name)
             tm = TokenMap.build(lm.vocab, user.vocab)
         index = tm.index_tensor()
+    # fed as in training: the recorded BOS; deltas from before it was recorded always got the tokenizer's bos
+    legacy = [lm.tokenizer.bos_token_id] if lm.tokenizer.bos_token_id is not None else []
+    lm.feed_bos = [int(i) for i in meta["bos"]] if isinstance(meta.get("bos"), list) else legacy
     return Delta(lm=lm, alpha=alpha, prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
-                 combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm)
+                 combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm,
+                 cap=tm.cap_tensor() if tm is not None else None)
 
 
 def _fits(path: Path, lm: LoadedModel, user: LoadedModel) -> bool:

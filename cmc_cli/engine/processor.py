@@ -61,5 +61,5 @@ class CMCLogitsProcessor(LogitsProcessor):
             gen = [t.append(int(tok)) for t, tok in zip(self.texts, tokens.tolist())]
             active = [True] * len(gen)
             self.d_logits = [r.step(tokens, gen, active) for r in self.runners]
-        terms = [(d.alpha, lg.to(scores.device), d.index) for d, lg in zip(self.deltas, self.d_logits)]
+        terms = [d.term(lg.to(scores.device)) for d, lg in zip(self.deltas, self.d_logits)]
         return decode_scores(scores, terms, self.combine).to(scores.dtype)

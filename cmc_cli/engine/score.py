@@ -134,7 +134,7 @@ class Scorer:
         logps = []
         for s in range(0, targets.shape[0], self.chunk):
             e = min(targets.shape[0], s + self.chunk)
-            terms = [(d.alpha, head_logits(d.lm.model, h[s:e]), d.index) for d, h in zip(dec.deltas, h_deltas)]
+            terms = [d.term(head_logits(d.lm.model, h[s:e])) for d, h in zip(dec.deltas, h_deltas)]
             final = decode_scores(head_logits(user.model, h_user[s:e]), terms, dec.combine)
             if h_proxy is not None:
                 e_l, a_l = (head_logits(m.model, h[s:e]) for m, h in zip((dec.expert, dec.anti_expert), h_proxy))

@@ -23,10 +23,11 @@ import torch
 
 from cmc_cli.assets import asset_prompt_format
 from cmc_cli.config import TrainConfig
-from cmc_cli.data.instruct import Encoded, collate, encode, load_instruct, load_tofu
+from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
 from cmc_cli.data.records import file_sha256
 from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
-from cmc_cli.engine.combine import IGNORE, combine, kl_to_reference, token_nll
+from cmc_cli.engine.combine import (IGNORE, UNLEARN_METHODS, combine, kl_to_reference, npo_loss, npo_sequence_weights,
+                                    token_logratio, token_nll, weighted_nll)
 from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden, head_logits
@@ -78,8 +79,11 @@ class _FusedHeadLoss(torch.autograd.Function):
         return (None, None, grad_h * grad_out, *[g * grad_out for g in grad_p])
 
 
-def _chunked(template, delta, h_t, h_d, targets, chunk: int, loss_of) -> tuple[torch.Tensor, int]:
-    """Sum over chunks of target positions of loss_of(template_logits, delta_logits, targets)."""
+def _chunked(template, delta, h_t, h_d, targets, chunk: int, loss_of, weights=None) -> tuple[torch.Tensor, int]:
+    """Sum over chunks of target positions of loss_of(template_logits, delta_logits, targets[, weights]).
+    weights: (B, T) per-position weights handed to loss_of (None: loss_of takes three arguments)."""
+    keep = targets != IGNORE
+    w = weights[keep] if weights is not None else None
     h_t, h_d, y = _select(h_t, h_d, targets)
     n = int(y.shape[0])
     head = delta.get_output_embeddings()
@@ -91,6 +95,8 @@ def _chunked(template, delta, h_t, h_d, targets, chunk: int, loss_of) -> tuple[t
         with torch.no_grad():
             t_logits = head_logits(template, h_t[s:e])  # (n, V)
         hd = hd_all[s:e].to(head.weight.dtype)
+        if w is not None:
+            return loss_of(t_logits, head_logits(delta, hd), y[s:e], w[s:e])
         return loss_of(t_logits, head_logits(delta, hd), y[s:e])
 
     if not bounds:
@@ -111,6 +117,26 @@ def chunked_kl(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tup
     """Summed KL(template || combined) over target positions, and the token count."""
     return _chunked(template, delta, h_t, h_d, targets, chunk,
                     lambda t, d, y: kl_to_reference(combine(t, d, mode), t, y))
+
+
+def chunked_weighted_nll(template, delta, h_t, h_d, targets, weights, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
+    """sum_i weights_i * NLL_i under softmax(combine(template, delta)); weights (B, T)."""
+    return _chunked(template, delta, h_t, h_d, targets, chunk,
+                    lambda t, d, y, w: weighted_nll(combine(t, d, mode), y, w), weights=weights)
+
+
+@torch.no_grad()
+def sequence_logratio(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> torch.Tensor:
+    """(B,) sum over each row's targets of log p_combined(y) - log p_template(y) (NPO's r_s), no gradient."""
+    keep = targets != IGNORE
+    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[keep]
+    h_t_s, h_d_s, y = _select(h_t, h_d, targets)
+    vals = []
+    for s in range(0, y.shape[0], chunk):
+        t = head_logits(template, h_t_s[s:s + chunk])
+        vals.append(token_logratio(combine(t, head_logits(delta, h_d_s[s:s + chunk]), mode), t, y[s:s + chunk]))
+    out = torch.zeros(targets.shape[0], device=targets.device)
+    return out.index_add(0, rows, torch.cat(vals)) if vals else out
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -160,9 +186,10 @@ class TrainResult:
 class Trainer:
     """Builds everything from a TrainConfig, then `run()`s. Usable from Python without the CLI."""
 
-    def __init__(self, cfg: TrainConfig, on_step=None, on_phase=None):
+    def __init__(self, cfg: TrainConfig, on_step=None, on_phase=None, on_eval=None):
         self.cfg = cfg
         self.on_step = on_step or (lambda m: None)
+        self.on_eval = on_eval or (lambda ev: log.info("evaluation %s", ev))
         self.phase = on_phase or (lambda msg: log.info("%s", msg))
         self.out = Path(cfg.output)
         self._setup()
@@ -192,8 +219,10 @@ class Trainer:
             self.train_set = self._encode(cfg.data, load_instruct)
             self.retain_set: list[Encoded] = []
         else:
-            self.train_set = self._encode(cfg.forget, load_tofu)
-            self.retain_set = self._encode(cfg.retain, load_tofu) if cfg.retain else []
+            self.forget_eval = self._encode(cfg.forget, load_tofu)  # the true answers: what is measured
+            self.train_set = self._refusal_set() if cfg.loss == "idk" else self.forget_eval
+            self.retain_set = self._encode(cfg.retain, load_tofu) if cfg.retain and cfg.retain_term() else []
+            self.retain_eval = self.retain_set or (self._encode(cfg.retain, load_tofu) if cfg.retain else [])
         self.delta = self._make_delta().to(self.device)
         self.delta.train()
         self.optimizer = torch.optim.AdamW(self.delta.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -202,6 +231,23 @@ class Trainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.warmup = int(cfg.warmup_ratio * self.total_steps)
+        self.eval_every = (cfg.eval_every or max(1, self.total_steps // 5)) if cfg.task == "unlearn" else 0
+        self.evaluations: list[dict] = []
+        self.selected: dict | None = None
+
+    def _refusal_set(self) -> list[Encoded]:
+        """idk: each forget question paired with a refusal answer (drawn from the list by the seed)."""
+        import random
+
+        from cmc_cli.data.instruct import Example
+        from cmc_cli.data.refusals import load_refusals
+
+        refusals = load_refusals(self.cfg.refusals)
+        if self.cfg.refusals:
+            self.data_hashes[str(self.cfg.refusals)] = file_sha256(self.cfg.refusals)
+        rng = random.Random(self.cfg.seed)
+        examples = [Example(ex.prompt, rng.choice(refusals), ex.source) for ex in load_tofu(self.cfg.forget)]
+        return encode(examples, self.tokenizer, self.prompt_format, self.cfg.max_length)
 
     def _encode(self, path, loader) -> list[Encoded]:
         self.data_hashes[str(path)] = file_sha256(path)
@@ -270,6 +316,42 @@ class Trainer:
         total, _ = fn(self.template, self.delta, h_t, h_d, batch["targets"], self.cfg.combine, self.cfg.loss_chunk)
         return total / n_total, float(total.detach()) / n_total
 
+    def _npo(self, examples: list[Encoded], weight: float) -> float:
+        """NPO's forget term (combine.npo_loss) over the step's forget examples, in micro-batches; its gradient
+        through the NLL-shaped surrogate of combine.npo_sequence_weights. Returns the loss value."""
+        cfg, mb, n = self.cfg, self.cfg.micro_batch_size, len(examples)
+        value = 0.0
+        for s in range(0, n, mb):
+            batch = self._to_device(examples[s:s + mb])
+            h_t = template_hidden(self.template, batch)
+            h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
+            y = batch["targets"]
+            r = sequence_logratio(self.template, self.delta, h_t, h_d.detach(), y, cfg.combine, cfg.loss_chunk)
+            w = -npo_sequence_weights(r, cfg.npo_beta, n)[:, None].expand_as(y)  # (B, T)
+            surrogate, _ = chunked_weighted_nll(self.template, self.delta, h_t, h_d, y, w, cfg.combine, cfg.loss_chunk)
+            (weight * surrogate).backward()
+            value += float(npo_loss(r, cfg.npo_beta, n))
+        return value
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean CE of the true forget answers and of the retain answers under the combined model, over the
+        whole sets (or their first --eval-limit examples): what stopping and selection decide on."""
+        cfg, out = self.cfg, {}
+        for name, data in (("forget_ce", self.forget_eval), ("retain_ce", self.retain_eval)):
+            data = data[:cfg.eval_limit] if cfg.eval_limit else data
+            if not data:
+                continue
+            total, count = 0.0, 0
+            for s in range(0, len(data), cfg.micro_batch_size):
+                batch = self._to_device(data[s:s + cfg.micro_batch_size])
+                h_t = template_hidden(self.template, batch)
+                h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
+                nll, k = chunked_nll(self.template, self.delta, h_t, h_d, batch["targets"], cfg.combine, cfg.loss_chunk)
+                total, count = total + float(nll), count + k
+            out[name] = total / max(1, count)
+        return out
+
     def _accumulate(self, examples: list[Encoded], kind: str, weight: float) -> float:
         """Forward/backward of one side of a step, in micro-batches; returns its mean loss."""
         mb = self.cfg.micro_batch_size
@@ -295,6 +377,8 @@ class Trainer:
                 raise CmcError(f"cannot resume from {rdir}: the data files differ from the run that wrote it")
             start_step = progress["step"]
             history = [StepMetrics(**m) for m in progress.get("history", [])]
+            self.evaluations = list(progress.get("evaluations", []))
+            self.selected = self.evaluations[-1] if self.evaluations else None
             self.phase(f"resumed at step {start_step} from {rdir}")
         self._write_config()
         metrics_path = self.out / "metrics.jsonl"
@@ -305,7 +389,22 @@ class Trainer:
 
         def progress_state(s: int) -> dict:
             return {"step": s, "data_hashes": self.data_hashes, "history": [m.as_dict() for m in history],
-                    "config": cfg.to_dict()}
+                    "evaluations": self.evaluations, "config": cfg.to_dict()}
+
+        def evaluate_at(s: int) -> bool:
+            """Evaluate on the whole sets; True when the stopping criterion is met."""
+            ev = {"step": s, **self.evaluate()}
+            self.evaluations.append(ev)
+            with (self.out / "evals.jsonl").open("a") as f:
+                f.write(json.dumps(ev) + "\n")
+            self.on_eval(ev)
+            self.selected = ev
+            return cfg.stop_forget_loss is not None and ev.get("forget_ce", -math.inf) >= cfg.stop_forget_loss
+
+        if self.eval_every:
+            atomic_write_text(self.out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in self.evaluations))
+            if not self.evaluations:
+                evaluate_at(start_step)
 
         try:
             for epoch in range(cfg.epochs):
@@ -326,10 +425,10 @@ class Trainer:
                     self.on_step(m)
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                         save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
-                    if (cfg.task == "unlearn" and cfg.stop_forget_loss is not None
-                            and m.forget_loss is not None and m.forget_loss >= cfg.stop_forget_loss):
-                        stopped = "stop-forget-loss"
-                        break
+                    if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
+                        if evaluate_at(step):
+                            stopped = "stop-forget-loss"
+                            break
                 if stopped != "completed" or step >= self.total_steps:
                     break
         except KeyboardInterrupt:
@@ -337,6 +436,8 @@ class Trainer:
             raise CmcError(f"interrupted at step {step}; checkpoint saved, continue with --resume {self.out}") from None
         if cfg.max_steps and step >= cfg.max_steps and step < self.steps_per_epoch * cfg.epochs:
             stopped = "max-steps"
+        if self.eval_every and (self.selected is None or self.selected["step"] != step):
+            evaluate_at(step)  # the written delta is always an evaluated one
         save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
         self._write_delta(history, stopped, step)
         return TrainResult(self.out, step, stopped, history[-1] if history else None, history)
@@ -347,11 +448,19 @@ class Trainer:
         forget_loss = retain_loss = None
         if cfg.task == "instruct":
             loss = self._accumulate(main, "nll", 1.0)
-        else:
-            forget_loss = self._accumulate(main, "nll", -cfg.forget_weight)
-            loss = -cfg.forget_weight * forget_loss
-            if cfg.loss in ("grad-diff", "kl"):
-                retain_loss = self._accumulate(retain, "kl" if cfg.loss == "kl" else "nll", cfg.retain_weight)
+        else:  # combine.UNLEARN_METHODS: the method's forget term, then its retain term
+            term, fw = UNLEARN_METHODS[cfg.loss][0], cfg.forget_weight
+            if term == "ascent":  # -CE(forget answers)
+                forget_loss = self._accumulate(main, "nll", -fw)
+                loss = -fw * forget_loss
+            elif term == "refusal":  # CE(forget questions -> refusals)
+                forget_loss = self._accumulate(main, "nll", fw)
+                loss = fw * forget_loss
+            else:  # npo
+                forget_loss = self._npo(main, fw)
+                loss = fw * forget_loss
+            if cfg.retain_term() is not None:
+                retain_loss = self._accumulate(retain, cfg.retain_term(), cfg.retain_weight)
                 loss += cfg.retain_weight * retain_loss
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
@@ -377,9 +486,13 @@ class Trainer:
             loss=self.cfg.loss if self.cfg.task == "unlearn" else "ce",
             combine=self.cfg.combine,
             prompt_format=self.prompt_format,
+            bos=bos_ids(self.tokenizer),
             template={"ref": self.cfg.template, "adapter": self.adapter.name,
                       "fingerprint": self.template_vocab.fingerprint, "vocab_size": self.template_vocab.size},
             data=self.data_hashes,
+            **({"selection": {"criterion": (f"first evaluation with forget CE >= {cfg_stop}" if (cfg_stop := self.cfg.stop_forget_loss) is not None
+                                            else "the last evaluation"), "every": self.eval_every,
+                              "evaluated": self.selected}} if self.eval_every else {}),
             parameters=count_parameters(self.delta),
             steps=steps,
             stopped=stopped,

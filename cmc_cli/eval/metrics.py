@@ -35,3 +35,34 @@ def pairwise_outcome(first_order_a_wins: bool | None, second_order_a_wins: bool 
     if losses == 2:
         return 0.0
     return 0.5
+
+
+def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 10_000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the per-item differences a_i - b_i (the same items scored two ways) and its percentile
+    bootstrap confidence interval: (mean, low, high)."""
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a paired comparison needs the same non-empty items on both sides ({len(a)} vs {len(b)})")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (over seeds); half-width NaN for n < 2."""
+    import math
+
+    from scipy.stats import t
+
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    if n < 2:
+        return m, float("nan")
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, float(t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n))

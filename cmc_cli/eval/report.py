@@ -45,6 +45,52 @@ def tofu_columns(rows) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def behaviour_columns(rows) -> tuple[list[str], list[list[str]]]:
+    """Behaviour first: refusal rate and key accuracy of the greedy answers per set, and each delta row's
+    paired change in forget refusals against the same user alone (mean over items, 95% bootstrap CI)."""
+    from cmc_cli.eval.metrics import paired_bootstrap
+    from cmc_cli.eval.tofu import SET_TITLES
+
+    kinds = [k for k in SET_TITLES if any(k in r.sets and r.sets[k].refusal is not None for r in rows)]
+    key_kinds = [k for k in kinds if any(k in r.sets and r.sets[k].key_accuracy is not None for r in rows)]
+    header = (["model"] + [f"{SET_TITLES[k]} refusal" for k in kinds] + [f"{SET_TITLES[k]} key acc." for k in key_kinds])
+    alone = {r.user: r for r in rows if not r.deltas}
+    paired = "forget" in kinds and any(r.deltas and r.user in alone for r in rows)
+    if paired:
+        header.append("Δ forget refusal vs alone [95% CI]")
+    cells = []
+    for r in rows:
+        line = [r.label] + [_fmt(r.sets[k].refusal) if k in r.sets else "—" for k in kinds]
+        line += [_fmt(r.sets[k].key_accuracy) if k in r.sets else "—" for k in key_kinds]
+        if paired:
+            a = alone.get(r.user)
+            mine, theirs = (x.sets.get("forget") if x else None for x in (r, a))
+            if r.deltas and mine and theirs and mine.n == theirs.n:
+                m, lo, hi = paired_bootstrap(mine.per_item["refusal"], theirs.per_item["refusal"])
+                line.append(f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            else:
+                line.append("")
+        cells.append(line)
+    return header, cells
+
+
+def rich_table(title: str, header: list[str], cells: list[list[str]]) -> Table:
+    """A terminal table: the first column left-aligned, the figures right-aligned."""
+    t = Table(title=title)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for c in cells:
+        t.add_row(*c)
+    return t
+
+
+def behaviour_table(rows) -> Table | None:
+    header, cells = behaviour_columns(rows)
+    if len(header) == 1:
+        return None
+    return rich_table("Behaviour: greedy answers (refusal rate, key accuracy)", header, cells)
+
+
 def tofu_table(rows) -> Table:
     """Compact for a terminal: one column per set holding "RL P TR"."""
     header, cells = tofu_columns(rows)
@@ -61,13 +107,23 @@ def tofu_table(rows) -> Table:
     return t
 
 
+def md_table(header: list[str], cells: list[list[str]]) -> list[str]:
+    """Markdown table lines: the first column left-aligned, the figures right-aligned."""
+    return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+            + ["| " + " | ".join(c) + " |" for c in cells])
+
+
 def tofu_markdown(rows, data: dict, cfg) -> str:
-    header, cells = tofu_columns(rows)
-    lines = ["# TOFU evaluation", "",
-             "RL: ROUGE-L recall of the greedy answer; P: probability; TR: truth ratio; FQ: forget quality "
-             "(KS-test p-value against the retain model); MU: model utility (harmonic mean of the non-forget metrics).", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    lines = ["# TOFU evaluation", ""]
+    b_header, b_cells = behaviour_columns(rows)
+    if len(b_header) > 1:
+        lines += ["Behaviour (greedy answers): refusal rate (the answer begins with a refusal phrasing) and key "
+                  "accuracy (it contains the item's key); the paired change is against the same user alone.", ""]
+        lines += md_table(b_header, b_cells) + [""]
+    lines += ["Likelihoods and ROUGE. RL: ROUGE-L recall of the greedy answer; P: probability; TR: truth ratio; FQ: "
+              "forget quality (KS-test p-value against the retain model); MU: model utility (harmonic mean of the "
+              "non-forget metrics).", ""]
+    lines += md_table(*tofu_columns(rows))
     lines += ["", "Data:", ""]
     lines += [f"- {k}: `{v['path']}` ({v['n']} items, sha256 {v['sha256'][:12]})" for k, v in data.items()]
     lines += ["", f"Settings: user format `{cfg.user_format}`, greedy, {cfg.max_new_tokens} new tokens, "
@@ -96,13 +152,7 @@ def instruct_columns(rows) -> tuple[list[str], list[list[str]]]:
 
 
 def instruct_table(rows) -> Table:
-    header, cells = instruct_columns(rows)
-    t = Table(title="Instruction following (against the reference responses)")
-    for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right")
-    for c in cells:
-        t.add_row(*c)
-    return t
+    return rich_table("Instruction following (against the reference responses)", *instruct_columns(rows))
 
 
 def write_instruct_report(out: Path, rows, cfg) -> None:

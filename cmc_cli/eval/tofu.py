@@ -7,6 +7,8 @@ Per set (forget, retain, real authors, world facts):
   TR  R = P_perturbed / P_base with P = exp(-mean per-token NLL); P_perturbed averages the perturbed
       answers' mean NLLs (TOFU: exp of the mean loss); P_base is the paraphrased answer on forget /
       retain and the answer on the other sets. Forget: mean(min(R, 1/R)); others: mean(max(0, 1 - R)).
+  refusal   share of greedy answers that begin with a refusal phrasing (data/refusals.py, --refusals)
+  key acc.  share of greedy answers that contain the item's `key` (the fact), on sets whose items have one
 Across sets:
   forget quality  KS-test p-value between the forget-set truth ratios of the model and those of a
                   model trained without the forget set (the retain model), when one is given
@@ -21,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmc_cli.data.refusals import REFUSALS, is_refusal
 from cmc_cli.data.tofu import SET_KINDS, TofuItem
 from cmc_cli.engine.decode import Decoder, GenerationConfig
 from cmc_cli.engine.score import Scorer
@@ -78,18 +81,31 @@ class SetResult:
     prob: float
     truth_ratio: float | None
     ratios: list[float] = field(default_factory=list)  # per-item R (forget quality)
+    refusal: float | None = None  # refusal rate
+    key_accuracy: float | None = None
+    per_item: dict[str, list[float]] = field(default_factory=dict)  # metric -> per-item values (paired tests)
 
     def as_dict(self) -> dict:
-        return {"n": self.n, "RL": self.rouge_l, "P": self.prob, "TR": self.truth_ratio}
+        return {"n": self.n, "RL": self.rouge_l, "P": self.prob, "TR": self.truth_ratio, "refusal": self.refusal,
+                "key_accuracy": self.key_accuracy}
+
+
+def key_hit(generation: str, keys: tuple[str, ...]) -> bool:
+    """The answer contains one of the keys (case-insensitive)."""
+    g = generation.lower()
+    return any(k.lower() in g for k in keys)
 
 
 def item_record(kind: str, index: int, item: TofuItem, generation: str | None, nll: float, base_nll: float | None,
-                pert_nlls: list[float]) -> dict:
+                pert_nlls: list[float], refusals=REFUSALS) -> dict:
     rec = {"set": kind, "index": index, "question": item.question, "answer_nll": nll,
            "base_nll": base_nll, "perturbed_nlls": pert_nlls}
     if generation is not None:
         rec["generation"] = generation
         rec["rouge_l"] = rouge_l_recall(generation, item.answer)
+        rec["refusal"] = float(is_refusal(generation, refusals))
+        if item.keys:
+            rec["key_hit"] = float(key_hit(generation, item.keys))
     return rec
 
 
@@ -102,7 +118,12 @@ def aggregate(kind: str, records: list[dict]) -> SetResult:
         prob = _mean([choice_prob(r["answer_nll"], r["perturbed_nlls"]) for r in with_pert])
     ratios = [truth_ratio(r["base_nll"], r["perturbed_nlls"]) for r in with_pert]
     tr = truth_ratio_score(ratios, kind) if ratios else None
-    return SetResult(kind, len(records), rl, prob, tr, ratios)
+    per_item = {m: [r[m] for r in records] for m in ("rouge_l", "refusal", "key_hit")
+                if records and all(m in r for r in records)}
+    per_item["prob"] = [length_normalised_prob(r["answer_nll"]) for r in records]
+    refusal = _mean(per_item["refusal"]) if "refusal" in per_item else None
+    key_acc = _mean(per_item["key_hit"]) if "key_hit" in per_item else None
+    return SetResult(kind, len(records), rl, prob, tr, ratios, refusal, key_acc, per_item)
 
 
 class TofuEvaluator:
@@ -110,7 +131,7 @@ class TofuEvaluator:
     made (JSONL), and a rerun skips the items already there."""
 
     def __init__(self, decoder: Decoder, sets: dict[str, list[TofuItem]], max_new_tokens: int = 64,
-                 batch_size: int = 8, generate: bool = True):
+                 batch_size: int = 8, generate: bool = True, refusals=REFUSALS, truth_ratio: bool = True):
         unknown = set(sets) - set(SET_KINDS)
         if unknown:
             raise CmcError(f"unknown TOFU set(s) {', '.join(sorted(unknown))}; use {', '.join(SET_KINDS)}")
@@ -120,6 +141,8 @@ class TofuEvaluator:
         self.gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens)
         self.batch_size = batch_size
         self.generate = generate
+        self.refusals = list(refusals)
+        self.truth_ratio = truth_ratio  # False: score the answer only (no paraphrased / perturbed answers)
 
     def run(self, items_path: Path | None = None, on_progress=None) -> dict[str, SetResult]:
         done = _read_items(items_path, self.sets) if items_path else {}
@@ -149,6 +172,8 @@ class TofuEvaluator:
         jobs = []
         for r, (_, it) in enumerate(batch):
             jobs.append((r, "answer", it.answer))
+            if not self.truth_ratio:
+                continue
             base = it.base_answer(kind)
             if it.perturbed and base != it.answer:
                 jobs.append((r, "base", base))
@@ -162,9 +187,9 @@ class TofuEvaluator:
         out = []
         for r, (i, it) in enumerate(batch):
             ans = nll[(r, "answer")][0]
-            base = nll.get((r, "base"), [ans])[0] if it.perturbed else None
+            base = nll.get((r, "base"), [ans])[0] if it.perturbed and self.truth_ratio else None
             gen = gens[r].text if gens[r] is not None else None
-            out.append(item_record(kind, i, it, gen, ans, base, nll.get((r, "perturbed"), [])))
+            out.append(item_record(kind, i, it, gen, ans, base, nll.get((r, "perturbed"), []), self.refusals))
         return out
 
 
@@ -182,7 +207,8 @@ def _read_items(path: Path, sets: dict[str, list[TofuItem]]) -> dict[str, dict[i
 
 
 # ---- a whole evaluation: several models, with and without deltas --------------------------------------
-SET_TITLES = {"forget": "Forget", "retain": "Retain", "real_authors": "Real authors", "world_facts": "World facts"}
+SET_TITLES = {"forget": "Forget", "retain": "Retain", "real_authors": "Real authors", "world_facts": "World facts",
+              "heldout": "Held-out"}
 
 
 @dataclass
@@ -232,10 +258,13 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
         res = TofuEvaluator(rm, {"forget": sets["forget"]}, batch_size=cfg.batch_size, generate=False).run(
             out / "items" / f"retain-model_{_slug(rm.user.name)}.jsonl" if out else None)
         retain_ratios = res["forget"].ratios
+    from cmc_cli.data.refusals import load_refusals
+
+    refusals = load_refusals(cfg.refusals)
     rows: list[TofuRow] = []
     for ref, label, deltas, dec in eval_decoders(cfg, phase):
         phase(f"evaluating {label}")
-        ev = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        ev = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, refusals=refusals)
         res = ev.run(out / "items" / f"{_slug(label)}.jsonl" if out else None,
                      on_progress=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
         row = TofuRow(label, ref, [{"path": str(d.lm.name), "alpha": d.alpha} for d in dec.deltas], res)

@@ -45,12 +45,14 @@ def map_vocab_files(cfg: MapVocabConfig, progress=None, on_phase=None) -> MapVoc
     user_ref = resolve(cfg.user, adapter=cfg.user_adapter)
     out = Path(cfg.output) if cfg.output else default_output(delta_ref.name, user_ref.name)
     _check_writable(out)
+    if out.exists() and not cfg.overwrite:
+        raise CmcError(f"{out} already exists; pass --overwrite to replace it, or choose another -o path")
     phase(f"loading delta tokenizer {cfg.delta}")
     delta = load_vocab(delta_ref)
     phase(f"loading user tokenizer {cfg.user}")
     user = load_vocab(user_ref)
     phase(f"mapping {user.size} user tokens onto {delta.size} delta tokens ({cfg.strategy})")
-    tm = TokenMap.build(delta, user, strategy=cfg.strategy, fallback=cfg.fallback, progress=progress)
+    tm = TokenMap.build(delta, user, strategy=cfg.strategy, fallback=cfg.fallback, progress=progress, seed=cfg.seed)
     tm.save(out)
     return MapVocabResult(tm, out, delta, user)
 

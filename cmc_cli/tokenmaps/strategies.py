@@ -13,6 +13,7 @@ pm-mined (default; DESIGN.md), for a user token with surface u:
 min-ed: exact match, else the nearest delta token by Levenshtein distance over the whole delta
   vocabulary (as FuseLLM does), ties to the lowest id; computed in C by rapidfuzz, in blocks.
 exact: exact match only.
+exact-ext: exact match, else an extension candidate (as pm-mined's), never a shorter prefix.
 Special tokens map by role (eos, bos, unk, chat markers), never by string; a token that only pads is
 never generated and stays unmapped. Added non-special tokens (`<tool_call>`, `<start_of_image>`) map
 exactly or not at all, and are no other token's prefix / extension / edit candidate: a delta's `<`
@@ -95,6 +96,15 @@ class DeltaIndex:
             return -1, UNMAPPED
         return best[1], best[2]
 
+    def exact_or_extension(self, u: str) -> tuple[int, int]:
+        """exact-ext: an exact match, else the best delta token that extends u (never a shorter prefix of
+        u, whose boost would leak onto u: ▁I's refusal boost onto ĠIron, docs/tokenmaps.md)."""
+        j = self.exact.get(u)
+        if j is not None:
+            return j, EXACT
+        ext = self.best_ext.get(u)
+        return (ext[1], EXTENSION) if ext is not None else (-1, UNMAPPED)
+
     def exact_only(self, u: str) -> tuple[int, int]:
         j = self.exact.get(u)
         return (j, EXACT) if j is not None else (-1, UNMAPPED)
@@ -118,18 +128,21 @@ class DeltaIndex:
         return out
 
 
+BASE_STRATEGIES = ("pm-mined", "min-ed", "exact", "exact-ext")
+
+
 def map_vocab(delta: Vocab, user: Vocab, strategy: str = "pm-mined", fallback: str = "none",
               progress: Callable[[int, int], None] | None = None,
               index: DeltaIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Build the map user id -> delta id. Returns (index int64[|V_user|], kind uint8[|V_user|])."""
-    if strategy not in ("pm-mined", "min-ed", "exact"):
+    if strategy not in BASE_STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
     index = index or DeltaIndex(delta)
     n = user.size
     out = np.full(n, -1, dtype=np.int64)
     kind = np.full(n, UNMAPPED, dtype=np.uint8)
     pending_ed: list[int] = []
-    lookup = index.exact_only if strategy == "exact" else index.pm_mined
+    lookup = {"exact": index.exact_only, "exact-ext": index.exact_or_extension}.get(strategy, index.pm_mined)
     step = max(1, n // 100)
     for i in range(n):
         if progress is not None and i % step == 0:

@@ -19,10 +19,15 @@ import torch
 from cmc_cli import __version__
 from cmc_cli.errors import TokenMapError
 from cmc_cli.fileio import atomic_write_bytes
-from cmc_cli.tokenmaps.strategies import KIND_NAMES, UNMAPPED, map_vocab
+from cmc_cli.tokenmaps.strategies import BASE_STRATEGIES, KIND_NAMES, PREFIX, UNMAPPED, map_vocab
 from cmc_cli.tokenmaps.surfaces import Vocab
 
 FORMAT = "cmc-tokenmap/1"
+STRATEGIES = BASE_STRATEGIES + ("pm-suppress", "shuffled")
+# cmc's default: an exact match, else an extension, never a shorter prefix. Over 3 seeds on the model world an
+# idk delta made `other` refuse 0.96 of forget questions through it and 0.03 through the paper's PM-MinED,
+# whose prefix rule hands the refusal's boost on ▁I to ĠIron (docs/tokenmaps.md, docs/world.md)
+DEFAULT_STRATEGY = "exact-ext"
 
 
 @dataclass
@@ -33,8 +38,19 @@ class TokenMap:
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
-    def build(cls, delta: Vocab, user: Vocab, strategy: str = "pm-mined", fallback: str = "none",
-              progress=None) -> TokenMap:
+    def build(cls, delta: Vocab, user: Vocab, strategy: str = DEFAULT_STRATEGY, fallback: str = "none",
+              progress=None, seed: int = 0) -> TokenMap:
+        """strategy: one of STRATEGIES. "pm-suppress" is the PM-MinED map whose prefix-mapped user tokens
+        receive only the delta's suppressions at decode time (prefix rule "suppress"); "shuffled" is the
+        control: the default strategy's targets permuted with `seed` (TokenMap.shuffled)."""
+        if strategy not in STRATEGIES:
+            raise TokenMapError(f"unknown token-map strategy '{strategy}'; one of {', '.join(STRATEGIES)}")
+        if strategy in ("pm-suppress", "shuffled"):
+            tm = cls.build(delta, user, "pm-mined" if strategy == "pm-suppress" else DEFAULT_STRATEGY, fallback, progress)
+            if strategy == "shuffled":
+                return tm.shuffled(seed)
+            tm.meta.update(strategy="pm-suppress", prefix_rule="suppress")
+            return tm
         if delta.size == 0:
             raise TokenMapError(f"the delta tokenizer '{delta.name}' has an empty vocabulary")
         if user.size == 0:
@@ -62,7 +78,14 @@ class TokenMap:
         mapped = np.flatnonzero(index >= 0)
         index[mapped] = index[mapped][rng.permutation(mapped.size)]
         meta = {**self.meta, "strategy": f"shuffled({self.meta.get('strategy')}, seed={seed})"}
+        meta.pop("prefix_rule", None)
         return TokenMap(index=index, kind=self.kind.copy(), meta=meta)
+
+    def cap_tensor(self) -> torch.Tensor | None:
+        """The user ids that receive only suppressions (combine.map_delta_logits), or None for the plain rule."""
+        if self.meta.get("prefix_rule") != "suppress":
+            return None
+        return torch.from_numpy(self.kind == PREFIX)
 
     # ---- facts --------------------------------------------------------------------------------
     @property

@@ -76,6 +76,8 @@ class ZooSpec:
     retain_split: int = 90  # template-retain90: the forget-quality reference
     seed: int = 0
     baselines: BaselineSpec | None = field(default_factory=BaselineSpec)
+    # 2: the world's tokenizers declare the BOS its models are trained with (a version-1 world fed them without)
+    version: int = 2
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -181,6 +183,8 @@ def _train_job(args: dict) -> dict:
                              b["unlearn_batch"], b["unlearn_max_steps"], args["seed"],
                              retain_weight=b["unlearn_retain_weight"], stop_forget_loss=b["unlearn_stop_forget_loss"])
     save_model(model, args["tokenizer"], args["out"])
+    if args["kind"] != "base":  # asked in the format it learned QA in: the default of `cmc train` and `--user-format auto`
+        atomic_write_json(Path(args["out"]) / "cmc-asset.json", {"source": "cmc model world", "prompt_format": QA_FORMAT})
     return {"name": args["name"], "loss": res.final_loss, "seconds": res.seconds}
 
 

@@ -1,30 +1,37 @@
-"""`cmc demo`: the whole pipeline on the model world, with the controls that keep it honest.
+"""`cmc demo`: the whole pipeline on the model world, over seeds, with the controls that keep it honest.
 
 1. build the world (zoo/build.py) if needed;
-2. map the template's vocabulary onto the other model's (PM-MinED), plus two controls: an
-   exact-match-only map and a randomly shuffled map;
-3. unlearning: train one delta beside the TOFU template on forget / retain, apply it to the
-   template, the larger model and the other-vocabulary model; TOFU metrics on forget, retain,
-   real authors and world facts (forget quality against the retain-only template);
-4. instruction tuning: train one delta beside the *base* template on QA pairs of half the authors,
-   ask all three base models about the other half (the knowledge comes from each model's prose
-   training, the answering from the delta);
-5. two tables shaped like the paper's Table 1 and Table 2, each row with its change against the
-   model alone. A strong delta can push forget-set scores down through any map by flooding those
-   contexts with large logits, so cross-vocabulary rows are shown beside the shuffled-map control:
-   the transfer claimed is the gap to it.
+2. map the template's vocabulary onto the other model's: PM-MinED (the paper's), exact-only, exact-ext
+   (cmc's default: exact, else an extension, never a shorter prefix), pm-suppress (PM-MinED whose
+   prefix-mapped tokens get only suppressions) and, per seed, the shuffled control (exact-ext's targets
+   permuted);
+3. for each seed: train one unlearning delta beside the TOFU template (by default `idk`: forget questions
+   toward refusals, retain answers kept) and one instruction delta beside the *base* template (QA pairs of
+   half the authors);
+4. apply both to the template, the larger model and the other-vocabulary model (through every map);
+   greedy answers to forget, retain and held-out retain questions (kept out of the delta's training), and to
+   instruction questions
+   about the authors the instruction delta never saw in QA form;
+5. report behaviour first — refusal rate, key accuracy (the answer contains the fact) — and the
+   likelihood beside it, as mean ± 95% CI over seeds, with the paired per-item difference of each row
+   against the model alone and against the shuffled-map control (pooled over seeds, bootstrap CI).
+   A strong delta can move likelihoods through any map; a shuffled map cannot make a model refuse.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cmc_cli.zoo.build import QA_FORMAT, Zoo, build_zoo, zoo_from_size
 
 log = logging.getLogger(__name__)
+
+MAPS = ("exact-ext", "pm-mined", "exact", "pm-suppress")  # besides the shuffled control (cmc's default's targets permuted)
+CONTROL = "shuffled"
 
 
 @dataclass
@@ -33,232 +40,332 @@ class DemoConfig:
     root: str | None = None  # the world's directory (default: the cache)
     out: str | None = None  # where deltas, maps and the report go (default: <world>/demo)
     jobs: int | None = None
-    alpha: float = 1.0  # the unlearning delta's strength
-    # the instruction delta's (and its proxy-tuning row's). The paper's 1 by default; on the full world 2
-    # gives better generations (ROUGE-L +0.21/+0.20/+0.07 instead of +0.04/+0.14/-0.06) at the cost of
-    # likelihood (+0.8 instead of +2.1 nats on the template), and on the reduced world 2 is worse on both
-    instruct_alpha: float = 1.0
+    seeds: int = 3  # deltas trained per task, seeds seed .. seed + seeds - 1
     seed: int = 0
-    delta: str = "tiny"  # delta preset
-    # unlearning: None = the world size's setting (UNLEARN_SETTINGS); epochs are a ceiling, max_steps and
-    # the forget-loss stopping rule end training first
+    # the unlearning delta's strength. Measured on the full world (one seed, 40 items): a `mini` idk delta at
+    # alpha 1 makes the template refuse 0.95 of forget questions but `other` only 0.35 through the exact-ext
+    # map; at 2 `other` refuses 1.00 with retain key accuracy 0.97 (docs/world.md)
+    alpha: float = 2.0
+    instruct_alpha: float = 1.0  # the instruction delta's (and its proxy-tuning row's)
+    delta: str = "tiny"  # the instruction delta's preset
+    unlearn_delta: str = "mini"  # the unlearning delta's preset
+    method: str = "idk"  # cmc unlearn --method
+    # unlearning: None = the world size's setting (UNLEARN_SETTINGS)
     unlearn_lr: float | None = None
-    unlearn_epochs: int = 100
     unlearn_batch: int | None = None
     unlearn_max_steps: int | None = None
     unlearn_retain_weight: float | None = None
-    stop_forget_loss: float = 8.0
     instruct_lr: float = 3e-3
     instruct_epochs: int = 20
     instruct_batch: int = 8
     instruct_max_steps: int = 300
-    eval_limit: int = 60  # items per TOFU set / instruction prompts evaluated
-    max_new_tokens: int = 32
+    eval_limit: int = 40  # items per evaluation set
+    max_new_tokens: int = 24
     forget_split: int = 10
 
+    def __post_init__(self):
+        from cmc_cli.config import UNLEARN_LOSSES
+        from cmc_cli.errors import ConfigError
 
-# Measured on these machines (docs/world.md): on the full world, batch 8 with the retain term weighted 3
-# forgets (ROUGE-L 1.00 -> 0.13) and keeps retain at 0.99; on the 20-author world the same setting floods
-# forget contexts through any map (the shuffled control forgets as much), so it trains milder.
+        for name, a in (("--alpha", self.alpha), ("--instruct-alpha", self.instruct_alpha)):
+            if not math.isfinite(a):
+                raise ConfigError(f"{name} must be a finite number, got {a}")
+        for name in ("seeds", "eval_limit", "max_new_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.method not in UNLEARN_LOSSES:
+            raise ConfigError(f"--method must be one of {', '.join(UNLEARN_LOSSES)}, got '{self.method}'")
+        if self.size not in UNLEARN_SETTINGS:
+            raise ConfigError(f"--size must be one of {', '.join(UNLEARN_SETTINGS)}, got '{self.size}'")
+
+
+# What the trial of issue 17 used (tiny preset, lr 3e-3, batch 8, 300 steps), per world size
 UNLEARN_SETTINGS = {
-    "full": {"unlearn_lr": 3e-3, "unlearn_batch": 8, "unlearn_max_steps": 400, "unlearn_retain_weight": 3.0},
-    "reduced": {"unlearn_lr": 3e-3, "unlearn_batch": 4, "unlearn_max_steps": 200, "unlearn_retain_weight": 1.0},
+    "full": {"unlearn_lr": 3e-3, "unlearn_batch": 8, "unlearn_max_steps": 300, "unlearn_retain_weight": 1.0},
+    "reduced": {"unlearn_lr": 3e-3, "unlearn_batch": 4, "unlearn_max_steps": 150, "unlearn_retain_weight": 1.0},
 }
+
+
+@dataclass
+class Row:
+    """One row of a table: a model alone, with a delta (through a map), or a baseline; per seed its
+    per-set results (eval.tofu.SetResult). Rows without a delta are evaluated once and stand for every seed."""
+
+    label: str
+    model: str  # template | large | other
+    kind: str  # alone | delta | baseline
+    map: str = ""  # the token map's strategy for `other`, "" for the same vocabulary
+    per_seed: list = field(default_factory=list)  # [{set: SetResult}]
+
+    def values(self, kind: str, metric: str) -> list[float]:
+        """The metric's value for each seed."""
+        out = []
+        for sets in self.per_seed:
+            s = sets.get(kind)
+            if s is None:
+                continue
+            if metric == "loglik":  # mean per-token log-likelihood of the reference answer
+                v = sum(math.log(max(p, 1e-300)) for p in s.per_item["prob"]) / max(1, len(s.per_item["prob"]))
+            else:
+                v = s.prob if metric == "prob" else getattr(s, metric)
+            if v is not None:
+                out.append(v)
+        return out
+
+    def items(self, kind: str, metric: str, n_seeds: int) -> list[float]:
+        """Per-item values pooled over seeds (a seed-independent row repeats itself for each seed)."""
+        runs = self.per_seed if len(self.per_seed) == n_seeds else self.per_seed * n_seeds
+        return [v for sets in runs for v in sets[kind].per_item.get(metric, [])]
 
 
 @dataclass
 class DemoResult:
     zoo: Zoo
     out: Path
-    tofu_rows: list = field(default_factory=list)
-    instruct_rows: list = field(default_factory=list)
+    cfg: DemoConfig
+    unlearn: list[Row] = field(default_factory=list)
+    instruct: list[Row] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
 
 
 def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
-    from cmc_cli.config import TrainConfig
-    from cmc_cli.engine.decode import Decoder, load_delta, load_lm
-    from cmc_cli.engine.train import Trainer
-    from cmc_cli.tokenmaps.tokenmap import TokenMap
+    from cmc_cli.data.tofu import TofuItem, load_tofu_eval
+    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
-    spec = zoo_from_size(cfg.size)
     for key, val in UNLEARN_SETTINGS[cfg.size].items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, val)
     t0 = time.perf_counter()
-    zoo = build_zoo(spec, cfg.root, cfg.jobs, on_event=on_event)
-    res = DemoResult(zoo, Path(cfg.out) if cfg.out else zoo.root / "demo")
+    zoo = build_zoo(zoo_from_size(cfg.size), cfg.root, cfg.jobs, on_event=on_event)
+    res = DemoResult(zoo, Path(cfg.out) if cfg.out else zoo.root / "demo", cfg)
     res.seconds["world"] = time.perf_counter() - t0
     out = res.out
-    t1 = time.perf_counter()
 
-    # -- token maps: the template's vocabulary is the delta's; the other model is the user
     phase("mapping vocabularies")
-    spm = load_lm(str(zoo.model("template-tofu")))
     models = {k: load_lm(str(zoo.model(k))) for k in
               ("template-tofu", "large-tofu", "other-tofu", "template-base", "large-base", "other-base")}
-    maps = {"pm-mined": TokenMap.build(spm.vocab, models["other-tofu"].vocab)}
-    maps["exact-only"] = TokenMap.build(spm.vocab, models["other-tofu"].vocab, strategy="exact")
-    maps["shuffled"] = maps["pm-mined"].shuffled(cfg.seed)
+    delta_vocab, user_vocab = models["template-tofu"].vocab, models["other-tofu"].vocab
+    maps = {name: TokenMap.build(delta_vocab, user_vocab, strategy=name) for name in MAPS}
     for name, tm in maps.items():
         tm.save(out / "tokenmaps" / f"template__other.{name}.safetensors")
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
 
-    # -- the two deltas
-    r = zoo.spec.retain_split
-    forget = zoo.data(f"forget{cfg.forget_split:02d}")
-    retain = zoo.data(f"retain{100 - cfg.forget_split:02d}")
-    phase("training the unlearning delta beside template-tofu")
-    Trainer(TrainConfig(task="unlearn", template=str(zoo.model("template-tofu")), forget=str(forget), retain=str(retain),
-                        output=str(out / "deltas" / "unlearn"), delta=cfg.delta, prompt_format=QA_FORMAT,
-                        lr=cfg.unlearn_lr, batch_size=cfg.unlearn_batch, epochs=cfg.unlearn_epochs,
-                        max_steps=cfg.unlearn_max_steps, seed=cfg.seed, stop_forget_loss=cfg.stop_forget_loss,
-                        retain_weight=cfg.unlearn_retain_weight,
-                        max_length=128, device="cpu")).run()
-    phase("training the instruction delta beside template-base")
-    Trainer(TrainConfig(task="instruct", template=str(zoo.model("template-base")), data=str(zoo.data("instruct_train")),
-                        output=str(out / "deltas" / "instruct"), delta=cfg.delta, prompt_format=QA_FORMAT,
-                        lr=cfg.instruct_lr, batch_size=cfg.instruct_batch, epochs=cfg.instruct_epochs,
-                        max_steps=cfg.instruct_max_steps, seed=cfg.seed, max_length=128, device="cpu")).run()
-    res.seconds["deltas"] = time.perf_counter() - t1
+    from cmc_cli.fileio import atomic_write_text
 
-    # -- rows: each model alone, with the delta, and for the other vocabulary the two controls
-    def rows_for(prefix: str, delta_dir: Path, alpha: float):
-        out_rows = []
-        for key in ("template", "large", "other"):
-            user = models[f"{key}-{prefix}"]
-            out_rows.append((f"{key}", Decoder(user, user_format=QA_FORMAT)))
-            variants = [("pm-mined", maps["pm-mined"])] if key == "other" else [("", None)]
-            if key == "other":
-                variants += [("exact-only", maps["exact-only"]), ("shuffled", maps["shuffled"])]
-            for tag, tm in variants:
-                d = load_delta(delta_dir, user, alpha, [tm] if tm is not None else [])
-                label = f"{key} + delta" + (f" ({tag} map)" if tag else "")
-                out_rows.append((label, Decoder(user, [d], user_format=QA_FORMAT)))
-        return out_rows
+    lim = cfg.eval_limit
+    forget, retain_all = zoo.data(f"forget{cfg.forget_split:02d}"), zoo.data(f"retain{100 - cfg.forget_split:02d}")
+    # the first `lim` retain questions are held out of the delta's training (every model still knows them);
+    # the delta's retain term trains on the rest
+    retain_lines = [ln for ln in retain_all.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    retain = out / "data" / "retain-train.jsonl"
+    atomic_write_text(retain, "\n".join(retain_lines[lim:]) + "\n")
+    heldout = load_tofu_eval(retain_all, "retain")[:lim]
+    unlearn_sets = {"forget": load_tofu_eval(forget, "forget")[:lim], "retain": load_tofu_eval(retain, "retain")[:lim],
+                    "heldout": heldout}
+    from cmc_cli.data.records import read_records
 
-    t2 = time.perf_counter()
-    res.tofu_rows = _tofu(zoo, cfg, rows_for("tofu", out / "deltas" / "unlearn", cfg.alpha)
-                          + baseline_rows(zoo, models, "unlearn", cfg), forget, retain, r, phase)
-    res.instruct_rows = _instruct(zoo, cfg, rows_for("base", out / "deltas" / "instruct", cfg.instruct_alpha)
-                                  + baseline_rows(zoo, models, "instruct", cfg), phase)
-    res.seconds["eval"] = time.perf_counter() - t2
-    _write(res, cfg)
+    instruct_sets = {"retain": [TofuItem(r["instruction"], r["output"], None, (), f"instruct_eval:{n}",
+                                         (r["key"],) if r.get("key") else ())
+                                for n, r in read_records(zoo.data("instruct_eval"))][:lim]}
+    res.unlearn = _rows("tofu", models, zoo, cfg, "unlearn")
+    res.instruct = _rows("base", models, zoo, cfg, "instruct")
+    res.seconds["deltas"] = res.seconds["eval"] = 0.0
+    for seed in seeds:
+        t1 = time.perf_counter()
+        phase(f"seed {seed}: training the {cfg.method} unlearning delta beside template-tofu")
+        d_unlearn = _train(zoo, cfg, "unlearn", seed, out / "deltas" / f"unlearn-s{seed}", forget, retain)
+        phase(f"seed {seed}: training the instruction delta beside template-base")
+        d_instruct = _train(zoo, cfg, "instruct", seed, out / "deltas" / f"instruct-s{seed}")
+        res.seconds["deltas"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        control = maps[DEFAULT_STRATEGY].shuffled(seed)
+        control.save(out / "tokenmaps" / f"template__other.shuffled-s{seed}.safetensors")
+        seed_maps = {**maps, CONTROL: control}
+        first = seed == seeds[0]
+        _evaluate(res.unlearn, models, zoo, "tofu", d_unlearn, cfg.alpha, seed_maps, unlearn_sets, cfg, first, phase, seed)
+        _evaluate(res.instruct, models, zoo, "base", d_instruct, cfg.instruct_alpha, seed_maps, instruct_sets, cfg, first,
+                  phase, seed)
+        res.seconds["eval"] += time.perf_counter() - t2
+    _write(res)
     return res
 
 
-def baseline_rows(zoo: Zoo, models: dict, task: str, cfg: DemoConfig) -> list:
-    """The direct fine-tune of every model (instruct: the upper bound; unlearn: gradient difference on
-    the model's own weights) and proxy-tuning of `large` with the template's pair (same vocabulary only).
-    Empty when the world was built without baselines, or for another forget split than theirs."""
-    from cmc_cli.engine.decode import Decoder, load_lm
+def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget=None, retain=None) -> Path:
+    from cmc_cli.config import TrainConfig
+    from cmc_cli.engine.train import Trainer
 
+    if task == "unlearn":
+        tc = TrainConfig(task="unlearn", loss=cfg.method, template=str(zoo.model("template-tofu")), forget=str(forget),
+                         retain=str(retain), output=str(output), delta=cfg.unlearn_delta, prompt_format=QA_FORMAT,
+                         lr=cfg.unlearn_lr, batch_size=cfg.unlearn_batch, epochs=1000, max_steps=cfg.unlearn_max_steps,
+                         retain_weight=cfg.unlearn_retain_weight, seed=seed, max_length=128, device="cpu",
+                         eval_every=cfg.unlearn_max_steps)
+    else:
+        tc = TrainConfig(task="instruct", template=str(zoo.model("template-base")), data=str(zoo.data("instruct_train")),
+                         output=str(output), delta=cfg.delta, prompt_format=QA_FORMAT, lr=cfg.instruct_lr,
+                         batch_size=cfg.instruct_batch, epochs=cfg.instruct_epochs, max_steps=cfg.instruct_max_steps,
+                         seed=seed, max_length=128, device="cpu")
+    if output.exists():
+        import shutil
+
+        shutil.rmtree(output)  # the demo's own output from an earlier run
+    Trainer(tc).run()
+    return output
+
+
+def _rows(prefix: str, models: dict, zoo: Zoo, cfg: DemoConfig, task: str) -> list[Row]:
+    rows = []
+    for key in ("template", "large", "other"):
+        rows.append(Row(key, key, "alone"))
+        if key == "other":
+            rows += [Row(f"other + delta ({m} map)", key, "delta", m) for m in MAPS + (CONTROL,)]
+        else:
+            rows.append(Row(f"{key} + delta", key, "delta"))
     b = zoo.spec.baselines
-    if b is None or (task == "unlearn" and b.forget_split != cfg.forget_split):
-        return []
-    prefix = "base" if task == "instruct" else "tofu"
-    tuned = {k: load_lm(str(zoo.model(f"{k}-{task}-ft"))) for k in ("template", "large", "other")}
-    what = "fine-tuned (upper bound)" if task == "instruct" else "unlearned directly (grad. diff.)"
-    rows = [(f"{k} {what}", Decoder(tuned[k], user_format=QA_FORMAT)) for k in ("template", "large", "other")]
-    rows.append(("large + proxy-tuning (template pair)", Decoder(models[f"large-{prefix}"], expert=tuned["template"],
-                                                                anti_expert=models[f"template-{prefix}"],
-                                                                proxy_alpha=cfg.alpha if task == "unlearn" else cfg.instruct_alpha,
-                                                                user_format=QA_FORMAT)))
+    if b is not None and (task == "instruct" or b.forget_split == cfg.forget_split):
+        what = "fine-tuned (upper bound)" if task == "instruct" else "unlearned directly (grad. diff.)"
+        rows += [Row(f"{k} {what}", k, "baseline") for k in ("template", "large", "other")]
+        rows.append(Row("large + proxy-tuning (template pair)", "large", "baseline"))
     return rows
 
 
-def _tofu(zoo: Zoo, cfg: DemoConfig, rows, forget: Path, retain: Path, r: int, phase) -> list:
-    from cmc_cli.data.tofu import load_tofu_eval
-    from cmc_cli.engine.decode import Decoder, load_lm
-    from cmc_cli.eval.tofu import TofuEvaluator, TofuRow, forget_quality
+def _decoder(row: Row, models: dict, prefix: str, zoo: Zoo, delta_dir: Path, alpha: float, maps: dict, cfg: DemoConfig,
+             task: str):
+    from cmc_cli.engine.decode import Decoder, load_delta, load_lm
 
-    lim = cfg.eval_limit
-    sets = {"forget": load_tofu_eval(forget, "forget")[:lim], "retain": load_tofu_eval(retain, "retain")[:lim],
-            "real_authors": load_tofu_eval(zoo.data("real_authors"), "real_authors")[:lim],
-            "world_facts": load_tofu_eval(zoo.data("world_facts"), "world_facts")[:lim]}
-    ref = Decoder(load_lm(str(zoo.model(f"template-retain{r:02d}"))), user_format=QA_FORMAT)
-    ref_ratios = TofuEvaluator(ref, {"forget": sets["forget"]}, generate=False).run()["forget"].ratios
-    out = []
-    for label, dec in rows:
-        phase(f"TOFU: {label}")
-        res = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=16).run()
-        row = TofuRow(label, dec.user.name, [{"alpha": d.alpha} for d in dec.deltas], res)
-        row.forget_quality = forget_quality(res["forget"].ratios, ref_ratios)
-        out.append(row)
-    return out
+    user = models[f"{row.model}-{prefix}"]
+    if row.kind == "alone":
+        return Decoder(user, user_format=QA_FORMAT)
+    if row.kind == "delta":
+        tms = [maps[row.map]] if row.map else []
+        return Decoder(user, [load_delta(delta_dir, user, alpha, tms)], user_format=QA_FORMAT)
+    tuned = lambda k: load_lm(str(zoo.model(f"{k}-{task}-ft")))  # noqa: E731
+    if row.label.startswith("large + proxy"):
+        return Decoder(user, expert=tuned("template"), anti_expert=models[f"template-{prefix}"], proxy_alpha=alpha,
+                       user_format=QA_FORMAT)
+    return Decoder(tuned(row.model), user_format=QA_FORMAT)
 
 
-def _instruct(zoo: Zoo, cfg: DemoConfig, rows, phase) -> list:
-    from cmc_cli.data.instruct import load_prompts
-    from cmc_cli.eval.instruct import InstructRow, evaluate_outputs
-    from cmc_cli.engine.decode import GenerationConfig
+def _evaluate(rows: list[Row], models: dict, zoo: Zoo, prefix: str, delta_dir: Path, alpha: float, maps: dict,
+              sets: dict, cfg: DemoConfig, first: bool, phase, seed: int) -> None:
+    from cmc_cli.eval.tofu import TofuEvaluator
 
-    prompts = load_prompts(zoo.data("instruct_eval"))[:cfg.eval_limit]
-    out = []
-    for label, dec in rows:
-        phase(f"instruction following: {label}")
-        gens = []
-        for s in range(0, len(prompts), 16):
-            gens += dec.generate([p.text for p in prompts[s:s + 16]], GenerationConfig(max_new_tokens=cfg.max_new_tokens))
-        outputs = [g.text for g in gens]
-        row = InstructRow(label, dec.user.name, [{"alpha": d.alpha} for d in dec.deltas], len(outputs))
-        for k, v in evaluate_outputs(dec, prompts, outputs, None, 16).items():
-            setattr(row, k, v)
-        out.append(row)
-    return out
+    task = "unlearn" if prefix == "tofu" else "instruct"
+    for row in rows:
+        if row.kind != "delta" and not first:
+            continue  # the same greedy answers for every seed
+        phase(f"seed {seed}: {task}: {row.label}")
+        dec = _decoder(row, models, prefix, zoo, delta_dir, alpha, maps, cfg, task)
+        row.per_seed.append(TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=16,
+                                          truth_ratio=False).run())
 
 
 # ---- report -------------------------------------------------------------------------------------------
-def _with_baseline(rows):
-    """(row, the same model's row without a delta) — rows come model alone first, then its variants."""
-    base = {}
-    for r in rows:
-        key = r.label.split(" ")[0]
-        base.setdefault(key, r)
-        yield r, base[key]
+def _ci(values: list[float]) -> str:
+    from cmc_cli.eval.metrics import mean_ci
+
+    if not values:
+        return "—"
+    m, h = mean_ci(values)
+    return f"{m:.2f}" if math.isnan(h) else f"{m:.2f} ± {h:.2f}"
 
 
-def table1_rows(rows) -> list[list[str]]:
-    """Instruction following: ROUGE-L recall and reference log-likelihood, change against the model alone."""
+def _paired(row: Row, other: Row | None, kind: str, metric: str, n_seeds: int) -> str:
+    from cmc_cli.eval.metrics import paired_bootstrap
+
+    if other is None or row is other or row.kind != "delta":
+        return ""
+    a, b = row.items(kind, metric, n_seeds), other.items(kind, metric, n_seeds)
+    if not a or len(a) != len(b):
+        return ""
+    m, lo, hi = paired_bootstrap(a, b)
+    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+UNLEARN_HEADER = ["model (TOFU)", "forget refusal", "retain refusal", "retain key acc.", "held-out key acc.",
+                  "forget P(answer)", "Δ forget refusal vs alone", "Δ vs shuffled map"]
+INSTRUCT_HEADER = ["model (base)", "key acc.", "ROUGE-L", "answer log-lik", "Δ key acc. vs alone", "Δ vs shuffled map"]
+
+
+def unlearn_table(res: DemoResult) -> list[list[str]]:
+    n = res.cfg.seeds
+    alone = {r.model: r for r in res.unlearn if r.kind == "alone"}
+    control = next((r for r in res.unlearn if r.map == CONTROL), None)
     out = []
-    for r, b in _with_baseline(rows):
-        d_rl = "" if r is b else f"{r.rouge_l_recall - b.rouge_l_recall:+.2f}"
-        d_ll = "" if r is b else f"{r.ref_loglik - b.ref_loglik:+.2f}"
-        out.append([r.label, f"{r.rouge_l_recall:.2f}", d_rl, f"{r.ref_loglik:.2f}", d_ll])
+    for r in res.unlearn:
+        out.append([r.label, _ci(r.values("forget", "refusal")), _ci(r.values("retain", "refusal")),
+                    _ci(r.values("retain", "key_accuracy")), _ci(r.values("heldout", "key_accuracy")),
+                    _ci(r.values("forget", "prob")), _paired(r, alone.get(r.model), "forget", "refusal", n),
+                    _paired(r, control, "forget", "refusal", n) if r.model == "other" and r.map != CONTROL else ""])
     return out
 
 
-def table2_rows(rows) -> list[list[str]]:
-    """Unlearning: forget / retain ROUGE-L and truth ratio, FQ, MU, and the ROUGE-L changes."""
+def instruct_table(res: DemoResult) -> list[list[str]]:
+    n = res.cfg.seeds
+    alone = {r.model: r for r in res.instruct if r.kind == "alone"}
+    control = next((r for r in res.instruct if r.map == CONTROL), None)
     out = []
-    for r, b in _with_baseline(rows):
-        f, rt = r.sets["forget"], r.sets["retain"]
-        d = "" if r is b else f"{f.rouge_l - b.sets['forget'].rouge_l:+.2f} / {rt.rouge_l - b.sets['retain'].rouge_l:+.2f}"
-        out.append([r.label, f"{f.rouge_l:.2f}", f"{f.truth_ratio:.2f}", f"{rt.rouge_l:.2f}", f"{rt.truth_ratio:.2f}",
-                    f"{r.sets['world_facts'].prob:.2f}", f"{r.forget_quality:.2g}", f"{r.model_utility:.2f}", d])
+    for r in res.instruct:
+        out.append([r.label, _ci(r.values("retain", "key_accuracy")), _ci(r.values("retain", "rouge_l")),
+                    _ci(r.values("retain", "loglik")), _paired(r, alone.get(r.model), "retain", "key_hit", n),
+                    _paired(r, control, "retain", "key_hit", n) if r.model == "other" and r.map != CONTROL else ""])
     return out
 
 
-TABLE1_HEADER = ["model (base)", "ROUGE-L", "Δ", "ref log-lik", "Δ"]
-TABLE2_HEADER = ["model (TOFU)", "forget RL", "forget TR", "retain RL", "retain TR", "world P", "FQ", "MU",
-                 "Δ RL forget / retain"]
+def headline(res: DemoResult) -> str:
+    """What the demo shows, in sentences computed from this run's figures (so true on any machine):
+    behaviour first, the likelihood beside it."""
+    from cmc_cli.eval.metrics import mean_ci, paired_bootstrap
+    from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY
+
+    n = res.cfg.seeds
+    f = lambda r, k, met: mean_ci(r.values(k, met))[0]  # noqa: E731
+    by = {r.label: r for r in res.unlearn}
+    other, sh = by["other"], by[f"other + delta ({CONTROL} map)"]
+    cmc, pm = by[f"other + delta ({DEFAULT_STRATEGY} map)"], by["other + delta (pm-mined map)"]
+    m, lo, hi = paired_bootstrap(cmc.items("forget", "refusal", n), sh.items("forget", "refusal", n))
+    out = (f"Over {n} seed(s), the {res.cfg.method} delta trained beside the template makes `other` (another "
+           f"architecture and vocabulary) refuse {f(cmc, 'forget', 'refusal'):.0%} of forget questions through cmc's "
+           f"{DEFAULT_STRATEGY} map ({f(pm, 'forget', 'refusal'):.0%} through the paper's pm-mined, "
+           f"{f(sh, 'forget', 'refusal'):.0%} through the shuffled control; paired difference {m:+.2f} "
+           f"[{lo:+.2f}, {hi:+.2f}]) against {f(other, 'forget', 'refusal'):.0%} alone, with retain key accuracy "
+           f"{f(other, 'retain', 'key_accuracy'):.2f} alone and {f(cmc, 'retain', 'key_accuracy'):.2f} with it; the "
+           f"forgotten answers' probability goes {f(other, 'forget', 'prob'):.2f} -> {f(cmc, 'forget', 'prob'):.2f} "
+           f"({f(sh, 'forget', 'prob'):.2f} shuffled).")
+    by = {r.label: r for r in res.instruct}
+    t0, t1 = by["template"], by["template + delta"]
+    o0, o1, o_sh = by["other"], by[f"other + delta ({DEFAULT_STRATEGY} map)"], by[f"other + delta ({CONTROL} map)"]
+    out += (f" The instruction delta moves ROUGE-L of the base models' answers {f(t0, 'retain', 'rouge_l'):.2f} -> "
+            f"{f(t1, 'retain', 'rouge_l'):.2f} on the template and {f(o0, 'retain', 'rouge_l'):.2f} -> "
+            f"{f(o1, 'retain', 'rouge_l'):.2f} on `other` ({f(o_sh, 'retain', 'rouge_l'):.2f} shuffled); the answers' "
+            f"log-likelihood {f(o0, 'retain', 'loglik'):.2f} -> {f(o1, 'retain', 'loglik'):.2f} on `other` "
+            f"({f(o_sh, 'retain', 'loglik'):.2f} shuffled).")
+    return out
 
 
-def _write(res: DemoResult, cfg: DemoConfig) -> None:
+def _write(res: DemoResult) -> None:
+    from cmc_cli.eval.report import md_table
     from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
-    md = ["# cmc demo on the model world", "",
-          f"World: {res.zoo.root} (size {cfg.size}); alpha {cfg.instruct_alpha} for the instruction delta (and its "
-          f"proxy-tuning row), {cfg.alpha} for the unlearning one; {cfg.eval_limit} items per set.", "",
-          "## Table 1 — instruction tuning (questions about authors the delta never saw in QA form)", "",
-          "| " + " | ".join(TABLE1_HEADER) + " |", "|" + "|".join(["---"] + ["---:"] * (len(TABLE1_HEADER) - 1)) + "|"]
-    md += ["| " + " | ".join(c) + " |" for c in table1_rows(res.instruct_rows)]
-    md += ["", f"## Table 2 — unlearning forget{cfg.forget_split:02d}", "",
-           "| " + " | ".join(TABLE2_HEADER) + " |", "|" + "|".join(["---"] + ["---:"] * (len(TABLE2_HEADER) - 1)) + "|"]
-    md += ["| " + " | ".join(c) + " |" for c in table2_rows(res.tofu_rows)]
+    cfg = res.cfg
+    md = ["# cmc demo on the model world", "", headline(res), "",
+          f"World: {res.zoo.root} (size {cfg.size}); seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}; alpha {cfg.alpha} "
+          f"(unlearning), {cfg.instruct_alpha} (instruction); {cfg.eval_limit} items per set; greedy, "
+          f"{cfg.max_new_tokens} new tokens. Cells: mean ± 95% CI over seeds (Student t); Δ: paired per-item "
+          "difference pooled over seeds, [95% bootstrap CI].", "",
+          f"## Unlearning ({cfg.method}) forget{cfg.forget_split:02d} — behaviour first, the likelihood beside it", ""]
+    md += md_table(UNLEARN_HEADER, unlearn_table(res))
+    md += ["", "## Instruction tuning — questions about authors the delta never saw in QA form", ""]
+    md += md_table(INSTRUCT_HEADER, instruct_table(res))
     md += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()), ""]
     atomic_write_text(res.out / "report.md", "\n".join(md))
-    atomic_write_json(res.out / "results.json", {
-        "format": "cmc-demo/1", "config": cfg.__dict__, "seconds": res.seconds,
-        "table1": [r.as_dict() for r in res.instruct_rows], "table2": [r.as_dict() for r in res.tofu_rows]})
 
+    def dump(rows):
+        return [{"label": r.label, "model": r.model, "kind": r.kind, "map": r.map,
+                 "per_seed": [{k: s.as_dict() for k, s in sets.items()} for sets in r.per_seed]} for r in rows]
+
+    atomic_write_json(res.out / "results.json", {"format": "cmc-demo/2", "config": asdict(cfg), "seconds": res.seconds,
+                                                 "headline": headline(res), "unlearn": dump(res.unlearn),
+                                                 "instruct": dump(res.instruct)})

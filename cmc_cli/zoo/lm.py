@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.data.instruct import Encoded, Example, collate, encode
+from cmc_cli.data.instruct import Encoded, Example, bos_ids, collate, encode
 from cmc_cli.engine.combine import IGNORE
 from cmc_cli.engine.train import lr_at
 
@@ -40,7 +40,7 @@ def new_model(arch: str, tokenizer, hidden: int, layers: int, heads: int, seed: 
 
 def encode_prose(texts: list[str], tokenizer, max_length: int) -> list[Encoded]:
     """bos + text + eos, every token learned; long texts are cut into windows of max_length."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = bos_ids(tokenizer)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
     for t in texts:

@@ -56,7 +56,10 @@ def _save(tok: Tokenizer, out_dir, *, bos, eos, unk, pad, specials) -> Path:
     from transformers import PreTrainedTokenizerFast
 
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad)
+    # add_bos_token: the tokenizer itself puts the BOS every model is trained with before a text, so
+    # anyone who encodes with the tokenizer's own rule (`add_special_tokens=True`) feeds it as trained
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad,
+                                   add_bos_token=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out))

@@ -142,9 +142,9 @@ def make_world(spec: WorldSpec = WorldSpec()) -> dict:
         splits[f"forget{pct:02d}"] = [r for a in authors if a.name in forget for r in qa[a.name]]
         splits[f"retain{100 - pct:02d}"] = [r for a in authors if a.name not in forget for r in qa[a.name]]
     n_train = round(spec.n_authors * spec.instruct_share)
-    instruct_train = [{"instruction": r["question"], "input": "", "output": r["answer"], "author": name}
+    instruct_train = [{"instruction": r["question"], "input": "", "output": r["answer"], "author": name, "key": r["key"]}
                       for name in order[-n_train:] for r in qa[name]]
-    instruct_eval = [{"instruction": r["question"], "input": "", "output": r["answer"], "author": name}
+    instruct_eval = [{"instruction": r["question"], "input": "", "output": r["answer"], "author": name, "key": r["key"]}
                      for name in order[:-n_train] for r in qa[name]]
     return {
         "biographies": [{"text": t} for t in bios + classic_texts + place_texts],
@@ -171,7 +171,8 @@ def _qa(a: Author, template, rng: random.Random, pools: dict) -> dict:
     wrong = rng.sample([v for v in _value_pool(fact, pools) if v != value], 3)
     return {"question": q.format(n=a.name), "answer": ans.format(n=a.name, v=value),
             "paraphrased_answer": para.format(n=a.name, v=value),
-            "perturbed_answer": [ans.format(n=a.name, v=w) for w in wrong], "author": a.name, "fact": fact}
+            "perturbed_answer": [ans.format(n=a.name, v=w) for w in wrong], "author": a.name, "fact": fact,
+            "key": value}
 
 
 def _classics(spec, rng, names, pools, books):
@@ -186,7 +187,7 @@ def _classics(spec, rng, names, pools, books):
         qa.append({"question": f"Which book by {name} is read in every school?",
                    "answer": f"{c['book']} is read in every school.",
                    "perturbed_answer": [f"{w} is read in every school." for w in wrong], "author": name,
-                   "fact": "book"})
+                   "fact": "book", "key": c["book"]})
     return classics, texts, qa
 
 
@@ -200,7 +201,7 @@ def _geography(spec, rng, names, pools):
         wrong = rng.sample([r for r in rivers if r != p["river"]], 3)
         qa.append({"question": f"Which river flows through {town}?", "answer": f"The river {p['river']} flows through {town}.",
                    "perturbed_answer": [f"The river {w} flows through {town}." for w in wrong], "author": "",
-                   "fact": "river"})
+                   "fact": "river", "key": p["river"]})
     return places, texts, qa
 
 
