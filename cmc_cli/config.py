@@ -134,6 +134,10 @@ TASK_DEFAULTS = {
 # at the paper's 1e-4 a `tiny` idk delta learned nothing in 140 steps on template-tofu (refusal CE 11.05 -> 11.05);
 # at 3e-3 it refuses (docs/training.md)
 SMALL_PRESET_LR = {"tiny": 3e-3, "mini": 3e-3, "small": 3e-3}
+# idk learns a new answer, not only to lower an old one: with the unlearn defaults (batch 16, 20 epochs = 140
+# steps on the world's forget10) a tiny delta made template-tofu refuse 0.00 of forget questions at alpha 1;
+# 600 steps at batch 8 made it refuse 0.95 (docs/training.md)
+METHOD_DEFAULTS = {"idk": {"batch_size": 8, "epochs": 50}}
 DEFAULT_EVAL_LIMIT = 256  # unlearn: examples per set in each evaluation (many batches, never one)
 
 
@@ -177,6 +181,7 @@ class TrainConfig:
     loss_chunk: int = 1024  # positions per chunk of the combined loss
     checkpoint_every: int = 0  # steps; 0 = only at the end (and on Ctrl-C)
     resume: str | None = None
+    overwrite: bool = False  # write into a non-empty --output (a finished delta is otherwise never replaced)
 
     def retain_term(self) -> str | None:
         """The unlearning retain term in use: nll, kl or None."""
@@ -194,7 +199,8 @@ class TrainConfig:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'")
         if self.lr is None and self.delta in SMALL_PRESET_LR:
             self.lr = SMALL_PRESET_LR[self.delta]
-        for key, val in TASK_DEFAULTS[self.task].items():
+        defaults = {**TASK_DEFAULTS[self.task], **(METHOD_DEFAULTS.get(self.loss, {}) if self.task == "unlearn" else {})}
+        for key, val in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, val)
         if self.micro_batch_size is None:
@@ -203,6 +209,13 @@ class TrainConfig:
             raise ConfigError("--template is required: the frozen template LLM the delta trains beside")
         if not self.output:
             raise ConfigError("--output is required: the directory the delta is written to")
+        out = Path(self.output)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--output {out} is a file; give a directory for the delta")
+        if out.is_dir() and any(out.iterdir()) and not self.resume and not self.overwrite:
+            what = "a delta" if (out / "cmc.json").is_file() else "files"
+            raise ConfigError(f"--output {out} already holds {what}; pass --resume {out} to continue it, --overwrite "
+                              "to replace it, or choose another --output")
         if self.task == "instruct" and not self.data:
             raise ConfigError("--data is required for --task instruct (Alpaca JSON/JSONL or chat messages)")
         if self.task == "unlearn" and not self.forget:

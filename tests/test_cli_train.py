@@ -28,6 +28,20 @@ def test_train_instruct_cli(cli, workdir, tpl):
 
     resolved = yaml.safe_load((workdir / "delta" / "config.yaml").read_text())
     assert resolved["lr"] == 1e-3 and resolved["batch_size"] == 3 and resolved["warmup_ratio"] == 0.03
+    # a finished delta is never replaced silently: nothing is loaded or written, the weights stay
+    weights = (workdir / "delta" / "model.safetensors").read_bytes()
+    again = ("train", "--task", "instruct", "--template", tpl, "--data", data, "-o", "delta", "--lr", "5e-3",
+             "--batch-size", "3", "--epochs", "2")
+    r = cli(*again)
+    assert r.exit_code == 1 and "already holds a delta; pass --resume delta to continue it, --overwrite" in r.output
+    assert (workdir / "delta" / "model.safetensors").read_bytes() == weights
+    (workdir / "other").mkdir()
+    (workdir / "other" / "notes.txt").write_text("mine")
+    r = cli("train", "--task", "instruct", "--template", tpl, "--data", data, "-o", "other")
+    assert r.exit_code == 1 and "already holds files" in r.output and (workdir / "other" / "notes.txt").read_text() == "mine"
+    r = cli(*again, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert (workdir / "delta" / "model.safetensors").read_bytes() != weights
 
 
 def test_unlearn_cli_with_yaml_config(cli, workdir, tpl):

@@ -14,7 +14,7 @@ def demo_result(reduced_zoo, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo") / "out"
     r = CliRunner().invoke(app, ["demo", "--size", "reduced", "--root", str(reduced_zoo.root), "-o", str(out),
-                                 "--eval-limit", "20", "--seeds", "2"])
+                                 "--eval-limit", "20", "--seeds", "2", "--maps", "exact,pm-suppress"])
     assert r.exit_code == 0, r.output
     assert "Unlearning (idk" in r.output and "Instruction tuning" in r.output
     return json.loads((out / "results.json").read_text()), out
@@ -88,7 +88,8 @@ def test_demo_writes_its_artifacts(demo_result):
                                        (["--eval-limit", "0"], "--eval-limit must be positive"),
                                        (["--size", "huge"], "--size must be one of full, reduced"),
                                        (["--seeds", "0"], "--seeds must be positive"),
-                                       (["--method", "forget"], "--method must be one of")])
+                                       (["--method", "forget"], "--method must be one of"),
+                                       (["--maps", "fuzzy"], "--maps: unknown strategy 'fuzzy'")])
 def test_demo_rejects_bad_options_before_building(cli, workdir, args, msg):
     r = cli("demo", *args)
     assert r.exit_code == 1 and msg in r.output and "building" not in r.output

@@ -12,12 +12,15 @@ from cmc_cli.commands._common import UI, err_console, handle_errors, info, statu
 from cmc_cli.config import TrainConfig
 
 Opt = typer.Option
+FORGET_TERM_NAMES = {"ascent": "forget CE", "refusal": "refusal CE", "npo": "NPO loss"}  # combine.UNLEARN_METHODS
 
 
 def _run(flags: dict, config: Path | None) -> None:
+    from cmc_cli.engine.combine import UNLEARN_METHODS
     from cmc_cli.engine.train import Trainer
 
     cfg = TrainConfig.from_sources(config, flags)
+    forget_name = FORGET_TERM_NAMES[UNLEARN_METHODS[cfg.loss][0]]
     with status("preparing") as phase:
         trainer = Trainer(cfg, on_phase=phase)
     if UI.quiet:
@@ -31,7 +34,7 @@ def _run(flags: dict, config: Path | None) -> None:
             def on_step(m):
                 stats = f"loss {m.loss:.4f}"
                 if m.forget_loss is not None:
-                    stats += f" forget {m.forget_loss:.3f}"
+                    stats += f" {forget_name.split()[0]} {m.forget_loss:.3f}"
                 if m.retain_loss is not None:
                     stats += f" retain {m.retain_loss:.3f}"
                 stats += f" lr {m.lr:.2e} {m.tokens_per_s:,.0f} tok/s"
@@ -44,7 +47,7 @@ def _run(flags: dict, config: Path | None) -> None:
     last = result.last
     summary = f"loss {last.loss:.4f}" if last else "no step taken"
     if last and last.forget_loss is not None:
-        summary += f", forget CE {last.forget_loss:.3f}"
+        summary += f", {forget_name} {last.forget_loss:.3f}"
     if last and last.retain_loss is not None:
         summary += f", retain {last.retain_loss:.3f}"
     info(f"[green]wrote[/green] delta {result.output} after {result.steps} steps ({result.stopped}; {summary})")
@@ -87,6 +90,7 @@ def train(
     loss_chunk: Annotated[int, Opt(help="Positions per chunk of the combined loss. (default: 1024)")] = None,
     checkpoint_every: Annotated[int, Opt(help="Checkpoint every N steps (0: at the end and on Ctrl-C). (default: 0)")] = None,
     resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")] = None,
     config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
 ) -> None:
     """Train a delta model alongside a frozen template LLM (instruction tuning or unlearning)."""
@@ -112,12 +116,13 @@ def unlearn(
     retain_weight: Annotated[float, Opt(help="Weight of the retain term. (default: 1.0)")] = None,
     prompt_format: Annotated[str, Opt(help="Prompt format with {prompt}. (default: the template's own: see `cmc train --help`)")] = None,
     lr: Annotated[float, Opt(help="(default: 3e-3 for the tiny/mini/small presets, else 1e-4)")] = None,
-    batch_size: Annotated[int, Opt(help="(default: 16)")] = None,
-    epochs: Annotated[int, Opt(help="(default: 20)")] = None,
+    batch_size: Annotated[int, Opt(help="(default: 16; idk: 8)")] = None,
+    epochs: Annotated[int, Opt(help="Passes over the forget set. (default: 20; idk: 50)")] = None,
     max_steps: Annotated[int, Opt(help="Stop after this many steps.")] = None,
     seed: Annotated[int, Opt(help="(default: 0)")] = None,
     device: Annotated[str, Opt(help="(default: auto)")] = None,
     resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")] = None,
     config: Annotated[Path, Opt("--config", "-c", help="YAML file of options (any of `cmc train`'s); flags override it.")] = None,
 ) -> None:
     """Unlearning: the same as `cmc train --task unlearn` (gradient difference by default)."""

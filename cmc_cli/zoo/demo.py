@@ -30,7 +30,9 @@ from cmc_cli.zoo.build import QA_FORMAT, Zoo, build_zoo, zoo_from_size
 
 log = logging.getLogger(__name__)
 
-MAPS = ("exact-ext", "pm-mined", "exact", "pm-suppress")  # besides the shuffled control (cmc's default's targets permuted)
+# for `other`, besides the shuffled control (cmc's default's targets permuted): cmc's default and the paper's;
+# `--maps` adds others (exact, pm-suppress, min-ed)
+MAPS = ("exact-ext", "pm-mined")
 CONTROL = "shuffled"
 
 
@@ -55,10 +57,12 @@ class DemoConfig:
     unlearn_batch: int | None = None
     unlearn_max_steps: int | None = None
     unlearn_retain_weight: float | None = None
+    stop_forget_loss: float = 8.0  # methods other than idk: stop once the whole forget set's CE reaches it
     instruct_lr: float = 3e-3
     instruct_epochs: int = 20
     instruct_batch: int = 8
     instruct_max_steps: int = 300
+    maps: tuple[str, ...] = MAPS  # token-map strategies applied to `other` (the shuffled control always)
     eval_limit: int = 40  # items per evaluation set
     max_new_tokens: int = 24
     forget_split: int = 10
@@ -75,6 +79,13 @@ class DemoConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.method not in UNLEARN_LOSSES:
             raise ConfigError(f"--method must be one of {', '.join(UNLEARN_LOSSES)}, got '{self.method}'")
+        from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, STRATEGIES
+
+        self.maps = tuple(dict.fromkeys([DEFAULT_STRATEGY, "pm-mined", *self.maps]))  # the headline compares these two
+        bad = [m for m in self.maps if m not in STRATEGIES or m == CONTROL]
+        if bad:
+            raise ConfigError(f"--maps: unknown strategy {bad[0]!r}; choose among "
+                              f"{', '.join(s for s in STRATEGIES if s != CONTROL)} (the shuffled control is always added)")
         if self.size not in UNLEARN_SETTINGS:
             raise ConfigError(f"--size must be one of {', '.join(UNLEARN_SETTINGS)}, got '{self.size}'")
 
@@ -147,7 +158,7 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     models = {k: load_lm(str(zoo.model(k))) for k in
               ("template-tofu", "large-tofu", "other-tofu", "template-base", "large-base", "other-base")}
     delta_vocab, user_vocab = models["template-tofu"].vocab, models["other-tofu"].vocab
-    maps = {name: TokenMap.build(delta_vocab, user_vocab, strategy=name) for name in MAPS}
+    maps = {name: TokenMap.build(delta_vocab, user_vocab, strategy=name) for name in cfg.maps}
     for name, tm in maps.items():
         tm.save(out / "tokenmaps" / f"template__other.{name}.safetensors")
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
@@ -169,8 +180,8 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     instruct_sets = {"retain": [TofuItem(r["instruction"], r["output"], None, (), f"instruct_eval:{n}",
                                          (r["key"],) if r.get("key") else ())
                                 for n, r in read_records(zoo.data("instruct_eval"))][:lim]}
-    res.unlearn = _rows("tofu", models, zoo, cfg, "unlearn")
-    res.instruct = _rows("base", models, zoo, cfg, "instruct")
+    res.unlearn = _rows(zoo, cfg, "unlearn")
+    res.instruct = _rows(zoo, cfg, "instruct")
     res.seconds["deltas"] = res.seconds["eval"] = 0.0
     for seed in seeds:
         t1 = time.perf_counter()
@@ -201,7 +212,10 @@ def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget
                          retain=str(retain), output=str(output), delta=cfg.unlearn_delta, prompt_format=QA_FORMAT,
                          lr=cfg.unlearn_lr, batch_size=cfg.unlearn_batch, epochs=1000, max_steps=cfg.unlearn_max_steps,
                          retain_weight=cfg.unlearn_retain_weight, seed=seed, max_length=128, device="cpu",
-                         eval_every=cfg.unlearn_max_steps)
+                         # idk trains toward refusals and needs no stopping rule; the methods that push the
+                         # forget answers down stop on the whole forget set's CE, evaluated every 20 steps
+                         **({"eval_every": cfg.unlearn_max_steps} if cfg.method == "idk" else
+                            {"eval_every": 20, "stop_forget_loss": cfg.stop_forget_loss}))
     else:
         tc = TrainConfig(task="instruct", template=str(zoo.model("template-base")), data=str(zoo.data("instruct_train")),
                          output=str(output), delta=cfg.delta, prompt_format=QA_FORMAT, lr=cfg.instruct_lr,
@@ -215,12 +229,12 @@ def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget
     return output
 
 
-def _rows(prefix: str, models: dict, zoo: Zoo, cfg: DemoConfig, task: str) -> list[Row]:
+def _rows(zoo: Zoo, cfg: DemoConfig, task: str) -> list[Row]:
     rows = []
     for key in ("template", "large", "other"):
         rows.append(Row(key, key, "alone"))
         if key == "other":
-            rows += [Row(f"other + delta ({m} map)", key, "delta", m) for m in MAPS + (CONTROL,)]
+            rows += [Row(f"other + delta ({m} map)", key, "delta", m) for m in tuple(cfg.maps) + (CONTROL,)]
         else:
             rows.append(Row(f"{key} + delta", key, "delta"))
     b = zoo.spec.baselines
@@ -286,7 +300,7 @@ def _paired(row: Row, other: Row | None, kind: str, metric: str, n_seeds: int) -
 
 UNLEARN_HEADER = ["model (TOFU)", "forget refusal", "retain refusal", "retain key acc.", "held-out key acc.",
                   "forget P(answer)", "Δ forget refusal vs alone", "Δ vs shuffled map"]
-INSTRUCT_HEADER = ["model (base)", "key acc.", "ROUGE-L", "answer log-lik", "Δ key acc. vs alone", "Δ vs shuffled map"]
+INSTRUCT_HEADER = ["model (base)", "key acc.", "ROUGE-L", "answer log-lik", "Δ ROUGE-L vs alone", "Δ vs shuffled map"]
 
 
 def unlearn_table(res: DemoResult) -> list[list[str]]:
@@ -309,8 +323,8 @@ def instruct_table(res: DemoResult) -> list[list[str]]:
     out = []
     for r in res.instruct:
         out.append([r.label, _ci(r.values("retain", "key_accuracy")), _ci(r.values("retain", "rouge_l")),
-                    _ci(r.values("retain", "loglik")), _paired(r, alone.get(r.model), "retain", "key_hit", n),
-                    _paired(r, control, "retain", "key_hit", n) if r.model == "other" and r.map != CONTROL else ""])
+                    _ci(r.values("retain", "loglik")), _paired(r, alone.get(r.model), "retain", "rouge_l", n),
+                    _paired(r, control, "retain", "rouge_l", n) if r.model == "other" and r.map != CONTROL else ""])
     return out
 
 
