@@ -72,7 +72,7 @@ def main() -> None:
         else:
             base.update(template=str(zoo.model("template-base")), data=str(zoo.data("instruct_train")), lr=3e-3,
                         batch_size=8, epochs=20, max_steps=300)
-        base.update(kw)
+        base.update(kw, overwrite=True)  # the script's own deltas, retrained on every run
         Trainer(TrainConfig(**base)).run()
         return d
 

@@ -229,6 +229,9 @@ class TrainConfig:
                               f"{self.retain_term()}); give a retain set or --retain-loss none")
         if self.refusals is not None and not Path(self.refusals).is_file():
             raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
+        if self.prompt_format is not None and "{prompt}" not in self.prompt_format:
+            raise ConfigError(f"--prompt-format '{self.prompt_format}' has no {{prompt}}: the delta would never see "
+                              "the request; write e.g. 'Question: {prompt}\\nAnswer:'")
         if not (self.npo_beta > 0 and math.isfinite(self.npo_beta)):
             raise ConfigError(f"--npo-beta must be a positive number, got {self.npo_beta}")
         for key in ("eval_every", "eval_limit"):

@@ -298,8 +298,14 @@ def _paired(row: Row, other: Row | None, kind: str, metric: str, n_seeds: int) -
     return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
-UNLEARN_HEADER = ["model (TOFU)", "forget refusal", "retain refusal", "retain key acc.", "held-out key acc.",
-                  "forget P(answer)", "Δ forget refusal vs alone", "Δ vs shuffled map"]
+UNLEARN_HEADER = ["model (TOFU)", "forget refusal", "forget key acc.", "retain refusal", "retain key acc.",
+                  "held-out key acc.", "forget P(answer)", "Δ forget behaviour vs alone", "Δ vs shuffled map"]
+
+
+def _behaviour(cfg: DemoConfig) -> tuple[str, str]:
+    """The forget-set behaviour the unlearning method aims at: refusals for idk; for the others, the answers
+    no longer stating the fact (the per-item metric is key_hit, so its paired change should be negative)."""
+    return ("refusal", "refusal") if cfg.method == "idk" else ("key_accuracy", "key_hit")
 INSTRUCT_HEADER = ["model (base)", "key acc.", "ROUGE-L", "answer log-lik", "Δ ROUGE-L vs alone", "Δ vs shuffled map"]
 
 
@@ -308,11 +314,13 @@ def unlearn_table(res: DemoResult) -> list[list[str]]:
     alone = {r.model: r for r in res.unlearn if r.kind == "alone"}
     control = next((r for r in res.unlearn if r.map == CONTROL), None)
     out = []
+    _, item = _behaviour(res.cfg)
     for r in res.unlearn:
-        out.append([r.label, _ci(r.values("forget", "refusal")), _ci(r.values("retain", "refusal")),
-                    _ci(r.values("retain", "key_accuracy")), _ci(r.values("heldout", "key_accuracy")),
-                    _ci(r.values("forget", "prob")), _paired(r, alone.get(r.model), "forget", "refusal", n),
-                    _paired(r, control, "forget", "refusal", n) if r.model == "other" and r.map != CONTROL else ""])
+        out.append([r.label, _ci(r.values("forget", "refusal")), _ci(r.values("forget", "key_accuracy")),
+                    _ci(r.values("retain", "refusal")), _ci(r.values("retain", "key_accuracy")),
+                    _ci(r.values("heldout", "key_accuracy")), _ci(r.values("forget", "prob")),
+                    _paired(r, alone.get(r.model), "forget", item, n),
+                    _paired(r, control, "forget", item, n) if r.model == "other" and r.map != CONTROL else ""])
     return out
 
 
@@ -339,12 +347,14 @@ def headline(res: DemoResult) -> str:
     by = {r.label: r for r in res.unlearn}
     other, sh = by["other"], by[f"other + delta ({CONTROL} map)"]
     cmc, pm = by[f"other + delta ({DEFAULT_STRATEGY} map)"], by["other + delta (pm-mined map)"]
-    m, lo, hi = paired_bootstrap(cmc.items("forget", "refusal", n), sh.items("forget", "refusal", n))
+    metric, item = _behaviour(res.cfg)
+    what = "refuse" if metric == "refusal" else "still state the fact in"
+    m, lo, hi = paired_bootstrap(cmc.items("forget", item, n), sh.items("forget", item, n))
     out = (f"Over {n} seed(s), the {res.cfg.method} delta trained beside the template makes `other` (another "
-           f"architecture and vocabulary) refuse {f(cmc, 'forget', 'refusal'):.0%} of forget questions through cmc's "
-           f"{DEFAULT_STRATEGY} map ({f(pm, 'forget', 'refusal'):.0%} through the paper's pm-mined, "
-           f"{f(sh, 'forget', 'refusal'):.0%} through the shuffled control; paired difference {m:+.2f} "
-           f"[{lo:+.2f}, {hi:+.2f}]) against {f(other, 'forget', 'refusal'):.0%} alone, with retain key accuracy "
+           f"architecture and vocabulary) {what} {f(cmc, 'forget', metric):.0%} of forget questions through cmc's "
+           f"{DEFAULT_STRATEGY} map ({f(pm, 'forget', metric):.0%} through the paper's pm-mined, "
+           f"{f(sh, 'forget', metric):.0%} through the shuffled control; paired difference {m:+.2f} "
+           f"[{lo:+.2f}, {hi:+.2f}]) against {f(other, 'forget', metric):.0%} alone, with retain key accuracy "
            f"{f(other, 'retain', 'key_accuracy'):.2f} alone and {f(cmc, 'retain', 'key_accuracy'):.2f} with it; the "
            f"forgotten answers' probability goes {f(other, 'forget', 'prob'):.2f} -> {f(cmc, 'forget', 'prob'):.2f} "
            f"({f(sh, 'forget', 'prob'):.2f} shuffled).")
