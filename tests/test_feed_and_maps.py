@@ -134,3 +134,39 @@ def test_mean_ci_matches_a_hand_computed_t_interval():
     m, h = mean_ci([1.0, 2.0, 3.0])  # sd 1, n 3: t(0.975, 2) = 4.302653 -> 4.302653 / sqrt(3)
     assert m == 2.0 and h == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
     assert np.isnan(mean_ci([1.0])[1])
+
+
+def test_decoder_and_scorer_apply_the_suppress_rule(tmp_path, tiny_tokenizers):
+    """With a pm-suppress map, every decode step's scores equal the hand-assembled formula: prefix-mapped user
+    tokens get min(delta logit, the step's median delta logit), the others the plain mapped logit; the
+    scorer's probabilities equal the decoder's under teacher forcing."""
+    import torch.nn.functional as F
+
+    from cmc_cli.engine.decode import GenerationConfig
+    from cmc_cli.engine.score import Scorer
+    from cmc_cli.zoo.models import make_random_delta
+
+    user = load_lm(str(make_tiny_llama(tiny_tokenizers["bl"], tmp_path / "u", hidden=32, seed=3)))
+    delta_dir = make_random_delta(tiny_tokenizers["spm"], tmp_path / "d", prompt_format="Q: {prompt}\nA:", seed=5)
+    d_vocab = load_vocab(resolve(str(delta_dir)))
+    tm = TokenMap.build(d_vocab, user.vocab, strategy="pm-suppress")
+    delta = load_delta(delta_dir, user, 0.7, [tm])
+    assert delta.cap is not None and bool(delta.cap.any())
+    dec = Decoder(user, [delta], user_format="raw")
+    dec.trace = []
+    gen = dec.generate(["Tell me about the harbour"], GenerationConfig(max_new_tokens=6))[0]
+    index, cap = torch.from_numpy(tm.index), torch.from_numpy(tm.kind == PREFIX)
+    for st in dec.trace:
+        d = st["delta"][0][0]
+        mapped = d[index.clamp(min=0)]
+        mapped = torch.where(cap, torch.minimum(mapped, d.median()), mapped).masked_fill(index < 0, 0.0)
+        want = F.log_softmax(st["user"][0].float(), -1)
+        want[:mapped.shape[0]] += 0.7 * mapped
+        assert torch.allclose(st["final"][0], want, atol=1e-5)
+    scored = Scorer(dec).score(["Tell me about the harbour"], ["town and its sailors, please."])[0]
+    dec.trace = []
+    dec.generate(["Tell me about the harbour"], GenerationConfig(max_new_tokens=len(scored.answer_ids) + 1),
+                 force=[scored.answer_ids])
+    forced = [float(F.log_softmax(st["final"][0], -1)[t]) for st, t in zip(dec.trace, scored.answer_ids)]
+    assert len(forced) == len(scored.answer_ids) > 3
+    assert scored.token_logprobs == pytest.approx(forced, abs=1e-4)
