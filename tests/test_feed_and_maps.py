@@ -154,7 +154,7 @@ def test_decoder_and_scorer_apply_the_suppress_rule(tmp_path, tiny_tokenizers):
     assert delta.cap is not None and bool(delta.cap.any())
     dec = Decoder(user, [delta], user_format="raw")
     dec.trace = []
-    gen = dec.generate(["Tell me about the harbour"], GenerationConfig(max_new_tokens=6))[0]
+    dec.generate(["Tell me about the harbour"], GenerationConfig(max_new_tokens=6))
     index, cap = torch.from_numpy(tm.index), torch.from_numpy(tm.kind == PREFIX)
     for st in dec.trace:
         d = st["delta"][0][0]
