@@ -219,8 +219,10 @@ class Trainer:
             self.train_set = self._encode(cfg.data, load_instruct)
             self.retain_set: list[Encoded] = []
         else:
-            self.forget_eval = self._encode(cfg.forget, load_tofu)  # the true answers: what is measured
-            self.train_set = self._refusal_set() if cfg.loss == "idk" else self.forget_eval
+            forget = self._load(cfg.forget, load_tofu)
+            # the true answers are what is measured; idk trains on the same questions with refusals
+            self.forget_eval = encode(forget, self.tokenizer, self.prompt_format, cfg.max_length)
+            self.train_set = self._refusal_set(forget) if cfg.loss == "idk" else self.forget_eval
             self.retain_set = self._encode(cfg.retain, load_tofu) if cfg.retain and cfg.retain_term() else []
             self.retain_eval = self.retain_set or (self._encode(cfg.retain, load_tofu) if cfg.retain else [])
         self.delta = self._make_delta().to(self.device)
@@ -232,10 +234,9 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.warmup = int(cfg.warmup_ratio * self.total_steps)
         self.eval_every = (cfg.eval_every or max(1, self.total_steps // 5)) if cfg.task == "unlearn" else 0
-        self.evaluations: list[dict] = []
-        self.selected: dict | None = None
+        self.evaluations: list[dict] = []  # the last one is the delta written (selection)
 
-    def _refusal_set(self) -> list[Encoded]:
+    def _refusal_set(self, forget: list) -> list[Encoded]:
         """idk: each forget question paired with a refusal answer (drawn from the list by the seed)."""
         import random
 
@@ -246,12 +247,16 @@ class Trainer:
         if self.cfg.refusals:
             self.data_hashes[str(self.cfg.refusals)] = file_sha256(self.cfg.refusals)
         rng = random.Random(self.cfg.seed)
-        examples = [Example(ex.prompt, rng.choice(refusals), ex.source) for ex in load_tofu(self.cfg.forget)]
+        examples = [Example(ex.prompt, rng.choice(refusals), ex.source) for ex in forget]
         return encode(examples, self.tokenizer, self.prompt_format, self.cfg.max_length)
 
-    def _encode(self, path, loader) -> list[Encoded]:
+    def _load(self, path, loader) -> list:
+        """The file's examples; its sha256 goes into the run's record (resume checks it)."""
         self.data_hashes[str(path)] = file_sha256(path)
-        return encode(loader(path), self.tokenizer, self.prompt_format, self.cfg.max_length)
+        return loader(path)
+
+    def _encode(self, path, loader) -> list[Encoded]:
+        return encode(self._load(path, loader), self.tokenizer, self.prompt_format, self.cfg.max_length)
 
     def _make_delta(self):
         from transformers import AutoModelForCausalLM
@@ -378,7 +383,6 @@ class Trainer:
             start_step = progress["step"]
             history = [StepMetrics(**m) for m in progress.get("history", [])]
             self.evaluations = list(progress.get("evaluations", []))
-            self.selected = self.evaluations[-1] if self.evaluations else None
             self.phase(f"resumed at step {start_step} from {rdir}")
         self._write_config()
         metrics_path = self.out / "metrics.jsonl"
@@ -398,7 +402,6 @@ class Trainer:
             with (self.out / "evals.jsonl").open("a") as f:
                 f.write(json.dumps(ev) + "\n")
             self.on_eval(ev)
-            self.selected = ev
             return cfg.stop_forget_loss is not None and ev.get("forget_ce", -math.inf) >= cfg.stop_forget_loss
 
         if self.eval_every:
@@ -436,7 +439,7 @@ class Trainer:
             raise CmcError(f"interrupted at step {step}; checkpoint saved, continue with --resume {self.out}") from None
         if cfg.max_steps and step >= cfg.max_steps and step < self.steps_per_epoch * cfg.epochs:
             stopped = "max-steps"
-        if self.eval_every and (self.selected is None or self.selected["step"] != step):
+        if self.eval_every and (not self.evaluations or self.evaluations[-1]["step"] != step):
             evaluate_at(step)  # the written delta is always an evaluated one
         save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
         self._write_delta(history, stopped, step)
@@ -477,6 +480,12 @@ class Trainer:
 
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
+    def _selection(self) -> dict:
+        """cmc.json's record of which whole-set evaluation the written weights come from."""
+        stop = self.cfg.stop_forget_loss
+        criterion = f"first evaluation with forget CE >= {stop}" if stop is not None else "the last evaluation"
+        return {"criterion": criterion, "every": self.eval_every, "evaluated": self.evaluations[-1]}
+
     def _write_delta(self, history: list[StepMetrics], stopped: str, steps: int) -> None:
         self.delta.save_pretrained(str(self.out), safe_serialization=True)
         self.tokenizer.save_pretrained(str(self.out))
@@ -490,9 +499,7 @@ class Trainer:
             template={"ref": self.cfg.template, "adapter": self.adapter.name,
                       "fingerprint": self.template_vocab.fingerprint, "vocab_size": self.template_vocab.size},
             data=self.data_hashes,
-            **({"selection": {"criterion": (f"first evaluation with forget CE >= {cfg_stop}" if (cfg_stop := self.cfg.stop_forget_loss) is not None
-                                            else "the last evaluation"), "every": self.eval_every,
-                              "evaluated": self.selected}} if self.eval_every else {}),
+            **({"selection": self._selection()} if self.eval_every else {}),
             parameters=count_parameters(self.delta),
             steps=steps,
             stopped=stopped,
