@@ -53,8 +53,49 @@ def lm(tok_dir, shape, device, dtype, seed):
     return LoadedModel(f"{tok_dir.name}-{seed}", model, tok, HFAdapter().token_surfaces(tok, tok_dir.name))
 
 
-def main() -> None:
+PROMPTS = ["Write a short story about a lighthouse keeper who predicts storms.",
+           "Explain how a harbour works.", "List three fish.", "Why is the sea salty?",
+           "Describe the customs house.", "What is rope made of?", "Tell me about nets.", "Hello!"]
+
+
+def machine_line(device, dtype) -> str:
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    return f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {dtype}"
+
+
+def bench_setup():
+    """(device, dtype, tokenizer cache dir): the GPU in bf16 when there is one, else the CPU in fp32."""
     from cmc_cli.assets import cache_dir
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    toks = cache_dir() / "tokenizers"
+    if not (toks / "llama2").is_dir() or not (toks / "gpt2").is_dir():
+        raise SystemExit("run `cmc fetch tokenizers` first (Llama-2 and GPT-2 tokenizers)")
+    return device, dtype, toks
+
+
+def best_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
+    """Best of `repeats` wall times of decoding `batch` after a warm-up, every row at full length (EOS
+    ignored); dec.stats holds the last repeat's counters."""
+    from cmc_cli.engine.decode import GenerationConfig
+
+    dec.eos_ids = set()
+    dec.generate(batch[:1], GenerationConfig(max_new_tokens=4))  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        dec.reset_stats()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        dec.generate(batch, cfg)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
     from cmc_cli.engine.decode import Decoder, Delta, DeltaRunner, GenerationConfig
     from cmc_cli.engine.textsync import GenText
     from cmc_cli.tokenmaps.tokenmap import TokenMap
@@ -65,11 +106,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=2, help="best of N")
     args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    toks = cache_dir() / "tokenizers"
-    if not (toks / "llama2").is_dir() or not (toks / "gpt2").is_dir():
-        raise SystemExit("run `cmc fetch tokenizers` first (Llama-2 and GPT-2 tokenizers)")
+    device, dtype, toks = bench_setup()
     shape = SHAPES[args.shape]
     user = lm(toks / "llama2", shape, device, dtype, 0)
     d_same = lm(toks / "llama2", shape["delta"], device, dtype, 1)
@@ -89,30 +126,15 @@ def main() -> None:
         "proxy": Decoder(user, expert=expert, anti_expert=anti),
     }
     params = lambda m: sum(p.numel() for p in m.model.parameters()) / 1e6  # noqa: E731
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {dtype}")
+    print(machine_line(device, dtype))
     print(f"user {params(user):.0f}M params (vocab {user.vocab.size}); deltas {params(d_same):.1f}M (Llama-2 vocab) and "
           f"{params(d_cross):.1f}M (GPT-2 vocab); token map GPT-2 -> Llama-2 built in {map_s:.2f} s")
-    prompts = ["Write a short story about a lighthouse keeper who predicts storms.",
-               "Explain how a harbour works.", "List three fish.", "Why is the sea salty?",
-               "Describe the customs house.", "What is rope made of?", "Tell me about nets.", "Hello!"]
+    prompts = PROMPTS
     cfg = GenerationConfig(max_new_tokens=args.new)
     for B in [int(x) for x in args.batches.split(",")]:
         rates = {}
         for name, dec in variants.items():
-            dec.eos_ids = set()  # fixed length: every row generates `--new` tokens
-            batch = (prompts * 2)[:B]
-            dec.generate(batch[:1], GenerationConfig(max_new_tokens=4))  # warm-up
-            best = float("inf")
-            for _ in range(args.repeats):
-                dec.stats = {"steps": 0, "generated": 0, "delta_tokens": [0] * len(dec.deltas)}
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                dec.generate(batch, cfg)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - t)
+            best = best_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
             rates[name] = B * args.new / best
             extra = ""
             if name == "cmc-cross":

@@ -93,7 +93,7 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
     return ProjectConfig(source=path, models=models)
 
 
-STRATEGIES = ("pm-mined", "min-ed", "exact", "exact-ext", "pm-suppress", "shuffled")  # tokenmaps/tokenmap.py
+STRATEGIES = ("pm-mined", "min-ed", "exact", "exact-ext", "pm-suppress", "pm-lookahead", "shuffled")  # tokenmaps/tokenmap.py
 FALLBACKS = ("none", "min-ed")
 
 
@@ -111,14 +111,20 @@ class MapVocabConfig:
     show: bool = False
     seed: int = 0  # --strategy shuffled
     overwrite: bool = False
+    lookahead_k: int | None = None  # --strategy pm-lookahead (default tokenmap.LOOKAHEAD_K)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{self.strategy}'")
         if self.fallback not in FALLBACKS:
             raise ConfigError(f"--fallback must be one of {', '.join(FALLBACKS)}, got '{self.fallback}'")
-        if self.fallback != "none" and self.strategy not in ("pm-mined", "pm-suppress"):
-            raise ConfigError("--fallback applies to the PM-MinED strategies only (pm-mined, pm-suppress)")
+        if self.fallback != "none" and self.strategy not in ("pm-mined", "pm-suppress", "pm-lookahead"):
+            raise ConfigError("--fallback applies to the PM-MinED strategies only (pm-mined, pm-suppress, pm-lookahead)")
+        if self.lookahead_k is not None:
+            if self.strategy != "pm-lookahead":
+                raise ConfigError("--lookahead-k applies to --strategy pm-lookahead only")
+            if isinstance(self.lookahead_k, bool) or not isinstance(self.lookahead_k, int) or self.lookahead_k < 1:
+                raise ConfigError(f"--lookahead-k must be a whole number >= 1, got {self.lookahead_k}")
         if self.seed != 0 and self.strategy != "shuffled":
             raise ConfigError("--seed applies to --strategy shuffled only")
 

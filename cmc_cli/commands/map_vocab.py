@@ -24,8 +24,9 @@ def map_vocab(
     delta: Annotated[str, typer.Argument(metavar="DELTA", help="Delta/template tokenizer: path, cmc.yaml name or family (llama, ...).")],
     user: Annotated[str, typer.Argument(metavar="USER", help="User LLM tokenizer: path, cmc.yaml name or family (mistral, ...).")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output file (default: tokenmaps/DELTA__USER.safetensors).")] = None,
-    strategy: Annotated[Strategy, typer.Option(help="exact-ext (default): exact match, else a delta token that extends the user token, never a shorter prefix of it; pm-mined: prefix match, then min edit distance (the paper's); exact; pm-suppress: pm-mined whose prefix-mapped tokens get only the delta's suppressions; min-ed; shuffled: exact-ext's targets permuted (the control, --seed).")] = "exact-ext",
+    strategy: Annotated[Strategy, typer.Option(help="exact-ext (default): exact match, else a delta token that extends the user token, never a shorter prefix of it; pm-mined: prefix match, then min edit distance (the paper's); exact; pm-suppress: pm-mined whose prefix-mapped tokens get only the delta's suppressions; pm-lookahead: pm-mined whose prefix-mapped tokens among the user's top-k are scored by the delta's look-ahead over their whole string (--lookahead-k), the rest as pm-suppress; min-ed; shuffled: exact-ext's targets permuted (the control, --seed).")] = "exact-ext",
     seed: Annotated[int, typer.Option(help="--strategy shuffled: the permutation's seed.")] = 0,
+    lookahead_k: Annotated[int | None, typer.Option("--lookahead-k", help="--strategy pm-lookahead: user candidates examined per decode step (default 16).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     fallback: Annotated[Fallback, typer.Option(help="For pm-mined tokens with no candidate: none (unmapped) or min-ed.")] = "none",
     delta_adapter: Annotated[str | None, typer.Option(help="Force the delta's adapter (see `cmc adapters`).")] = None,
@@ -34,7 +35,7 @@ def map_vocab(
 ) -> None:
     """Build a token map (user vocabulary -> delta vocabulary), saved as safetensors."""
     cfg = MapVocabConfig(delta=delta, user=user, output=output, strategy=Strategy(strategy).value,
-                         fallback=Fallback(fallback).value, seed=seed, overwrite=overwrite,
+                         fallback=Fallback(fallback).value, seed=seed, overwrite=overwrite, lookahead_k=lookahead_k,
                          delta_adapter=delta_adapter, user_adapter=user_adapter, show=show)
     with status("resolving tokenizers") as phase:
         res = map_vocab_files(cfg, on_phase=phase)

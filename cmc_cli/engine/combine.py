@@ -96,8 +96,39 @@ def kl_to_reference(final: torch.Tensor, reference_logits: torch.Tensor, targets
     return (logp_ref.exp() * (logp_ref - logp)).sum()
 
 
+def neutral_baseline(delta_logits: torch.Tensor) -> torch.Tensor:
+    """(..., V_delta) -> (..., 1): the value of a token the delta does not care about at this position, the
+    median of its logits. The delta's head starts at zero, so every logit starts at the same value and
+    training moves the few tokens it is about; the median is where the untouched bulk sits, so a token
+    at it gets a shift of 0, as an unmapped token does (docs/tokenmaps.md)."""
+    return delta_logits.float().median(dim=-1, keepdim=True).values
+
+
+def continuation_baseline(delta_logits: torch.Tensor) -> torch.Tensor:
+    """(..., V_delta) -> (..., 1): the baseline of a look-ahead continuation piece, log sum_v softmax(z)_v e^{z_v}
+    = logsumexp(2z) - logsumexp(z): the log-normaliser of the delta's shift under the delta's own expectation
+    of what comes next. The exact log-ratio of a combined model's string to the template's subtracts
+    log E_template[e^z] at each step; the template is not there at decode time, and the neutral median (the
+    natural reading of "0 for what the delta does not care about") left the leak whole: after ▁I a refusal
+    delta leaves "ron" at the median, so ĠIron kept ▁I's boost (docs/tokenmaps.md). With this baseline a
+    delta that is flat at a position gives every piece 0, and a piece the delta passes over while it pushes
+    another (▁don after ▁I) loses what the pushed one gains."""
+    z = delta_logits.float()
+    return torch.logsumexp(2 * z, dim=-1, keepdim=True) - torch.logsumexp(z, dim=-1, keepdim=True)
+
+
+def lookahead_extra(logits: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """The look-ahead's continuation shifts, summed per candidate: (n,) with
+        extra_c = sum_j (z_j[r_j] - continuation_baseline(z_j))   over the continuation pieces r_1..r_m of c,
+    where z_j is the delta's logits after the context, c's first piece d and r_1..r_{j-1}.
+    logits (N, V_delta), targets (N,) the piece each row predicts, owner (N,) its candidate in 0..n-1."""
+    z = logits.float()
+    shift = z.gather(-1, targets[:, None].to(z.device))[:, 0] - continuation_baseline(z)[:, 0]
+    return torch.zeros(n, dtype=shift.dtype, device=shift.device).index_add_(0, owner.to(shift.device), shift)
+
+
 def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int | None = None,
-                     cap: torch.Tensor | None = None) -> torch.Tensor:
+                     cap: torch.Tensor | None = None, lookahead: tuple | None = None) -> torch.Tensor:
     """TokenMap(delta_logits): (..., V_delta) -> (..., V_user), 0 where a user token is unmapped.
 
     index: int64 [V_user_map] from a TokenMap (-1 = unmapped). `width` pads to a user model whose
@@ -105,6 +136,9 @@ def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int
     cap: bool [V_user_map], the user tokens that receive only the delta's suppressions (a map with
     prefix rule "suppress": the prefix-mapped ones): their value is min(mapped, the position's median
     delta logit), so a boost of a short delta token (▁I) never reaches a longer user token (ĠIron).
+    lookahead: (rows, cols, extra) from the look-ahead (prefix rule "lookahead", engine/lookahead.py): the
+    user token cols[i] of row rows[i] (a prefix-mapped candidate u = d + rest) gets the delta's value for
+    the whole string, mapped (d's logit) + extra[i] (lookahead_extra), uncapped; needs delta_logits (B, V).
     """
     width = index.shape[0] if width is None else width
     if width < index.shape[0]:
@@ -114,10 +148,15 @@ def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int
         index = torch.cat([index, index.new_full((pad,), -1)])
         cap = torch.cat([cap, cap.new_zeros((pad,))]) if cap is not None else None
     index = index.to(delta_logits.device)
-    mapped = delta_logits.index_select(-1, index.clamp(min=0))
+    raw = delta_logits.index_select(-1, index.clamp(min=0))
+    mapped = raw
     if cap is not None:
-        typical = delta_logits.float().median(dim=-1, keepdim=True).values.to(mapped.dtype)  # (..., 1)
-        mapped = torch.where(cap.to(mapped.device), torch.minimum(mapped, typical), mapped)
+        typical = neutral_baseline(delta_logits).to(raw.dtype)  # (..., 1)
+        mapped = torch.where(cap.to(raw.device), torch.minimum(raw, typical), raw)
+    if lookahead is not None:
+        rows, cols, extra = (t.to(raw.device) for t in lookahead)
+        mapped = mapped.clone()
+        mapped[rows, cols] = raw[rows, cols] + extra.to(raw.dtype)
     return mapped.masked_fill(index < 0, 0.0)
 
 
@@ -125,8 +164,8 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
                   mode: str = "log-softmax-template") -> torch.Tensor:
     """final_t = LogSoftmax(user_logits) + sum_k alpha_k * TokenMap_k(delta_logits_k), in float32.
 
-    deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary[, cap])
-    with cap as in map_delta_logits (Delta.term builds these).
+    deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary[, cap
+    [, lookahead]]) with cap and lookahead as in map_delta_logits (Delta.term builds these).
     mode (the delta's training combine mode): "sum" leaves the user logits raw (the paper's ablation),
     "log-softmax-both" log-softmaxes each delta's logits too.
     """
@@ -143,7 +182,8 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
                 raise ValueError(f"same-vocabulary delta has {d.shape[-1]} logits, the user model {width}")
             final = final + alpha * d
         else:
-            final = final + alpha * map_delta_logits(d, index, width, rest[0] if rest else None)
+            cap, look = (list(rest) + [None, None])[:2]
+            final = final + alpha * map_delta_logits(d, index, width, cap, look)
     return final
 
 

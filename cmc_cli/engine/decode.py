@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from cmc_cli.data.instruct import bos_ids, join_response, render
-from cmc_cli.engine.combine import decode_scores, proxy_scores
+from cmc_cli.engine.combine import decode_scores, lookahead_extra, proxy_scores
 from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
 from cmc_cli.engine.textsync import DeltaText, GenText
 from cmc_cli.errors import CmcError, ConfigError
@@ -75,10 +75,12 @@ class Delta:
     meta: dict = field(default_factory=dict)
     token_map: object = None  # the TokenMap behind `index` (None: same vocabulary)
     cap: torch.Tensor | None = None  # user ids that get only suppressions (TokenMap.cap_tensor)
+    lookahead: object = None  # engine.lookahead.Lookahead for a map with prefix rule "lookahead"
 
-    def term(self, logits: torch.Tensor) -> tuple:
-        """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step."""
-        return (self.alpha, logits, self.index, self.cap)
+    def term(self, logits: torch.Tensor, lookahead: tuple | None = None) -> tuple:
+        """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
+        (rows, cols, extra) of DeltaRunner.lookahead for this step."""
+        return (self.alpha, logits, self.index, self.cap, lookahead)
 
     def reads_user_ids(self, user: LoadedModel) -> bool:
         """Same tokenizer as the user model: fed the user's ids instead of re-tokenized text."""
@@ -121,6 +123,8 @@ class Generation:
     token_ids: list[int]
     finish_reason: str  # eos | stop | length
     delta_tokens: list[int] = field(default_factory=list)  # delta tokens computed after the prompt, per delta
+    lookahead_tokens: list[int] = field(default_factory=list)  # look-ahead delta tokens computed, per delta
+    token_logprobs: list[float] = field(default_factory=list)  # teacher forcing: log p of each forced token
 
 
 def check_alpha(alpha: float, what: str = "--alpha") -> float:
@@ -182,12 +186,41 @@ class DeltaRunner:
             raise RuntimeError("no active row")  # the decoder never steps a finished batch
         return out
 
+    def lookahead(self, user_logits: torch.Tensor, active: list[bool]) -> tuple | None:
+        """The look-ahead of this step (engine/lookahead.py): (rows, cols, extra) for combine.map_delta_logits,
+        from one tree-masked delta forward over every candidate's continuation; None without candidates."""
+        la = self.delta.lookahead
+        if la is None or self.same_vocab:
+            return None
+        cands = la.candidates(user_logits, active)
+        if not cands:
+            return None
+        outs = self.lm.peek([(r, p[:-1]) for r, _, p in cands])  # inputs d, r_1..r_{m-1}
+        logits = torch.cat(outs)
+        targets = torch.tensor([t for _, _, p in cands for t in p[1:]])
+        owner = torch.tensor([c for c, (_, _, p) in enumerate(cands) for _ in p[1:]])
+        extra = lookahead_extra(logits, targets, owner, len(cands))
+        return (torch.tensor([r for r, _, _ in cands]), torch.tensor([u for _, u, _ in cands]), extra)
+
     def over_limit(self) -> list[bool]:
         return [bool(self.limit) and n >= self.limit for n in self.lm.lengths()]
+
+    def peeked(self) -> list[int]:
+        """Look-ahead delta tokens computed so far, per row (never kept in the cache)."""
+        return list(getattr(self.lm, "peeked", [0] * len(self.lm.fed)))
 
     def generated_fed(self) -> list[int]:
         """Delta tokens computed after the prompt, per row (1 per generated token when nothing is recomputed)."""
         return [a - b for a, b in zip(self.lm.fed, self.prompt_fed)]
+
+
+def step_scores(user_logits: torch.Tensor, deltas: list[Delta], runners: list[DeltaRunner], delta_logits: list,
+                active: list[bool], mode: str) -> torch.Tensor:
+    """The decode step's combined scores (B, V) from the user's and each delta's logits of this step, with
+    each delta's look-ahead: what the decoder, the scorer and the logits processor all call."""
+    terms = [d.term(lg.to(user_logits.device), r.lookahead(user_logits, active))
+             for d, r, lg in zip(deltas, runners, delta_logits)]
+    return decode_scores(user_logits, terms, mode)
 
 
 # ---- token choice -------------------------------------------------------------------------------------
@@ -243,9 +276,15 @@ class Decoder:
         if user_format == "chat" and not getattr(user.tokenizer, "chat_template", None):
             raise ConfigError(f"the user model {user.name} has no chat template; use --user-format raw or a format "
                               "string such as '### Question: {prompt}\\n### Answer:'")
-        self.stats = {"steps": 0, "generated": 0, "delta_tokens": [0] * len(self.deltas)}
+        self.reset_stats()
         self.trace: list[dict] | None = None  # set to [] to record every step (tests, analysis)
         self.runners: list[DeltaRunner] = []  # the last batch's, for their statistics
+
+    def reset_stats(self) -> None:
+        """Counters over every generate call since: steps, generated tokens, delta tokens fed and look-ahead
+        tokens computed per delta."""
+        self.stats = {"steps": 0, "generated": 0, "delta_tokens": [0] * len(self.deltas),
+                      "lookahead_tokens": [0] * len(self.deltas)}
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -301,9 +340,8 @@ class Decoder:
     def _runners(self) -> list[DeltaRunner]:
         return [DeltaRunner(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
 
-    def _scores(self, user_logits, delta_logits, expert_logits) -> torch.Tensor:
-        terms = [d.term(lg) for d, lg in zip(self.deltas, delta_logits)]
-        final = decode_scores(user_logits, terms, self.combine)
+    def _scores(self, user_logits, delta_logits, expert_logits, active) -> torch.Tensor:
+        final = step_scores(user_logits, self.deltas, self.runners, delta_logits, active, self.combine)
         if expert_logits is not None:
             final = final + self.proxy_alpha * proxy_scores(*expert_logits, width=final.shape[-1])
         return final
@@ -335,10 +373,16 @@ class Decoder:
         suppressed = self.suppress_ids(cfg.suppress)
         texts = [GenText(self.user.tokenizer, ids) for ids in user_ids]
         out_ids: list[list[int]] = [[] for _ in range(B)]
+        forced_lp: list[list[float]] = [[] for _ in range(B)]
         finish: list[str | None] = [None] * B
         cut: list[str | None] = [None] * B
         for t in range(cfg.max_new_tokens):
-            final = self._scores(logits, d_logits, e_logits if experts else None)
+            final = self._scores(logits, d_logits, e_logits if experts else None, [f is None for f in finish])
+            if force is not None:
+                lp = torch.log_softmax(final.float(), dim=-1)
+                for r in range(B):
+                    if finish[r] is None and t < len(force[r]):
+                        forced_lp[r].append(float(lp[r, force[r][t]]))
             if suppressed:
                 final[:, suppressed] = float("-inf")
             tokens = choose_tokens(final, cfg, gens)
@@ -388,12 +432,15 @@ class Decoder:
         results = []
         for r in range(B):
             text = cut[r] if cut[r] is not None else texts[r].text
-            results.append(Generation(prompts[r], text, out_ids[r], finish[r] or "length"))
+            results.append(Generation(prompts[r], text, out_ids[r], finish[r] or "length", token_logprobs=forced_lp[r]))
         for k, r in enumerate(runners):
             fed = r.generated_fed()
             self.stats["delta_tokens"][k] += sum(fed)
-            for g, n in zip(results, fed):
+            peeked = r.peeked()
+            self.stats["lookahead_tokens"][k] += sum(peeked)
+            for g, n, m in zip(results, fed, peeked):
                 g.delta_tokens.append(n)
+                g.lookahead_tokens.append(m)
         self.stats["generated"] += sum(len(x) for x in out_ids)
         return results
 
@@ -471,9 +518,14 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
     # fed as in training: the recorded BOS; deltas from before it was recorded always got the tokenizer's bos
     legacy = [lm.tokenizer.bos_token_id] if lm.tokenizer.bos_token_id is not None else []
     lm.feed_bos = [int(i) for i in meta["bos"]] if isinstance(meta.get("bos"), list) else legacy
+    look = None
+    if tm is not None and tm.meta.get("prefix_rule") == "lookahead":
+        from cmc_cli.engine.lookahead import Lookahead
+
+        look = Lookahead(tm, lm.vocab, user.vocab, tm.lookahead_k)
     return Delta(lm=lm, alpha=alpha, prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
                  combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm,
-                 cap=tm.cap_tensor() if tm is not None else None)
+                 cap=tm.cap_tensor() if tm is not None else None, lookahead=look)
 
 
 def _fits(path: Path, lm: LoadedModel, user: LoadedModel) -> bool:

@@ -8,8 +8,8 @@
     ids = tokenizer(prompts, return_tensors="pt", padding=True)  # padding_side="left"
     out = user.model.generate(**ids, logits_processor=[proc], do_sample=False, max_new_tokens=64)
 
-The processor returns the combined scores of combine.decode_scores (the same deltas, maps and
-streams as `cmc generate`), so greedy output equals cmc's own decoder. One processor serves one
+The processor returns the combined scores of decode.step_scores (the same deltas, maps, look-ahead
+and streams as `cmc generate`), so greedy output equals cmc's own decoder. One processor serves one
 `generate` call (its batch); beam search is not supported.
 """
 
@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from cmc_cli.engine.combine import decode_scores
-from cmc_cli.engine.decode import Delta, DeltaRunner, LoadedModel
+from cmc_cli.engine.decode import Delta, DeltaRunner, LoadedModel, step_scores
 from cmc_cli.engine.textsync import GenText
 from cmc_cli.errors import CmcError
 
@@ -61,5 +60,5 @@ class CMCLogitsProcessor(LogitsProcessor):
             gen = [t.append(int(tok)) for t, tok in zip(self.texts, tokens.tolist())]
             active = [True] * len(gen)
             self.d_logits = [r.step(tokens, gen, active) for r in self.runners]
-        terms = [d.term(lg.to(scores.device)) for d, lg in zip(self.deltas, self.d_logits)]
-        return decode_scores(scores, terms, self.combine).to(scores.dtype)
+        active = [True] * len(self.texts)
+        return step_scores(scores, self.deltas, self.runners, self.d_logits, active, self.combine).to(scores.dtype)

@@ -12,6 +12,10 @@ tokenization is not a prefix of the full one), a short continuation — the few 
 the longest common prefix — is computed in the *same* forward pass, appended to the row with a
 tree-shaped attention mask (it attends to the shared prefix and to itself) and its own positions.
 The research code re-encodes and re-runs the whole prefix at every position: O(length²), batch 1.
+
+A delta with a look-ahead map (engine/lookahead.py) is scored by the decoder under teacher forcing
+instead: its step's candidates come from that step's user logits, and decode.step_scores is the one
+place that computes them.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class Scored:
 
     token_logprobs: list[float]
     answer_ids: list[int] = field(default_factory=list)
-    delta_extra_tokens: list[int] = field(default_factory=list)  # continuation tokens computed, per delta
+    delta_extra_tokens: list[int] = field(default_factory=list)  # continuation (look-ahead) tokens computed, per delta
 
     @property
     def n(self) -> int:
@@ -119,6 +123,10 @@ class Scorer:
         if not keep:
             return out
         p_ids, a_ids, prompts_k = [p_ids[b] for b in keep], [a_ids[b] for b in keep], [prompts[b] for b in keep]
+        if any(d.lookahead is not None and not d.reads_user_ids(user) for d in dec.deltas):
+            for b, s in zip(keep, self._score_by_decoding(prompts_k, a_ids)):
+                out[b] = s
+            return out
         seqs = [p + a for p, a in zip(p_ids, a_ids)]
         positions = [list(range(len(p) - 1, len(p) - 1 + len(a))) for p, a in zip(p_ids, a_ids)]
         h_user = _hidden_at(user.model, seqs, positions, user.pad_id)
@@ -147,6 +155,14 @@ class Scorer:
             out[b] = Scored(flat[at:at + n], a_ids[k], [x[k] for x in extras])
             at += n
         return out
+
+    def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
+        """With a look-ahead map, each step's candidates depend on that step's user logits, so the answers are
+        scored by the decoder itself under teacher forcing: the same step_scores, one step per token."""
+        from cmc_cli.engine.decode import GenerationConfig
+
+        gens = self.dec.generate(prompts, GenerationConfig(max_new_tokens=max(len(a) for a in a_ids)), force=a_ids)
+        return [Scored(g.token_logprobs, a, list(g.lookahead_tokens)) for g, a in zip(gens, a_ids)]
 
     def _delta_hidden(self, d: Delta, prompts: list[str], p_ids: list[list[int]], a_ids: list[list[int]]):
         """Delta hidden states before each answer token, in (row, position) order; continuation tokens per row."""

@@ -97,6 +97,7 @@ class ResyncLM:
         self.tokens_fed = 0
         self.fed = [0] * batch_size  # tokens fed per row (prompt and recomputed tokens included)
         self.compactions = 0
+        self.peeked = [0] * batch_size  # look-ahead tokens computed per row (peek), never kept
 
     def lengths(self) -> list[int]:
         return [len(s) for s in self.slots]
@@ -140,6 +141,55 @@ class ResyncLM:
         logits = logits.masked_fill(empty[:, None], 0.0)
         self._maybe_compact()
         return logits
+
+    @torch.inference_mode()
+    def peek(self, branches: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
+        """Logits (len(toks), V) after each token of each branch (row r, toks), as if toks were appended to
+        row r; the state is left unchanged. One forward for all branches: they are appended to the cache with
+        a tree mask (a branch attends to its row's live tokens and to its own earlier tokens, at positions
+        following the row's), then cropped off."""
+        per_row: list[list[tuple[int, list[int]]]] = [[] for _ in range(self.B)]
+        for j, (r, toks) in enumerate(branches):
+            if toks:
+                per_row[r].append((j, toks))
+        n = max((sum(len(t) for _, t in br) for br in per_row), default=0)
+        out: list[torch.Tensor | None] = [None] * len(branches)
+        if n == 0:
+            return out
+        T = self.mask.shape[1]
+        dtype = next(self.model.parameters()).dtype
+        ids = torch.full((self.B, n), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((self.B, n), dtype=torch.long)
+        allow = torch.zeros((self.B, n, T + n), dtype=torch.bool)
+        allow[:, :, :T] = self.mask.bool().cpu()[:, None, :]
+        where = []
+        for r, br in enumerate(per_row):
+            at, base = 0, len(self.slots[r])
+            for j, toks in br:
+                k = len(toks)
+                ids[r, at:at + k] = torch.tensor(toks, dtype=torch.long)
+                pos[r, at:at + k] = base + torch.arange(k)
+                allow[r, at:at + k, T + at:T + at + k] = torch.tril(torch.ones(k, k, dtype=torch.bool))
+                where.append((j, r, at, k))
+                self.peeked[r] += k
+                at += k
+            for q in range(at, n):
+                allow[r, q, :] = False
+                allow[r, q, T + q] = True  # padding attends to itself only
+        bias = torch.zeros((self.B, 1, n, T + n), dtype=dtype).masked_fill(~allow[:, None], torch.finfo(dtype).min)
+        res = self.trunk(input_ids=ids.to(self.device), attention_mask=bias.to(self.device),
+                         position_ids=pos.to(self.device), past_key_values=self.cache, use_cache=True)
+        self.cache = res.past_key_values
+        self.cache.crop(-n)
+        h = res.last_hidden_state
+        rows = torch.tensor([r for _, r, at, k in where for _ in range(k)], device=self.device)
+        cols = torch.tensor([at + i for _, r, at, k in where for i in range(k)], device=self.device)
+        logits = head_logits(self.model, h[rows, cols]).float()
+        start = 0
+        for j, _, _, k in where:
+            out[j] = logits[start:start + k]
+            start += k
+        return out
 
     def _check_full_attention(self) -> None:
         for layer in getattr(self.cache, "layers", []):

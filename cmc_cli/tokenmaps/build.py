@@ -52,7 +52,9 @@ def map_vocab_files(cfg: MapVocabConfig, progress=None, on_phase=None) -> MapVoc
     phase(f"loading user tokenizer {cfg.user}")
     user = load_vocab(user_ref)
     phase(f"mapping {user.size} user tokens onto {delta.size} delta tokens ({cfg.strategy})")
-    tm = TokenMap.build(delta, user, strategy=cfg.strategy, fallback=cfg.fallback, progress=progress, seed=cfg.seed)
+    extra = {"lookahead_k": cfg.lookahead_k} if cfg.lookahead_k is not None else {}
+    tm = TokenMap.build(delta, user, strategy=cfg.strategy, fallback=cfg.fallback, progress=progress, seed=cfg.seed,
+                        **extra)
     tm.save(out)
     return MapVocabResult(tm, out, delta, user)
 

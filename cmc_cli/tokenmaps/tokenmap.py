@@ -23,7 +23,9 @@ from cmc_cli.tokenmaps.strategies import BASE_STRATEGIES, KIND_NAMES, PREFIX, UN
 from cmc_cli.tokenmaps.surfaces import Vocab
 
 FORMAT = "cmc-tokenmap/1"
-STRATEGIES = BASE_STRATEGIES + ("pm-suppress", "shuffled")
+STRATEGIES = BASE_STRATEGIES + ("pm-suppress", "pm-lookahead", "shuffled")
+PREFIX_RULES = {"pm-suppress": "suppress", "pm-lookahead": "lookahead"}  # PM-MinED maps with a decode-time rule
+LOOKAHEAD_K = 16  # candidates examined per step by the look-ahead (engine/lookahead.py)
 # cmc's default: an exact match, else an extension, never a shorter prefix. Over 3 seeds on the model world an
 # idk delta made `other` refuse 0.96 of forget questions through it and 0.03 through the paper's PM-MinED,
 # whose prefix rule hands the refusal's boost on ▁I to ĠIron (docs/tokenmaps.md, docs/world.md)
@@ -39,17 +41,24 @@ class TokenMap:
     # ---- building ---------------------------------------------------------------------------
     @classmethod
     def build(cls, delta: Vocab, user: Vocab, strategy: str = DEFAULT_STRATEGY, fallback: str = "none",
-              progress=None, seed: int = 0) -> TokenMap:
+              progress=None, seed: int = 0, lookahead_k: int = LOOKAHEAD_K) -> TokenMap:
         """strategy: one of STRATEGIES. "pm-suppress" is the PM-MinED map whose prefix-mapped user tokens
-        receive only the delta's suppressions at decode time (prefix rule "suppress"); "shuffled" is the
-        control: the default strategy's targets permuted with `seed` (TokenMap.shuffled)."""
+        receive only the delta's suppressions at decode time (prefix rule "suppress"); "pm-lookahead" the
+        PM-MinED map whose prefix-mapped tokens among the user's top `lookahead_k` are scored by the delta's
+        shift for their whole string, the others as under "suppress" (prefix rule "lookahead",
+        engine/lookahead.py); "shuffled" is the control: the default strategy's targets permuted with `seed`
+        (TokenMap.shuffled)."""
         if strategy not in STRATEGIES:
             raise TokenMapError(f"unknown token-map strategy '{strategy}'; one of {', '.join(STRATEGIES)}")
-        if strategy in ("pm-suppress", "shuffled"):
-            tm = cls.build(delta, user, "pm-mined" if strategy == "pm-suppress" else DEFAULT_STRATEGY, fallback, progress)
+        if strategy in PREFIX_RULES or strategy == "shuffled":
+            tm = cls.build(delta, user, "pm-mined" if strategy in PREFIX_RULES else DEFAULT_STRATEGY, fallback, progress)
             if strategy == "shuffled":
                 return tm.shuffled(seed)
-            tm.meta.update(strategy="pm-suppress", prefix_rule="suppress")
+            tm.meta.update(strategy=strategy, prefix_rule=PREFIX_RULES[strategy])
+            if strategy == "pm-lookahead":
+                if isinstance(lookahead_k, bool) or not isinstance(lookahead_k, int) or lookahead_k < 1:
+                    raise TokenMapError(f"--lookahead-k must be a whole number >= 1, got {lookahead_k}")
+                tm.meta["lookahead_k"] = lookahead_k
             return tm
         if delta.size == 0:
             raise TokenMapError(f"the delta tokenizer '{delta.name}' has an empty vocabulary")
@@ -79,13 +88,20 @@ class TokenMap:
         index[mapped] = index[mapped][rng.permutation(mapped.size)]
         meta = {**self.meta, "strategy": f"shuffled({self.meta.get('strategy')}, seed={seed})"}
         meta.pop("prefix_rule", None)
+        meta.pop("lookahead_k", None)
         return TokenMap(index=index, kind=self.kind.copy(), meta=meta)
 
     def cap_tensor(self) -> torch.Tensor | None:
-        """The user ids that receive only suppressions (combine.map_delta_logits), or None for the plain rule."""
-        if self.meta.get("prefix_rule") != "suppress":
+        """The user ids that receive only suppressions (combine.map_delta_logits), or None for the plain rule:
+        the prefix-mapped ones under the "suppress" and "lookahead" rules (the look-ahead lifts the cap of
+        the candidates it scores)."""
+        if self.meta.get("prefix_rule") not in ("suppress", "lookahead"):
             return None
         return torch.from_numpy(self.kind == PREFIX)
+
+    @property
+    def lookahead_k(self) -> int:
+        return int(self.meta.get("lookahead_k", LOOKAHEAD_K))
 
     # ---- facts --------------------------------------------------------------------------------
     @property
@@ -142,6 +158,11 @@ class TokenMap:
             raise TokenMapError(f"{bad} ({str(e).splitlines()[0][:80]}); rebuild it with `cmc map-vocab`") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise TokenMapError(f"{path} is not a cmc token map (no '{FORMAT}' metadata); build one with `cmc map-vocab`")
+        rule, k = meta.get("prefix_rule"), meta.get("lookahead_k", LOOKAHEAD_K)
+        if rule not in (None, "suppress", "lookahead"):
+            raise TokenMapError(f"{path} has prefix rule '{rule}', which this cmc does not know; upgrade cmc or rebuild it")
+        if rule == "lookahead" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise TokenMapError(f"{bad}: lookahead_k must be a whole number >= 1, found {k!r}")
         if set(tensors) != {"index", "kind"}:
             raise TokenMapError(f"{bad}: expected tensors 'index' and 'kind', found {sorted(tensors)}")
         index, kind = tensors["index"], tensors["kind"]
