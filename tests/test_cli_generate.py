@@ -42,7 +42,8 @@ def test_prompt_file_to_jsonl_and_resume_after_an_interruption(models, workdir, 
     recs = [json.loads(x) for x in full]
     assert [x["instruction"] for x in recs] == ["What colour is box 1?", "Name a town", "Where was author 3 born?",
                                                "Tell me about sailors.", "Hi"]
-    assert all(set(x) == {"instruction", "output", "generator", "finish_reason"} for x in recs)
+    assert all(set(x) == {"instruction", "output", "generator", "finish_reason", "decoding"} for x in recs)
+    assert recs[0]["decoding"]["temperature"] == 0.8 and recs[0]["decoding"]["token_maps"] == ["exact-ext", "exact-ext"]
     assert recs[0]["generator"] == "user+delta@1+other@0.3"
     # an interrupted run: three records and a torn fourth line
     (workdir / "part.jsonl").write_text("\n".join(full[:3]) + "\n" + full[3][:20])
@@ -57,6 +58,25 @@ def test_prompt_file_to_jsonl_and_resume_after_an_interruption(models, workdir, 
     other = [a if a != f"{models['other']}:0.3" else f"{models['other']}:0.9" for a in common]
     r = cli(*other, "-o", "part.jsonl", "--resume")
     assert r.exit_code == 1 and "generator" in r.output
+    # resuming with other decoding settings is refused, naming them; the file is untouched
+    hotter = [a if a != "0.8" else "1.2" for a in common]
+    r = cli(*hotter, "--max-new-tokens", "9", "-o", "part.jsonl", "--resume")
+    assert r.exit_code == 1 and "--temperature 0.8 (now 1.2)" in r.output and "--max-new-tokens 6 (now 9)" in r.output
+    assert (workdir / "part.jsonl").read_text().splitlines() == full
+
+
+def test_a_second_writer_of_the_same_output_fails(models, workdir, cli):
+    from cmc_cli.fileio import OutputLock
+
+    args = ["generate", "--user", models["user"], "-d", models["delta"], "--prompts", models["prompts"],
+            "--max-new-tokens", "4", "-o", "busy.jsonl"]
+    with OutputLock(workdir / "busy.jsonl"):  # another process holding the output, as a running cmc does
+        r = cli(*args)
+    assert r.exit_code == 1 and "being written by another cmc process" in r.output
+    assert not (workdir / "busy.jsonl").exists() or (workdir / "busy.jsonl").stat().st_size == 0
+    r = cli("-q", *args)  # the lock is released with its holder
+    assert r.exit_code == 0, r.output
+    assert len((workdir / "busy.jsonl").read_text().splitlines()) == 5
 
 
 def test_token_map_file_is_used_and_checked(models, workdir, cli):

@@ -93,3 +93,16 @@ def test_demo_writes_its_artifacts(demo_result):
 def test_demo_rejects_bad_options_before_building(cli, workdir, args, msg):
     r = cli("demo", *args)
     assert r.exit_code == 1 and msg in r.output and "building" not in r.output
+
+
+def test_demo_reruns_into_its_own_output(demo_result, reduced_zoo):
+    """A second `cmc demo` with the same -o (as the default <world>/demo is) replaces its own deltas."""
+    from typer.testing import CliRunner
+
+    from cmc_cli.app import app
+
+    _, out = demo_result
+    r = CliRunner().invoke(app, ["demo", "--size", "reduced", "--root", str(reduced_zoo.root), "-o", str(out),
+                                 "--eval-limit", "4", "--seeds", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "results.json").read_text())["config"]["seeds"] == 1

@@ -186,3 +186,49 @@ def test_kl_retain_loss_runs_and_starts_at_zero(world, tmp_path):
     # a fresh delta adds nothing, so the combined distribution equals the template's: KL = 0
     assert result.history[0].retain_loss == pytest.approx(0.0, abs=1e-6)
     assert result.history[-1].retain_loss > 0 and result.history[-1].forget_loss > result.history[0].forget_loss
+
+
+def test_resume_refuses_other_options_and_edited_progress(world, tmp_path):
+    c = cfg(world, tmp_path, max_steps=4, checkpoint_every=2)
+    Trainer(c).run()
+    out = tmp_path / "out"
+    with pytest.raises(CmcError, match=r"--lr 0.003 \(now 0.01\).*--seed 0 \(now 3\)"):
+        Trainer(cfg(world, tmp_path, max_steps=4, lr=1e-2, seed=3, resume=str(out))).run()
+    Trainer(cfg(world, tmp_path, max_steps=4, checkpoint_every=1, resume=str(out))).run()  # where/how it is written may differ
+    progress = out / "checkpoints" / "last" / "progress.json"
+    good = progress.read_text()
+    for edit, msg in [(lambda p: {**p, "step": "x"}, "'step' must be a whole number"),
+                      (lambda p: {**p, "history": {"a": 1}}, "'history' must be a JSON list"),
+                      (lambda p: {k: v for k, v in p.items() if k != "param_groups"}, "'param_groups' is missing"),
+                      (lambda p: {**p, "history": [{"nope": 1}]}, "history does not read as step metrics")]:
+        progress.write_text(json.dumps(edit(json.loads(good))))
+        with pytest.raises(CmcError, match=msg):
+            Trainer(cfg(world, tmp_path, max_steps=4, resume=str(out))).run()
+    progress.write_text("[1, 2]")
+    with pytest.raises(CmcError, match="expected a JSON object"):
+        Trainer(cfg(world, tmp_path, max_steps=4, resume=str(out))).run()
+
+
+def test_a_killed_checkpoint_save_is_tidied(world, tmp_path):
+    import shutil
+
+    from cmc_cli.engine.checkpoint import tidy_checkpoint_dir
+
+    Trainer(cfg(world, tmp_path, max_steps=2)).run()
+    ck = tmp_path / "out" / "checkpoints"
+    (ck / ".last.abc123").mkdir()  # a temp dir of a save killed half-way
+    (ck / ".last.abc123" / "delta.safetensors").write_bytes(b"partial")
+    shutil.move(str(ck / "last"), str(ck / "last.old"))  # killed between setting the old one aside and renaming in
+    tidy_checkpoint_dir(ck / "last")
+    assert sorted(p.name for p in ck.iterdir()) == ["last"]
+    assert (ck / "last" / "progress.json").is_file()
+    Trainer(cfg(world, tmp_path, max_steps=2, resume=str(tmp_path / "out"))).run()  # and it resumes from it
+
+
+def test_a_second_trainer_on_the_same_output_fails(world, tmp_path):
+    from cmc_cli.fileio import OutputLock
+
+    with OutputLock(tmp_path / "out"):
+        with pytest.raises(CmcError, match="being written by another cmc process"):
+            Trainer(cfg(world, tmp_path, max_steps=2)).run()
+    assert not (tmp_path / "out").exists()

@@ -18,9 +18,28 @@ from safetensors.torch import load_file, save_file
 from cmc_cli.errors import CmcError
 
 
+def tidy_checkpoint_dir(path: Path) -> None:
+    """Undo what a run killed inside save_checkpoint left: temp directories `.NAME.*` are removed, and a
+    `NAME.old` (the previous checkpoint, set aside in the instant before the new one was renamed in) is put
+    back when NAME is missing, else removed. Called under the output's lock (one writer)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for tmp in path.parent.glob(f".{path.name}.*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+    old = path.with_name(path.name + ".old")
+    if old.is_dir():
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, path)
+
+
 def save_checkpoint(path: Path, delta, optimizer, progress: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tidy_checkpoint_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         save_file({k: v.detach().contiguous() for k, v in delta.state_dict().items()}, str(tmp / "delta.safetensors"))
@@ -64,6 +83,7 @@ def load_checkpoint(path: Path, delta, optimizer) -> dict:
         progress = json.loads(files[2].read_text())
     except Exception as e:
         raise CmcError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:100]})") from None
+    _check_progress(progress, files[2])
     state: dict = {}
     for name, val in tensors.items():
         if name.startswith("rng."):
@@ -73,10 +93,32 @@ def load_checkpoint(path: Path, delta, optimizer) -> dict:
     for name, val in progress.pop("state_scalars").items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = val
-    optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    except (ValueError, KeyError, TypeError) as e:
+        raise CmcError(f"checkpoint {path} does not fit this delta's optimizer ({str(e).splitlines()[0][:100]}); "
+                       "resume with the same --delta, or start a new run") from None
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available():
         states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda"))]
         if states:
             torch.cuda.set_rng_state_all(states)
     return progress
+
+
+def _check_progress(progress, path: Path) -> None:
+    """An edited or damaged progress.json is refused with what is wrong, before any of it is used."""
+    bad = f"{path} is damaged or was edited"
+    if not isinstance(progress, dict):
+        raise CmcError(f"{bad}: expected a JSON object; restore it or start a new run")
+    step = progress.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CmcError(f"{bad}: 'step' must be a whole number >= 0, found {step!r}; restore it or start a new run")
+    for key, kind in (("history", list), ("evaluations", list), ("param_groups", list), ("state_scalars", dict)):
+        if key in progress and not isinstance(progress[key], kind):
+            raise CmcError(f"{bad}: '{key}' must be a JSON {'list' if kind is list else 'object'}; restore it or start a new run")
+    for key in ("param_groups", "state_scalars"):
+        if key not in progress:
+            raise CmcError(f"{bad}: '{key}' is missing; restore it or start a new run")
+    if any(not isinstance(m, dict) for m in progress.get("history", [])):
+        raise CmcError(f"{bad}: 'history' must hold one JSON object per step; restore it or start a new run")

@@ -17,7 +17,7 @@ from cmc_cli.data.instruct import Prompt, load_prompts
 from cmc_cli.engine.decode import Decoder, GenerationConfig, LoadedModel, load_delta, load_lm
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.errors import CmcError, TokenMapError
-from cmc_cli.fileio import append_jsonl, read_jsonl_for_resume
+from cmc_cli.fileio import OutputLock, append_jsonl, read_jsonl_for_resume
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ def generator_name(dec: Decoder) -> str:
 class JsonlSink:
     """Appends finished records; on resume checks the file belongs to this run and drops a torn last line."""
 
-    def __init__(self, path: Path, prompts: list[Prompt], generator: str, resume: bool):
+    def __init__(self, path: Path, prompts: list[Prompt], generator: str, resume: bool, decoding: dict | None = None):
         self.path = path
         self.done = 0
+        self.decoding = decoding or {}
         if path.exists() and path.stat().st_size > 0:
             if not resume:
                 raise CmcError(f"{path} already exists; pass --resume to continue it, or choose another --output")
@@ -101,6 +102,13 @@ class JsonlSink:
             if rec.get("generator") != generator:
                 raise CmcError(f"{self.path}:{n} was written by generator '{rec.get('generator')}', not "
                                f"'{generator}'; choose another --output or the same models and alphas")
+            was = rec.get("decoding")
+            if isinstance(was, dict):  # records from before the settings were recorded carry none
+                diff = [k for k in self.decoding if k in was and was[k] != self.decoding[k]]
+                if diff:
+                    shown = ", ".join(f"--{k.replace('_', '-')} {was[k]!r} (now {self.decoding[k]!r})" for k in diff)
+                    raise CmcError(f"{self.path}:{n} was decoded with {shown}; resume with the same options, "
+                                   "or choose another --output")
         return len(records)
 
     def write(self, records: list[dict]) -> None:
@@ -138,7 +146,28 @@ def run_generate(cfg: GenerateConfig, decoder: Decoder | None = None, on_phase=N
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                top_k=cfg.top_k, seed=cfg.seed, stop=tuple(cfg.stop), suppress=tuple(cfg.suppress))
     name = cfg.generator or generator_name(dec)
-    sink = JsonlSink(Path(cfg.output), prompts, name, cfg.resume) if cfg.output else None
+    decoding = decoding_settings(cfg, dec)
+    if not cfg.output:
+        return _generate(cfg, dec, gen_cfg, name, decoding, prompts, None, on_batch, on_text, on_records)
+    with OutputLock(cfg.output):  # a second run writing the same file fails instead of writing every prompt twice
+        sink = JsonlSink(Path(cfg.output), prompts, name, cfg.resume, decoding)
+        return _generate(cfg, dec, gen_cfg, name, decoding, prompts, sink, on_batch, on_text, on_records)
+
+
+def decoding_settings(cfg: GenerateConfig, dec: Decoder) -> dict:
+    """What decides a record's text besides the models and alphas (the generator name): recorded in every
+    record, compared on --resume. token_maps: each delta's map strategy (with its look-ahead k), or "same"."""
+    maps = []
+    for d in dec.deltas:
+        meta = d.token_map.meta if d.token_map is not None else None
+        maps.append("same" if meta is None else meta.get("strategy", "?") +
+                    (f"(k={meta['lookahead_k']})" if meta.get("prefix_rule") == "lookahead" else ""))
+    return {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
+            "top_k": cfg.top_k, "seed": cfg.seed, "stop": list(cfg.stop), "suppress": list(cfg.suppress),
+            "user_format": cfg.user_format, "combine": cfg.combine, "token_maps": maps}
+
+
+def _generate(cfg, dec, gen_cfg, name, decoding, prompts, sink, on_batch, on_text, on_records) -> GenerateResult:
     start = sink.done if sink else 0
     res = GenerateResult(skipped=start, generator=name)
     t0 = time.perf_counter()
@@ -150,8 +179,8 @@ def run_generate(cfg: GenerateConfig, decoder: Decoder | None = None, on_phase=N
         batch = prompts[b:b + cfg.batch_size]
         seeds = [cfg.seed + b + k for k in range(len(batch))]  # per prompt: the same in any batch or on resume
         gens = dec.generate([p.text for p in batch], gen_cfg, seeds=seeds, on_text=stream)
-        recs = [{"instruction": p.instruction, "output": g.text, "generator": name, "finish_reason": g.finish_reason}
-                for p, g in zip(batch, gens)]
+        recs = [{"instruction": p.instruction, "output": g.text, "generator": name, "finish_reason": g.finish_reason,
+                 "decoding": decoding} for p, g in zip(batch, gens)]
         if sink:
             sink.write(recs)
         res.records.extend(recs)

@@ -25,7 +25,7 @@ from cmc_cli.assets import asset_prompt_format
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
 from cmc_cli.data.records import file_sha256
-from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint, tidy_checkpoint_dir
 from cmc_cli.engine.combine import (IGNORE, UNLEARN_METHODS, combine, kl_to_reference, npo_loss, npo_sequence_weights,
                                     token_logratio, token_nll, weighted_nll)
 from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
@@ -181,6 +181,25 @@ class TrainResult:
     stopped: str  # completed | max-steps | stop-forget-loss
     last: StepMetrics | None
     history: list[StepMetrics] = field(default_factory=list)
+
+
+# options that may differ between a run and its --resume: where it is written and how it is checkpointed or
+# chunked, and the data paths (their contents are hashed and compared instead); every other option shapes the
+# run, and a resume that changes one would mix two runs (steps 1-40 under one lr, 41-60 under another)
+RESUME_MAY_DIFFER = frozenset({"output", "resume", "overwrite", "device", "checkpoint_every", "loss_chunk",
+                               "micro_batch_size", "data", "forget", "retain", "refusals"})
+
+
+def check_same_run(recorded: dict | None, now: dict, where) -> None:
+    """Refuse a --resume whose run-shaping options differ from the ones the checkpoint recorded, naming them."""
+    if not isinstance(recorded, dict):
+        return  # a checkpoint from before the options were recorded
+    diff = [k for k in sorted(now) if k not in RESUME_MAY_DIFFER and k in recorded and recorded[k] != now[k]]
+    if diff:
+        shown = ", ".join(f"--{k.replace('_', '-')} {recorded[k]!r} (now {now[k]!r})" for k in diff[:4])
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise CmcError(f"cannot resume from {where}: it was run with {shown}{more}; resume with the same options, "
+                       "or start a new run in another --output")
 
 
 class Trainer:
@@ -370,18 +389,34 @@ class Trainer:
 
     # -- main loop --
     def run(self) -> TrainResult:
+        from cmc_cli.fileio import OutputLock
+
+        with OutputLock(self.out):  # a second run writing the same --output fails instead of mixing with this one
+            return self._run()
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CmcError(f"cannot write --output {self.out}: {e.strerror or e}; choose a writable directory") from None
         ckpt_dir = self.out / "checkpoints" / "last"
         start_step, history = 0, []
         if cfg.resume:
             rdir = Path(cfg.resume)
+            if rdir.resolve() == self.out.resolve():  # our own output, under our lock: undo a killed save
+                tidy_checkpoint_dir(rdir / "checkpoints" / "last")
             rdir = rdir / "checkpoints" / "last" if (rdir / "checkpoints" / "last").is_dir() else rdir
             progress = load_checkpoint(rdir, self.delta, self.optimizer)
             if progress.get("data_hashes") != self.data_hashes:
                 raise CmcError(f"cannot resume from {rdir}: the data files differ from the run that wrote it")
+            check_same_run(progress.get("config"), cfg.to_dict(), rdir)
             start_step = progress["step"]
-            history = [StepMetrics(**m) for m in progress.get("history", [])]
+            try:
+                history = [StepMetrics(**m) for m in progress.get("history", [])]
+            except TypeError as e:
+                raise CmcError(f"{rdir / 'progress.json'} is damaged or was edited: its history does not read as "
+                               f"step metrics ({e}); restore it or start a new run") from None
             self.evaluations = list(progress.get("evaluations", []))
             self.phase(f"resumed at step {start_step} from {rdir}")
         self._write_config()

@@ -207,6 +207,10 @@ def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget
     from cmc_cli.config import TrainConfig
     from cmc_cli.engine.train import Trainer
 
+    if output.exists():
+        import shutil
+
+        shutil.rmtree(output)  # the demo's own delta from an earlier run (checked before TrainConfig refuses it)
     if task == "unlearn":
         tc = TrainConfig(task="unlearn", loss=cfg.method, template=str(zoo.model("template-tofu")), forget=str(forget),
                          retain=str(retain), output=str(output), delta=cfg.unlearn_delta, prompt_format=QA_FORMAT,
@@ -221,10 +225,6 @@ def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget
                          output=str(output), delta=cfg.delta, prompt_format=QA_FORMAT, lr=cfg.instruct_lr,
                          batch_size=cfg.instruct_batch, epochs=cfg.instruct_epochs, max_steps=cfg.instruct_max_steps,
                          seed=seed, max_length=128, device="cpu")
-    if output.exists():
-        import shutil
-
-        shutil.rmtree(output)  # the demo's own output from an earlier run
     Trainer(tc).run()
     return output
 
