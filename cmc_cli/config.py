@@ -52,6 +52,11 @@ def read_yaml_mapping(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text (UTF-8) YAML file (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                          "give a YAML file of options") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path} holds binary data (a NUL byte); give a YAML file of options")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -233,6 +238,12 @@ class TrainConfig:
         if self.task == "unlearn" and self.retain_term() is not None and not self.retain:
             raise ConfigError(f"--retain is required for --method {self.loss} (its retain term is "
                               f"{self.retain_term()}); give a retain set or --retain-loss none")
+        for opt in ("data", "forget", "retain"):
+            val = getattr(self, opt)
+            if val is not None and (self.task == "instruct") == (opt == "data"):
+                if not Path(val).is_file():
+                    what = "a directory, not a data file" if Path(val).is_dir() else "no such file"
+                    raise ConfigError(f"--{opt} {val}: {what}; give the path of a JSON/JSONL data file")
         if self.refusals is not None and not Path(self.refusals).is_file():
             raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
         if self.prompt_format is not None and "{prompt}" not in self.prompt_format:
@@ -334,6 +345,8 @@ class GenerateConfig:
             raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
         if (self.prompt is None) == (self.prompts is None):
             raise ConfigError("give exactly one of --prompt TEXT or --prompts FILE")
+        if self.prompt is not None:
+            check_prompt_text(self.prompt, "--prompt")
         if (self.expert is None) != (self.anti_expert is None):
             raise ConfigError("proxy-tuning needs both --expert and --anti-expert")
         if self.resume and not self.output:
@@ -354,6 +367,37 @@ class GenerateConfig:
         return d
 
 
+def check_prompt_text(text, where: str) -> None:
+    """A prompt must say something and be valid text: an empty one, or bytes that are not UTF-8 (a shell passes
+    them through as surrogates), is refused."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where} is empty; give the text to answer")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{where} holds bytes that are not UTF-8 text (at character {e.start}); pass UTF-8 text") from None
+
+
+_YAML_TYPES = {"str": (str,), "Path": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+               "list": (list,), "tuple": (list,), "dict": (dict,), "None": (type(None),)}
+
+
+def _yaml_type_error(annotation, value) -> str | None:
+    """None when a YAML value fits the option's annotated type, else the type in words (e.g. "a number or
+    null"). Unknown annotations accept anything (the dataclass checks them)."""
+    names = [t.strip().split("[")[0] for t in str(annotation).split("|")]
+    if any(n not in _YAML_TYPES for n in names):
+        return None
+    ok = tuple(t for n in names for t in _YAML_TYPES[n])
+    if isinstance(value, bool) and "bool" not in names:
+        ok = ()
+    if isinstance(value, ok):
+        return None
+    words = {"str": "a string", "Path": "a path", "int": "a whole number", "float": "a number", "bool": "true or false",
+             "list": "a list", "tuple": "a list", "dict": "a mapping", "None": "null"}
+    return " or ".join(dict.fromkeys(words[n] for n in names))
+
+
 def _merge_sources(cls, yaml_path: Path | None, flags: dict, what: str):
     """Defaults < YAML file < command-line flags (flags that are None or empty lists were not given)."""
     from dataclasses import fields
@@ -366,6 +410,17 @@ def _merge_sources(cls, yaml_path: Path | None, flags: dict, what: str):
         if unknown:
             raise ConfigError(f"{yaml_path}: unknown option(s) {', '.join(unknown)}")
         merged.update({k.replace("-", "_"): v for k, v in data.items()})
+        types = {f.name: f.type for f in fields(cls)}
+        for k, v in data.items():
+            ann = str(types[k.replace("-", "_")])
+            if isinstance(v, str) and "float" in ann:  # YAML 1.1 reads 3e-3 (no dot) as a string
+                try:
+                    v = merged[k.replace("-", "_")] = float(v)
+                except ValueError:
+                    pass
+            want = _yaml_type_error(ann, v)
+            if want:
+                raise ConfigError(f"{yaml_path}: option '{k}' must be {want}, got {type(v).__name__} {str(v)[:40]!r}")
     merged.update({k: v for k, v in flags.items() if v is not None and v != []})
     try:
         return cls(**merged)
@@ -403,6 +458,12 @@ class EvalTofuConfig:
             raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts")
         if self.retain_model and not self.forget:
             raise ConfigError("--retain-model is for forget quality and needs --forget")
+        for opt in ("data", "forget", "retain"):
+            val = getattr(self, opt)
+            if val is not None and (self.task == "instruct") == (opt == "data"):
+                if not Path(val).is_file():
+                    what = "a directory, not a data file" if Path(val).is_dir() else "no such file"
+                    raise ConfigError(f"--{opt} {val}: {what}; give the path of a JSON/JSONL data file")
         if self.refusals is not None and not Path(self.refusals).is_file():
             raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
 

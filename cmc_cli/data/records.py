@@ -18,8 +18,11 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
         raise DataError(f"data file {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -66,4 +69,9 @@ def require_text(path, line: int, rec: dict, key: str, allow_empty: bool = False
         raise DataError(f"{path}:{line}: field '{key}' must be a string, got {type(val).__name__}")
     if not allow_empty and not val.strip():
         raise DataError(f"{path}:{line}: field '{key}' is empty")
+    try:
+        val.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON escape of a lone surrogate (\udcff): no tokenizer can read it
+        raise DataError(f"{path}:{line}: field '{key}' holds a character that is not valid text (a lone surrogate "
+                        f"at {e.start}); fix the record") from None
     return val

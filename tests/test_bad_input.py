@@ -1,0 +1,66 @@
+"""Bad input of the classes a careless user produces gets one clear line and exit code 1, never a traceback:
+missing data files, YAML of wrong types or binary content, empty and non-UTF-8 prompts."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--data", "nope.json"], "--data nope.json: no such file; give the path of a JSON/JSONL data file"),
+    (["train", "--data", "."], "--data .: a directory, not a data file"),
+    (["unlearn", "--forget", "gone.jsonl", "--retain", "r.jsonl"], "--forget gone.jsonl: no such file"),
+    (["unlearn", "--forget", "r.jsonl", "--retain", "gone.jsonl"], "--retain gone.jsonl: no such file"),
+])
+def test_missing_data_files(cli, workdir, args, needle):
+    (workdir / "r.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    r = cli(*args, "--template", "tpl", "-o", "out")
+    assert r.exit_code == 1 and needle in r.output, r.output
+    assert "Traceback" not in r.output and not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"lr: [1, 2]\n", "c.yaml: option 'lr' must be a number or null, got list"),
+    (b"seed: 1.5\n", "option 'seed' must be a whole number, got float"),
+    (b"epochs: true\n", "option 'epochs' must be a whole number or null, got bool"),
+    (b"prompt_format: 3\n", "option 'prompt_format' must be a string or null, got int"),
+    (b"\xa7\x91\x00\xff binary", "c.yaml is not a text (UTF-8) YAML file"),
+    (b"lr: 1\x00\n", "c.yaml holds binary data"),
+])
+def test_yaml_of_wrong_types_or_binary(cli, workdir, content, needle):
+    (workdir / "d.jsonl").write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    (workdir / "c.yaml").write_bytes(content)
+    r = cli("train", "--config", "c.yaml", "--template", "tpl", "--data", "d.jsonl", "-o", "out")
+    assert r.exit_code == 1 and needle in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_yaml_reads_an_exponent_without_a_dot_as_a_number():
+    from cmc_cli.config import TrainConfig
+
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    (d / "c.yaml").write_text("lr: 3e-3\n")  # YAML 1.1 reads this as a string
+    (d / "d.jsonl").write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    cfg = TrainConfig.from_sources(d / "c.yaml", {"template": "t", "data": str(d / "d.jsonl"), "output": str(d / "o")})
+    assert cfg.lr == 3e-3
+
+
+@pytest.mark.parametrize("prompt, needle", [("", "--prompt is empty"), ("   \n", "--prompt is empty"),
+                                            ("caf\udce9", "--prompt holds bytes that are not UTF-8 text")])
+def test_empty_or_invalid_prompt(cli, workdir, prompt, needle):
+    r = cli("generate", "--user", "nowhere", "-p", prompt)
+    assert r.exit_code == 1 and needle in r.output, r.output
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b'{"instruction": "\xff\xfe bad"}\n', "p.jsonl:1: not UTF-8 text (byte b'\\xff'); save the file as UTF-8"),
+    (b'{"instruction": "ok"}\n{"instruction": "x \\udcff y"}\n', "p.jsonl:2: field 'instruction' holds a character that is not valid text"),
+    (b'{"instruction": ""}\n', "p.jsonl:1: field 'instruction' is empty"),
+])
+def test_bad_prompt_files(cli, workdir, content, needle):
+    (workdir / "p.jsonl").write_bytes(content)
+    r = cli("generate", "--user", "nowhere", "--prompts", "p.jsonl")
+    assert r.exit_code == 1 and needle in r.output, r.output
