@@ -458,12 +458,6 @@ class EvalTofuConfig:
             raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts")
         if self.retain_model and not self.forget:
             raise ConfigError("--retain-model is for forget quality and needs --forget")
-        for opt in ("data", "forget", "retain"):
-            val = getattr(self, opt)
-            if val is not None and (self.task == "instruct") == (opt == "data"):
-                if not Path(val).is_file():
-                    what = "a directory, not a data file" if Path(val).is_dir() else "no such file"
-                    raise ConfigError(f"--{opt} {val}: {what}; give the path of a JSON/JSONL data file")
         if self.refusals is not None and not Path(self.refusals).is_file():
             raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
 
