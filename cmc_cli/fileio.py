@@ -44,11 +44,21 @@ def atomic_write_json(path: str | Path, obj) -> Path:
 def append_jsonl(path: str | Path, records: list[dict]) -> None:
     """Append records as JSON lines in one write, flushed to disk (a run killed later keeps them)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            start = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(start)  # no torn record: the file ends with the last whole batch
+                raise
+    except OSError as e:
+        raise CmcError(f"cannot write {path}: {e.strerror or e}; the records before this batch are kept — free space "
+                       "or fix the path, then rerun with --resume") from None
 
 
 def read_jsonl_for_resume(path: str | Path) -> list[tuple[int, dict]]:

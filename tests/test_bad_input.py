@@ -64,3 +64,62 @@ def test_bad_prompt_files(cli, workdir, content, needle):
     (workdir / "p.jsonl").write_bytes(content)
     r = cli("generate", "--user", "nowhere", "--prompts", "p.jsonl")
     assert r.exit_code == 1 and needle in r.output, r.output
+
+
+def test_full_disk_keeps_what_was_written(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from cmc_cli.errors import CmcError
+    from cmc_cli.fileio import append_jsonl
+
+    out = tmp_path / "g.jsonl"
+    append_jsonl(out, [{"a": 1}])
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CmcError, match="cannot write .*g.jsonl: No space left on device; the records before this batch are kept"):
+        append_jsonl(out, [{"a": 2}, {"a": 3}])
+    monkeypatch.setattr(os, "fsync", real)
+    assert out.read_text() == '{"a": 1}\n'  # no torn record
+
+
+def test_full_disk_in_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    import cmc_cli.engine.checkpoint as ck
+    from cmc_cli.errors import CmcError
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    ck.save_checkpoint(tmp_path / "last", model, opt, {"step": 1})
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full)
+    with pytest.raises(CmcError, match="cannot write checkpoint .*No space left on device; the previous checkpoint is kept"):
+        ck.save_checkpoint(tmp_path / "last", model, opt, {"step": 2})
+    assert json.loads((tmp_path / "last" / "progress.json").read_text())["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_a_delta_whose_head_is_narrower_than_its_tokenizer(tmp_path, tiny_tokenizers):
+    from transformers import AutoModelForCausalLM
+
+    from cmc_cli.engine.decode import load_delta, load_lm
+    from cmc_cli.errors import CmcError
+    from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
+
+    user = load_lm(str(make_tiny_llama(tiny_tokenizers["bl"], tmp_path / "u", seed=1)))
+    d = make_random_delta(tiny_tokenizers["spm"], tmp_path / "d", seed=2)
+    m = AutoModelForCausalLM.from_pretrained(str(d))
+    m.resize_token_embeddings(m.config.vocab_size - 7)
+    m.save_pretrained(str(d))
+    with pytest.raises(CmcError, match="output logits but its tokenizer has .* tokens"):
+        load_delta(d, user, 1.0)

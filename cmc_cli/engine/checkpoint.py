@@ -65,6 +65,10 @@ def save_checkpoint(path: Path, delta, optimizer, progress: dict) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CmcError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept — free "
+                       "space, then rerun with --resume") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -494,6 +494,9 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
     meta = read_delta_meta(path)
     alpha = check_alpha(alpha, f"the alpha of delta {path}")
     lm = load_lm(str(path), dtype=dtype, device=device)
+    if lm.width < lm.vocab.size:
+        raise CmcError(f"delta {path} has {lm.width} output logits but its tokenizer has {lm.vocab.size} tokens; its "
+                       "weights do not belong to its tokenizer: restore the delta's files or retrain it")
     fp = meta.get("template", {}).get("fingerprint")
     if fp and fp != lm.vocab.fingerprint:
         raise CmcError(f"the tokenizer files in {path} differ from the ones the delta was trained with; restore them")
