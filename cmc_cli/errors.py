@@ -37,3 +37,20 @@ class DataError(CmcError):
 
 class NonFiniteLoss(CmcError):
     """The training loss became NaN or infinite."""
+
+
+def cause(exc: BaseException, limit: int = 300) -> str:
+    """An exception's own words for a one-line message: its first line, with the next one when the first only
+    announces a list ("Error(s) in loading state_dict for X:"), whitespace folded; cut at a word boundary with
+    an ellipsis only past `limit` characters, so a message never stops mid-sentence without saying so."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return cut + " …"

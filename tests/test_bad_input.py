@@ -123,3 +123,34 @@ def test_a_delta_whose_head_is_narrower_than_its_tokenizer(tmp_path, tiny_tokeni
     m.save_pretrained(str(d))
     with pytest.raises(CmcError, match="output logits but its tokenizer has .* tokens"):
         load_delta(d, user, 1.0)
+
+
+def test_pickle_only_weights_are_refused_in_full(tmp_path, tiny_tokenizers):
+    import torch
+
+    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.errors import CmcError
+    from cmc_cli.zoo.models import make_tiny_llama
+
+    d = make_tiny_llama(tiny_tokenizers["spm"], tmp_path / "m", seed=1)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(d / "model.safetensors")), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(CmcError) as e:
+        load_lm(str(d))
+    msg = str(e.value)
+    assert "has no safetensors weights (pytorch_model.bin instead); cmc never unpickles weights" in msg
+    assert msg.endswith("in a trusted environment")
+
+
+def test_causes_are_not_cut_mid_sentence():
+    from cmc_cli.errors import cause
+
+    e = RuntimeError("Error(s) in loading state_dict for LlamaForCausalLM:\n\tsize mismatch for lm_head.weight: "
+                     "copying a param with shape [10, 4] from checkpoint, the shape in current model is [12, 4].")
+    assert cause(e) == ("Error(s) in loading state_dict for LlamaForCausalLM: size mismatch for lm_head.weight: copying a "
+                        "param with shape [10, 4] from checkpoint, the shape in current model is [12, 4].")
+    long = RuntimeError("word " * 100)
+    assert cause(long, 50).endswith(" …") and len(cause(long, 50)) <= 52
+    assert cause(ValueError("")) == "ValueError"

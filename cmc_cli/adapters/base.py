@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cmc_cli.errors import TokenizerError
+from cmc_cli.errors import TokenizerError, cause
 from cmc_cli.refs import ModelRef
 from cmc_cli.tokenmaps.surfaces import BYTE_LEVEL, CHAT_MARKER_ROLES, PLAIN, SPM, Vocab, build_vocab
 
@@ -88,7 +88,7 @@ class HFAdapter(Adapter):
         except TokenizerError:
             raise
         except Exception as e:  # transformers raises many types for unreadable files
-            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            msg = cause(e)
             raise TokenizerError(f"{what} ({msg}); expected a tokenizer directory, tokenizer.json, "
                                  "tokenizer.model or .gguf file") from None
 
@@ -122,13 +122,18 @@ class HFAdapter(Adapter):
             if gguf is not None:
                 model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kwargs)
             elif ref.kind == "dir" and (ref.path / "config.json").is_file():
-                model = AutoModelForCausalLM.from_pretrained(str(ref.path), **kwargs)
+                if not any(ref.path.glob("*.safetensors")):
+                    bins = sorted(p.name for p in ref.path.glob("*.bin")) + sorted(p.name for p in ref.path.glob("*.pt"))
+                    raise TokenizerError(f"{ref.path} has no safetensors weights ({', '.join(bins[:2]) or 'none'} "
+                                         "instead); cmc never unpickles weights: convert them once with "
+                                         "`model.save_pretrained(dir)` in a trusted environment")
+                model = AutoModelForCausalLM.from_pretrained(str(ref.path), use_safetensors=True, **kwargs)
             else:
                 raise TokenizerError(f"{ref.path} holds no model (no config.json or .gguf); give a model directory")
         except TokenizerError:
             raise
         except Exception as e:
-            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            msg = cause(e)
             raise TokenizerError(f"cannot load a model from {ref.path} ({msg})") from None
         return model.to(device).eval()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from cmc_cli.errors import CmcError
+from cmc_cli.errors import CmcError, cause
 
 
 def tidy_checkpoint_dir(path: Path) -> None:
@@ -86,7 +86,7 @@ def load_checkpoint(path: Path, delta, optimizer) -> dict:
         tensors = load_file(str(files[1]))
         progress = json.loads(files[2].read_text())
     except Exception as e:
-        raise CmcError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:100]})") from None
+        raise CmcError(f"checkpoint {path} is unreadable ({cause(e)})") from None
     _check_progress(progress, files[2])
     state: dict = {}
     for name, val in tensors.items():
@@ -100,7 +100,7 @@ def load_checkpoint(path: Path, delta, optimizer) -> dict:
     try:
         optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
     except (ValueError, KeyError, TypeError) as e:
-        raise CmcError(f"checkpoint {path} does not fit this delta's optimizer ({str(e).splitlines()[0][:100]}); "
+        raise CmcError(f"checkpoint {path} does not fit this delta's optimizer ({cause(e)}); "
                        "resume with the same --delta, or start a new run") from None
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available():

@@ -31,7 +31,7 @@ from cmc_cli.engine.combine import (IGNORE, UNLEARN_METHODS, combine, kl_to_refe
 from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden, head_logits
-from cmc_cli.errors import CmcError, NonFiniteLoss
+from cmc_cli.errors import CmcError, NonFiniteLoss, cause
 from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -284,9 +284,10 @@ class Trainer:
         path = Path(self.cfg.delta)
         if self.cfg.delta not in PRESETS and path.is_dir():  # a preset name wins; write ./tiny for a directory
             try:
-                delta = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
+                delta = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False,
+                                                             use_safetensors=True)
             except Exception as e:
-                raise CmcError(f"cannot load the delta from {path} ({str(e).splitlines()[0][:100]})") from None
+                raise CmcError(f"cannot load the delta from {path} ({cause(e)})") from None
             fp = None
             if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
                 from cmc_cli.plugins import adapter_for

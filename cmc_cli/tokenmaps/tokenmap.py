@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cmc_cli import __version__
-from cmc_cli.errors import TokenMapError
+from cmc_cli.errors import TokenMapError, cause
 from cmc_cli.fileio import atomic_write_bytes
 from cmc_cli.tokenmaps.strategies import BASE_STRATEGIES, KIND_NAMES, PREFIX, UNMAPPED, map_vocab
 from cmc_cli.tokenmaps.surfaces import Vocab
@@ -155,7 +155,7 @@ class TokenMap:
             header = json.loads(data[8:8 + header_len])
             meta = json.loads(header.get("__metadata__", {}).get("cmc", "null"))
         except Exception as e:  # safetensors raises several types for broken files
-            raise TokenMapError(f"{bad} ({str(e).splitlines()[0][:80]}); rebuild it with `cmc map-vocab`") from None
+            raise TokenMapError(f"{bad} ({cause(e, 120)}); rebuild it with `cmc map-vocab`") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise TokenMapError(f"{path} is not a cmc token map (no '{FORMAT}' metadata); build one with `cmc map-vocab`")
         rule, k = meta.get("prefix_rule"), meta.get("lookahead_k", LOOKAHEAD_K)
