@@ -3,6 +3,8 @@
     python benchmarks/bench_decode.py                    # CPU shapes (needs `cmc fetch tokenizers`)
     python benchmarks/bench_decode.py --shape 7b         # GPU: 7B-shaped bf16 user, 110M deltas
 
+Each variant is warmed up with a full-size run, then timed --repeats times; the median is reported.
+
 Random-weight Llama-architecture models with real tokenizers: the user model and a same-vocabulary
 delta use Llama-2's tokenizer; the cross-vocabulary delta uses GPT-2's (byte-level BPE, another
 segmentation). Variants, each decoding `--new` tokens greedily for batch 1 and 8 (EOS ignored):
@@ -75,14 +77,14 @@ def bench_setup():
     return device, dtype, toks
 
 
-def best_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
-    """Best of `repeats` wall times of decoding `batch` after a warm-up, every row at full length (EOS
-    ignored); dec.stats holds the last repeat's counters."""
-    from cmc_cli.engine.decode import GenerationConfig
+def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
+    """Median of `repeats` wall times of decoding `batch`, after a full-size warm-up run, every row at full
+    length (EOS ignored); dec.stats holds the last repeat's counters."""
+    import statistics
 
     dec.eos_ids = set()
-    dec.generate(batch[:1], GenerationConfig(max_new_tokens=4))  # warm-up
-    best = float("inf")
+    dec.generate(batch, cfg)  # warm-up: the same shapes as the timed runs
+    times = []
     for _ in range(repeats):
         dec.reset_stats()
         if device.type == "cuda":
@@ -91,8 +93,8 @@ def best_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
         dec.generate(batch, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -104,7 +106,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=SHAPES, default="cpu")
     ap.add_argument("--new", type=int, default=64, help="tokens generated per row")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--repeats", type=int, default=2, help="best of N")
+    ap.add_argument("--repeats", type=int, default=3, help="median of N")
     args = ap.parse_args()
     device, dtype, toks = bench_setup()
     shape = SHAPES[args.shape]
@@ -134,8 +136,8 @@ def main() -> None:
     for B in [int(x) for x in args.batches.split(",")]:
         rates = {}
         for name, dec in variants.items():
-            best = best_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
-            rates[name] = B * args.new / best
+            med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
+            rates[name] = B * args.new / med
             extra = ""
             if name == "cmc-cross":
                 r = dec.runners[0]
@@ -144,7 +146,7 @@ def main() -> None:
                 per = fed / max(1, dec.stats["generated"] - B)
                 extra = (f"   delta tokens computed per generated token {per:.2f}, per delta token of the text "
                          f"{fed / max(1, needed):.2f} (random models' output)")
-            print(f"batch {B}  {name:<10} {rates[name]:9.1f} tok/s  {best * 1000 / args.new:8.1f} ms/step{extra}")
+            print(f"batch {B}  {name:<10} {rates[name]:9.1f} tok/s  {med * 1000 / args.new:8.1f} ms/step{extra}")
         print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
               f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}")
     # teacher-forced prose: re-tokenization as on real text

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from bench_decode import PROMPTS, SHAPES, bench_setup, best_time, lm, machine_line
+from bench_decode import PROMPTS, SHAPES, bench_setup, median_time, lm, machine_line
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=32, help="tokens generated per row")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--ks", default="4,16,64")
-    ap.add_argument("--repeats", type=int, default=3, help="best of N")
+    ap.add_argument("--repeats", type=int, default=3, help="median of N")
     args = ap.parse_args()
     device, dtype, toks = bench_setup()
     shape = SHAPES[args.shape]
@@ -54,11 +54,11 @@ def main() -> None:
     for B in [int(x) for x in args.batches.split(",")]:
         base = None
         for name, dec in variants.items():
-            best = best_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
-            rate = B * args.new / best
+            med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
+            rate = B * args.new / med
             base = base or rate
             gen = max(1, dec.stats["generated"])
-            print(f"batch {B}  {name:<15} {rate:8.1f} tok/s  {best * 1000 / args.new:7.1f} ms/step  x{rate / base:.2f}"
+            print(f"batch {B}  {name:<15} {rate:8.1f} tok/s  {med * 1000 / args.new:7.1f} ms/step  x{rate / base:.2f}"
                   f"   delta tokens per generated token: fed {dec.stats['delta_tokens'][0] / gen:.2f}, "
                   f"look-ahead {dec.stats['lookahead_tokens'][0] / gen:.2f}")
 
