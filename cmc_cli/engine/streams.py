@@ -27,6 +27,16 @@ def context_length(model) -> int | None:
     return None
 
 
+def cache_kwarg(module) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` in transformers >= 5.2x (where
+    `past_key_values` is deprecated, to be removed in 5.40), `past_key_values` before. The cache object is
+    updated in place either way, so callers keep their own reference to it."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _new_cache(model):
     from transformers import DynamicCache
 
@@ -38,6 +48,7 @@ class LockstepLM:
         self.model = model
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
+        self.cache_kw = cache_kwarg(model)
         self.cache = None
         self.mask = None
         self.pos = None
@@ -75,9 +86,8 @@ class LockstepLM:
         return list(self.fed)
 
     def _forward(self, ids, pos) -> torch.Tensor:
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         **{self.cache_kw: self.cache})
         return out.logits[:, -1, :].float()
 
 
@@ -88,6 +98,7 @@ class ResyncLM:
     def __init__(self, model, batch_size: int, pad_id: int = 0):
         self.model = model
         self.trunk = model.get_decoder()
+        self.cache_kw = cache_kwarg(self.trunk)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self.B = batch_size
@@ -131,8 +142,7 @@ class ResyncLM:
             self.fed[r] += k
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
         out = self.trunk(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos.to(self.device),
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **{self.cache_kw: self.cache})
         if T == 0:  # the first feed built the cache's layers: check them once
             self._check_full_attention()
         h = out.last_hidden_state[torch.arange(self.B, device=self.device), last.to(self.device)]
@@ -178,8 +188,7 @@ class ResyncLM:
                 allow[r, q, T + q] = True  # padding attends to itself only
         bias = torch.zeros((self.B, 1, n, T + n), dtype=dtype).masked_fill(~allow[:, None], torch.finfo(dtype).min)
         res = self.trunk(input_ids=ids.to(self.device), attention_mask=bias.to(self.device),
-                         position_ids=pos.to(self.device), past_key_values=self.cache, use_cache=True)
-        self.cache = res.past_key_values
+                         position_ids=pos.to(self.device), use_cache=True, **{self.cache_kw: self.cache})
         self.cache.crop(-n)
         h = res.last_hidden_state
         rows = torch.tensor([r for _, r, at, k in where for _ in range(k)], device=self.device)
