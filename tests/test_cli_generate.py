@@ -128,3 +128,11 @@ def test_delta_spec_parsing(tmp_path):
     assert DeltaSpec.parse("deltas/a").alpha is None
     (tmp_path / "odd:name").mkdir()
     assert DeltaSpec.parse(str(tmp_path / "odd:name")).alpha is None  # an existing path wins
+
+
+def test_resume_on_a_file_that_is_not_jsonl(models, workdir, cli):
+    (workdir / "notes.jsonl").write_text("not json at all\nreally not\n")
+    r = cli("generate", "--user", models["user"], "--prompts", models["prompts"], "--max-new-tokens", "3",
+            "-o", "notes.jsonl", "--resume")
+    assert r.exit_code == 1 and "notes.jsonl:1: malformed JSON; fix or remove the file" in r.output
+    assert (workdir / "notes.jsonl").read_text() == "not json at all\nreally not\n"
