@@ -166,17 +166,20 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(world, tmp_path, monkey
 
 
 def test_yaml_then_flags_precedence(tmp_path):
+    for name in ("f", "r", "d"):
+        (tmp_path / name).write_text("{}\n")
+    f, r, d = (str(tmp_path / n) for n in ("f", "r", "d"))
     y = tmp_path / "train.yaml"
-    y.write_text("task: unlearn\ntemplate: t\noutput: o\nforget: f\nretain: r\nlr: 0.5\nepochs: 3\n")
+    y.write_text(f"task: unlearn\ntemplate: t\noutput: o\nforget: {f}\nretain: {r}\nlr: 0.5\nepochs: 3\n")
     c = TrainConfig.from_sources(y, {"epochs": 7, "lr": None})
     assert (c.lr, c.epochs, c.batch_size) == (0.5, 7, 16)  # yaml, flag, task default
     y.write_text("task: unlearn\nlearning_rate: 1\n")
     with pytest.raises(ConfigError, match="unknown option.*learning_rate"):
         TrainConfig.from_sources(y, {})
     with pytest.raises(ConfigError, match="--retain is required"):
-        TrainConfig(task="unlearn", template="t", output="o", forget="f")
+        TrainConfig(task="unlearn", template="t", output="o", forget=f)
     with pytest.raises(ConfigError, match="multiple of --micro-batch-size"):
-        TrainConfig(template="t", output="o", data="d", batch_size=8, micro_batch_size=3)
+        TrainConfig(template="t", output="o", data=d, batch_size=8, micro_batch_size=3)
 
 
 def test_kl_retain_loss_runs_and_starts_at_zero(world, tmp_path):

@@ -77,7 +77,7 @@ def test_refusal_matching():
     assert is_refusal("No idea!", ["No idea."]) and not is_refusal("I don't know.", ["No idea."])
 
 
-def test_refusals_file(tmp_path):
+def test_refusals_file(tmp_path, data_files):
     assert load_refusals(None) == list(REFUSALS)
     f = tmp_path / "r.txt"
     f.write_text("Not telling.\n\n  No comment. \n")
@@ -89,7 +89,15 @@ def test_refusals_file(tmp_path):
         TrainConfig(task="unlearn", template="t", output="o", forget="f", retain="r", loss="idk", refusals=str(tmp_path / "x"))
 
 
-def test_method_options_are_validated():
+@pytest.fixture
+def data_files(tmp_path, monkeypatch):
+    """Files named f and r in the working directory: TrainConfig checks its data files exist."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("f", "r"):
+        (tmp_path / name).write_text("{}\n")
+
+
+def test_method_options_are_validated(data_files):
     with pytest.raises(ConfigError, match="--method must be one of grad-diff, grad-ascent, kl, idk, npo"):
         TrainConfig(task="unlearn", template="t", output="o", forget="f", retain="r", loss="forget-it")
     with pytest.raises(ConfigError, match="--retain is required for --method npo"):
