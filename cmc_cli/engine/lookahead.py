@@ -49,8 +49,8 @@ class Lookahead:
         su, sd = self.user.surfaces[u], self.delta.surfaces[d]
         out = None
         if su is not None and sd is not None and su.startswith(sd) and len(su) > len(sd):
-            out = [d] + (self.write(su[len(sd):]) or [None])
-            out = None if None in out else out
+            rest = self.write(su[len(sd):])
+            out = [d] + rest if rest else None
         self._pieces[u] = out
         return out
 
