@@ -494,9 +494,6 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
     meta = read_delta_meta(path)
     alpha = check_alpha(alpha, f"the alpha of delta {path}")
     lm = load_lm(str(path), dtype=dtype, device=device)
-    if lm.width < lm.vocab.size:
-        raise CmcError(f"delta {path} has {lm.width} output logits but its tokenizer has {lm.vocab.size} tokens; its "
-                       "weights do not belong to its tokenizer: restore the delta's files or retrain it")
     fp = meta.get("template", {}).get("fingerprint")
     if fp and fp != lm.vocab.fingerprint:
         raise CmcError(f"the tokenizer files in {path} differ from the ones the delta was trained with; restore them")
@@ -521,6 +518,10 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
     # fed as in training: the recorded BOS; deltas from before it was recorded always got the tokenizer's bos
     legacy = [lm.tokenizer.bos_token_id] if lm.tokenizer.bos_token_id is not None else []
     lm.feed_bos = [int(i) for i in meta["bos"]] if isinstance(meta.get("bos"), list) else legacy
+    if index is not None and index.numel() and int(index.max()) >= lm.width:
+        raise CmcError(f"delta {path} has {lm.width} output logits but its tokenizer has {lm.vocab.size} tokens, and the "
+                       f"token map sends user tokens to delta ids up to {int(index.max())}; its weights do not belong "
+                       "to its tokenizer: restore the delta's files or retrain it")
     look = None
     if tm is not None and tm.meta.get("prefix_rule") == "lookahead":
         from cmc_cli.engine.lookahead import Lookahead
