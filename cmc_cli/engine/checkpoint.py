@@ -119,10 +119,9 @@ def _check_progress(progress, path: Path) -> None:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CmcError(f"{bad}: 'step' must be a whole number >= 0, found {step!r}; restore it or start a new run")
     for key, kind in (("history", list), ("evaluations", list), ("param_groups", list), ("state_scalars", dict)):
+        if key not in progress and key in ("param_groups", "state_scalars"):
+            raise CmcError(f"{bad}: '{key}' is missing; restore it or start a new run")
         if key in progress and not isinstance(progress[key], kind):
             raise CmcError(f"{bad}: '{key}' must be a JSON {'list' if kind is list else 'object'}; restore it or start a new run")
-    for key in ("param_groups", "state_scalars"):
-        if key not in progress:
-            raise CmcError(f"{bad}: '{key}' is missing; restore it or start a new run")
     if any(not isinstance(m, dict) for m in progress.get("history", [])):
         raise CmcError(f"{bad}: 'history' must hold one JSON object per step; restore it or start a new run")

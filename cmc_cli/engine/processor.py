@@ -51,6 +51,7 @@ class CMCLogitsProcessor(LogitsProcessor):
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        active = [True] * len(self.prompts)  # generate keeps finished rows in the batch
         if self.prompt_len is None:
             self._start(input_ids)
         else:
@@ -58,7 +59,5 @@ class CMCLogitsProcessor(LogitsProcessor):
                 raise CmcError("CMCLogitsProcessor serves one generate call; make a new one for each call")
             tokens = input_ids[:, -1]
             gen = [t.append(int(tok)) for t, tok in zip(self.texts, tokens.tolist())]
-            active = [True] * len(gen)
             self.d_logits = [r.step(tokens, gen, active) for r in self.runners]
-        active = [True] * len(self.texts)
         return step_scores(scores, self.deltas, self.runners, self.d_logits, active, self.combine).to(scores.dtype)
