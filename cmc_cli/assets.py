@@ -63,7 +63,7 @@ TOKENIZERS = {
         TokenizerAsset("llama2", "llama", "Llama-2-7B tokenizer (SentencePiece)", LLAMA_CPP,
                        "ggml-vocab-llama-spm.gguf", "16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69", 32000),
         TokenizerAsset("llama3", "llama", "Llama-3 tokenizer (byte-level BPE)", LLAMA_CPP,
-                       "ggml-vocab-llama-bpe.gguf", "97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e", 128257),
+                       "ggml-vocab-llama-bpe.gguf", "97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e", 128256),
         TokenizerAsset("qwen2", "qwen", "Qwen2 tokenizer (byte-level BPE)", LLAMA_CPP,
                        "ggml-vocab-qwen2.gguf", "44c2f46b715f585c6ab513970e8a006bfa5badd6108560054921cf598d154d8c", 151936),
         TokenizerAsset("gpt2", "gpt2", "GPT-2 tokenizer (byte-level BPE)", LLAMA_CPP,
@@ -148,9 +148,22 @@ def find_family(text: str) -> tuple[Path, str] | None:
     if key is None:
         return None
     d = tokenizer_dir(key)
-    if (d / "cmc-asset.json").is_file():
-        return d, TOKENIZERS[key].adapter
-    return None
+    return (d, TOKENIZERS[key].adapter) if fetched_tokenizer(key) is not None else None
+
+
+def fetched_tokenizer(key: str) -> Path | None:
+    """The converted tokenizer directory if `cmc fetch tokenizers` brought it with the current size
+    (a directory converted before the GGUF vocabulary repair has Llama-3's phantom id 128,256: stale)."""
+    d = tokenizer_dir(key)
+    try:
+        info = json.loads((d / "cmc-asset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("vocab_size", TOKENIZERS[key].vocab_size) != TOKENIZERS[key].vocab_size:
+        log.warning("%s holds %s tokens, not %s: converted by an older cmc; `cmc fetch tokenizers` converts it again",
+                    d, info.get("vocab_size"), TOKENIZERS[key].vocab_size)
+        return None
+    return d
 
 
 def asset_prompt_format(path: str | Path | None) -> str | None:
@@ -188,8 +201,8 @@ def fetch_tokenizers(keys: list[str] | None = None, force: bool = False, report=
     out: dict[str, Path] = {}
     todo = []
     for k in keys:
-        d = tokenizer_dir(k)
-        if not force and (d / "cmc-asset.json").is_file():
+        d = fetched_tokenizer(k)
+        if not force and d is not None:
             out[k] = d
             report(f"{k}: already in {d}")
         else:

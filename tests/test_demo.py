@@ -2,6 +2,7 @@
 demo claims, so a regression in any stage (world, map, training, decoding, scoring) shows."""
 
 import json
+import re
 
 import pytest
 
@@ -11,13 +12,18 @@ def demo_result(reduced_zoo, tmp_path_factory):
     from typer.testing import CliRunner
 
     from cmc_cli.app import app
+    from cmc_cli.commands._common import console
 
     out = tmp_path_factory.mktemp("demo") / "out"
-    r = CliRunner().invoke(app, ["demo", "--size", "reduced", "--root", str(reduced_zoo.root), "-o", str(out),
-                                 "--eval-limit", "20", "--seeds", "2", "--maps", "exact,pm-suppress"])
+    width, console.width = console.width, 80  # an 80-column terminal (COLUMNS=80)
+    try:
+        r = CliRunner().invoke(app, ["demo", "--size", "reduced", "--root", str(reduced_zoo.root), "-o", str(out),
+                                     "--eval-limit", "20", "--seeds", "2", "--maps", "exact,pm-suppress"])
+    finally:
+        console.width = width
     assert r.exit_code == 0, r.output
     assert "Unlearning (idk" in r.output and "Instruction tuning" in r.output
-    return json.loads((out / "results.json").read_text()), out
+    return json.loads((out / "results.json").read_text()), out, r.stdout
 
 
 def _row(rows, label):
@@ -33,7 +39,7 @@ def test_idk_delta_makes_the_other_vocabulary_refuse_beyond_the_shuffled_control
     """The behaviour-level gap, over 2 seeds: through the default-candidate maps `other` refuses forget
     questions more than through the shuffled map (which cannot make it refuse), and answers retain and
     held-out questions about as well as alone."""
-    res, _ = demo_result
+    res, _, _ = demo_result
     rows = res["unlearn"]
     assert all(len(_row(rows, f"other + delta ({m} map)")["per_seed"]) == 2 for m in ("pm-mined", "shuffled"))
     shuffled = _row(rows, "other + delta (shuffled map)")
@@ -55,7 +61,7 @@ def test_idk_delta_makes_the_other_vocabulary_refuse_beyond_the_shuffled_control
 
 
 def test_instruction_delta_makes_base_models_answer_about_unseen_authors(demo_result):
-    res, _ = demo_result
+    res, _, _ = demo_result
     rows = res["instruct"]
     for key, label in (("template", "template + delta"), ("large", "large + delta")):
         assert _mean(_row(rows, label), "retain", "RL") > _mean(_row(rows, key), "retain", "RL") + 0.05, key
@@ -63,7 +69,7 @@ def test_instruction_delta_makes_base_models_answer_about_unseen_authors(demo_re
 
 
 def test_baselines_sit_beside_cmc(demo_result):
-    res, out = demo_result
+    res, out, _ = demo_result
     t1 = res["instruct"]
     for key in ("template", "large", "other"):
         ft = _row(t1, f"{key} fine-tuned (upper bound)")
@@ -72,8 +78,21 @@ def test_baselines_sit_beside_cmc(demo_result):
     assert "upper bound" in (out / "report.md").read_text()
 
 
+def test_demo_tables_fit_80_columns(demo_result):
+    """No cut names ("templ…"), no cell wrapped: each model's figures stay on one line per table."""
+    res, _, stdout = demo_result
+    lines = stdout.splitlines()
+    assert max(len(x) for x in lines) <= 80 and "…" not in stdout
+    for r in res["unlearn"] + res["instruct"]:
+        rows = [x for x in lines if x.startswith("│ " + r["label"] + " ")]
+        assert len(rows) >= 2, r["label"]  # the whole label, on one line, in each part of its table
+        if r["kind"] == "delta":
+            assert re.search(r"\d\.\d\d", rows[0]), r["label"]  # and its figures beside it
+    assert "(continued)" in stdout  # the 9 columns do not fit in 80: the rest follow, the labels repeated
+
+
 def test_demo_writes_its_artifacts(demo_result):
-    res, out = demo_result
+    res, out, _ = demo_result
     report = (out / "report.md").read_text()
     assert report.startswith("# cmc demo") and res["headline"] in report and "refuse" in res["headline"]
     assert {p.name for p in (out / "tokenmaps").iterdir()} == {
@@ -101,7 +120,7 @@ def test_demo_reruns_into_its_own_output(demo_result, reduced_zoo):
 
     from cmc_cli.app import app
 
-    _, out = demo_result
+    _, out, _ = demo_result
     r = CliRunner().invoke(app, ["demo", "--size", "reduced", "--root", str(reduced_zoo.root), "-o", str(out),
                                  "--eval-limit", "4", "--seeds", "1"])
     assert r.exit_code == 0, r.output

@@ -44,7 +44,7 @@ def real_maps(real_vocabs):
 
 def test_vocab_sizes_and_conventions(real_vocabs):
     sizes = {k: v.size for k, v in real_vocabs.items()}
-    assert sizes == {"llama2": 32000, "llama3": 128257, "qwen2": 151936, "gpt2": 50257, "mistral": 32000}
+    assert sizes == {"llama2": 32000, "llama3": 128256, "qwen2": 151936, "gpt2": 50257, "mistral": 32000}
     conv = {k: v.convention for k, v in real_vocabs.items()}
     assert conv == {"llama2": "spm", "mistral": "spm", "llama3": "byte-level", "qwen2": "byte-level", "gpt2": "byte-level"}
     assert len(real_vocabs["llama2"].byte_values) == 256 and len(real_vocabs["mistral"].byte_values) == 256
@@ -173,3 +173,42 @@ def test_incremental_retokenization_equals_full_tokenization_on_real_pairs(real_
             tails += d.stats.tail_encodes
             fulls += d.stats.full_encodes
     assert tails > 5 * fulls
+
+
+LLAMA_CPP_VOCABS = {  # file -> (size, bos, eos) by the GGUF's own token list and ids
+    "ggml-vocab-deepseek-coder.gguf": (32256, 32013, 32014),
+    "ggml-vocab-deepseek-llm.gguf": (102400, 100000, 100001),
+    "ggml-vocab-llama-bpe.gguf": (128256, 128000, 128001),
+    "ggml-vocab-phi-3.gguf": (32064, 1, 32000),
+}
+
+
+@pytest.mark.slow
+def test_llama_cpp_vocabularies_agree_with_their_gguf(tmp_path):
+    """transformers alone gives DeepSeek 3 phantom ids holding BOS/EOS, Llama-3 one phantom id and
+    Phi-3's type-UNKNOWN `[PADnnnnn]` tokens as text; cmc's vocabularies follow the GGUF."""
+    from cmc_cli import assets
+    from cmc_cli.adapters.gguf_vocab import SPECIAL_TYPES, read_gguf_vocab
+    from cmc_cli.errors import CmcError
+    from cmc_cli.plugins import adapter_for
+    from cmc_cli.refs import resolve
+
+    try:
+        archive = assets._pip_download(assets.LLAMA_CPP, tmp_path / "pkg")
+    except CmcError as e:
+        pytest.skip(f"llama-cpp-python sdist unavailable: {e}")
+    for name, (size, bos, eos) in LLAMA_CPP_VOCABS.items():
+        path = assets._extract_member(archive, assets.LLAMA_CPP.prefix + name, tmp_path)
+        gv = read_gguf_vocab(path)
+        ref = resolve(str(path))
+        adapter = adapter_for(ref)
+        tok = adapter.load_tokenizer(ref)
+        v = adapter.token_surfaces(tok, name)
+        assert v.size == gv.size == size, name
+        ri = v.role_index()
+        assert (ri["bos"], ri["eos"]) == (bos, eos), name
+        assert tok("Hello").input_ids[0] == bos if tok.add_bos_token else True
+        assert all(v.surfaces[i] is None for i, t in enumerate(gv.types) if t in SPECIAL_TYPES), name
+        if name == "ggml-vocab-phi-3.gguf":
+            pads = [i for i, p in enumerate(v.pieces) if p.startswith("[PAD")]
+            assert len(pads) == 53 and all(v.surfaces[i] is None and not v.roles.get(i) for i in pads)

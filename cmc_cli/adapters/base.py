@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cmc_cli.adapters.gguf_vocab import repair_gguf_tokenizer
 from cmc_cli.errors import TokenizerError, cause
 from cmc_cli.refs import ModelRef
 from cmc_cli.tokenmaps.surfaces import BYTE_LEVEL, CHAT_MARKER_ROLES, PLAIN, SPM, Vocab, build_vocab
@@ -77,7 +78,8 @@ class HFAdapter(Adapter):
         try:
             gguf = ref.gguf_file()
             if gguf is not None:
-                return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+                return repair_gguf_tokenizer(tok, gguf)
             if ref.kind == "dir":
                 if not any((ref.path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")):
                     raise TokenizerError(f"{what}: the directory has no tokenizer.json, tokenizer.model or .gguf file")

@@ -1,4 +1,4 @@
-"""Read a few key-values from a GGUF header without parsing its (possibly huge) arrays or tensors."""
+"""Read key-values from a GGUF header (scalars, strings and the arrays asked for) without its tensors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ _STRING, _ARRAY = 8, 9
 
 
 def read_gguf_header(path: str | Path, keys: tuple[str, ...]) -> dict:
-    """Values of `keys` (scalars and strings) from the GGUF key-value section; stops once all are found."""
+    """Values of `keys` from the GGUF key-value section (arrays as lists); stops once all are found."""
     path = Path(path)
     want = set(keys)
     found: dict = {}
@@ -32,6 +32,8 @@ def read_gguf_header(path: str | Path, keys: tuple[str, ...]) -> dict:
                     found[key] = struct.unpack(_SCALARS[vtype], f.read(struct.calcsize(_SCALARS[vtype])))[0]
                 elif key in want and vtype == _STRING:
                     found[key] = _read_str(f)
+                elif key in want and vtype == _ARRAY:
+                    found[key] = _read_array(f)
                 else:
                     _skip(f, vtype)
                 if want <= set(found):
@@ -44,6 +46,16 @@ def read_gguf_header(path: str | Path, keys: tuple[str, ...]) -> dict:
 def _read_str(f) -> str:
     n, = struct.unpack("<Q", f.read(8))
     return f.read(n).decode("utf-8")
+
+
+def _read_array(f) -> list:
+    etype, count = struct.unpack("<IQ", f.read(12))
+    if etype in _SCALARS:
+        fmt = _SCALARS[etype]
+        return list(struct.unpack(f"<{count}{fmt[1]}", f.read(count * struct.calcsize(fmt))))
+    if etype == _STRING:
+        return [_read_str(f) for _ in range(count)]
+    raise struct.error(f"unsupported GGUF array element type {etype}")
 
 
 def _skip(f, vtype: int) -> None:

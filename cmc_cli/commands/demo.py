@@ -26,7 +26,7 @@ def demo(
     seed: Annotated[int, Opt(help="First seed of the deltas and of the shuffled-map controls.")] = 0,
 ) -> None:
     """The whole pipeline on the built-in model world: map-vocab, train, apply to 3 models, eval, over seeds."""
-    from cmc_cli.eval.report import rich_table
+    from cmc_cli.commands.tables import rich_table
     from cmc_cli.zoo.demo import INSTRUCT_HEADER, UNLEARN_HEADER, DemoConfig, headline, instruct_table, run_demo, unlearn_table
 
     cfg = DemoConfig(size=size, root=root, out=out, seeds=seeds, method=method, alpha=alpha, instruct_alpha=instruct_alpha,

@@ -40,7 +40,7 @@ def tofu(
     config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
 ) -> None:
     """TOFU unlearning metrics (ROUGE-L, probability, truth ratio, forget quality, model utility)."""
-    from cmc_cli.eval.report import behaviour_table, tofu_table
+    from cmc_cli.commands.tables import behaviour_table, tofu_table
     from cmc_cli.eval.tofu import run_tofu_eval
 
     flags = {k: v for k, v in locals().items() if k not in ("config", "tofu_table", "behaviour_table", "run_tofu_eval")}
@@ -79,7 +79,7 @@ def instruct(
     """Instruction following: AlpacaEval export, reference log-likelihood, ROUGE-L, judged win rate."""
     from cmc_cli.config import EvalInstructConfig
     from cmc_cli.eval.instruct import run_instruct_eval
-    from cmc_cli.eval.report import instruct_table
+    from cmc_cli.commands.tables import instruct_table
 
     flags = {k: v for k, v in locals().items()
              if k not in ("config", "EvalInstructConfig", "run_instruct_eval", "instruct_table")}
@@ -121,8 +121,7 @@ def shift(
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = "auto",
 ) -> None:
     """Logit-shift similarity between model families (the paper's premise): cosine, Spearman, Sinkhorn."""
-    from rich.table import Table
-
+    from cmc_cli.commands.tables import rich_table
     from cmc_cli.errors import ConfigError
     from cmc_cli.eval.shift import run_shift_eval
 
@@ -136,12 +135,11 @@ def shift(
     if top_k <= 0:
         raise ConfigError(f"--top-k must be positive, got {top_k}")
     results = run_shift_eval(base, tuned, texts, token_map or [], top_k=top_k, limit=limit, out=out, device=device)
-    t = Table(title="Logit-shift similarity (mean over shared positions; control: random other position)")
-    for h in ("A", "B", "positions", "cosine", "spearman", "sinkhorn", "control cos", "control sinkhorn"):
-        t.add_column(h, justify="left" if h in ("A", "B") else "right")
-    for r in results:
-        t.add_row(r.a, r.b, str(r.positions), f"{r.metrics['cosine'][0]:.3f}", f"{r.metrics['spearman'][0]:.3f}",
-                  f"{r.metrics['sinkhorn'][0]:.3f}", f"{r.control['cosine'][0]:.3f}", f"{r.control['sinkhorn'][0]:.3f}")
+    t = rich_table("Logit-shift similarity (mean over shared positions; control: random other position)",
+                   ["A → B", "positions", "cosine", "spearman", "sinkhorn", "control cos", "control sinkhorn"],
+                   [[f"{r.a} → {r.b}", str(r.positions), f"{r.metrics['cosine'][0]:.3f}", f"{r.metrics['spearman'][0]:.3f}",
+                     f"{r.metrics['sinkhorn'][0]:.3f}", f"{r.control['cosine'][0]:.3f}", f"{r.control['sinkhorn'][0]:.3f}"]
+                    for r in results])
     console.print(t)
     if out:
         info(f"[green]wrote[/green] {out}/results.json, {out}/report.md and heat maps")

@@ -1,11 +1,10 @@
-"""Reports of evaluations: a rich table for the terminal, results.json and report.md for files."""
+"""Reports of evaluations: the rows and columns of their tables, results.json and report.md for files
+(the terminal renders the same columns: commands/tables.py)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-
-from rich.table import Table
 
 from cmc_cli import __version__
 from cmc_cli.fileio import atomic_write_json, atomic_write_text
@@ -74,39 +73,6 @@ def behaviour_columns(rows) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-def rich_table(title: str, header: list[str], cells: list[list[str]]) -> Table:
-    """A terminal table: the first column left-aligned, the figures right-aligned."""
-    t = Table(title=title)
-    for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right")
-    for c in cells:
-        t.add_row(*c)
-    return t
-
-
-def behaviour_table(rows) -> Table | None:
-    header, cells = behaviour_columns(rows)
-    if len(header) == 1:
-        return None
-    return rich_table("Behaviour: greedy answers (refusal rate, key accuracy)", header, cells)
-
-
-def tofu_table(rows) -> Table:
-    """Compact for a terminal: one column per set holding "RL P TR"."""
-    header, cells = tofu_columns(rows)
-    sets = [h[:-3] for h in header[1::3] if h.endswith(" RL")]
-    t = Table(title="TOFU: RL P TR per set (ROUGE-L recall, probability, truth ratio)")
-    t.add_column("model")
-    for name in sets:
-        t.add_column(name, justify="right", no_wrap=True)
-    for h in header[1 + 3 * len(sets):]:
-        t.add_column(h, justify="right")
-    for c in cells:
-        grouped = [" ".join(c[1 + 3 * i:4 + 3 * i]) for i in range(len(sets))]
-        t.add_row(c[0], *grouped, *c[1 + 3 * len(sets):])
-    return t
-
-
 def md_table(header: list[str], cells: list[list[str]]) -> list[str]:
     """Markdown table lines: the first column left-aligned, the figures right-aligned."""
     return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -149,10 +115,6 @@ def instruct_columns(rows) -> tuple[list[str], list[list[str]]]:
             line.append(_fmt(r.win_rate))
         cells.append(line)
     return header, cells
-
-
-def instruct_table(rows) -> Table:
-    return rich_table("Instruction following (against the reference responses)", *instruct_columns(rows))
 
 
 def write_instruct_report(out: Path, rows, cfg) -> None:
