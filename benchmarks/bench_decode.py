@@ -42,7 +42,7 @@ def lm(tok_dir, shape, device, dtype, seed):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from cmc_cli.adapters.base import HFAdapter
-    from cmc_cli.engine.decode import LoadedModel
+    from cmc_cli.engine.models import LoadedModel
     from cmc_cli.engine.delta import PRESETS
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -98,7 +98,9 @@ def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
 
 
 def main() -> None:
-    from cmc_cli.engine.decode import Decoder, Delta, DeltaRunner, GenerationConfig
+    from cmc_cli.engine.decode import Decoder, DeltaRunner
+    from cmc_cli.engine.models import Delta
+    from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.engine.textsync import GenText
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 

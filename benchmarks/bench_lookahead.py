@@ -20,7 +20,9 @@ from bench_decode import PROMPTS, SHAPES, bench_setup, median_time, lm, machine_
 
 
 def main() -> None:
-    from cmc_cli.engine.decode import Decoder, Delta, GenerationConfig
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import Delta
+    from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.engine.lookahead import Lookahead
     from cmc_cli.tokenmaps.strategies import PREFIX
     from cmc_cli.tokenmaps.tokenmap import TokenMap

@@ -42,7 +42,8 @@ def naive_delta_pass(delta, user_tok, prompt_ids, answer_ids, head):
 
 def main() -> None:
     from cmc_cli.assets import cache_dir
-    from cmc_cli.engine.decode import Decoder, Delta
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import Delta
     from cmc_cli.engine.score import Scorer
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 

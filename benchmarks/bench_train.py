@@ -48,7 +48,7 @@ def build(args, device):
 
 def step_fn(variant, template, delta, batch, opt, chunk):
     from cmc_cli.engine.heads import final_hidden
-    from cmc_cli.engine.train import chunked_nll, delta_step, template_hidden
+    from cmc_cli.engine.trainstep import chunked_nll, delta_step, template_hidden
 
     autocast = torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16,
                               enabled=batch["input_ids"].device.type == "cuda")

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from cmc_cli.data.tofu import TofuItem
-from cmc_cli.engine.decode import Decoder, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.eval.metrics import mean_ci, paired_bootstrap
 from cmc_cli.eval.tofu import TofuEvaluator
 from cmc_cli.tokenmaps.tokenmap import TokenMap

@@ -33,7 +33,9 @@ from real_unlearn import FORGET_TOPICS, STOP, screen, write_jsonl  # noqa: E402
 from cmc_cli import assets  # noqa: E402
 from cmc_cli.config import TrainConfig  # noqa: E402
 from cmc_cli.data.tofu import TofuItem, load_tofu_eval  # noqa: E402
-from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm  # noqa: E402
+from cmc_cli.engine.decode import Decoder  # noqa: E402
+from cmc_cli.engine.models import load_delta, load_lm
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.train import Trainer  # noqa: E402
 from cmc_cli.eval.metrics import mean_ci, paired_bootstrap  # noqa: E402
 from cmc_cli.eval.tofu import TofuEvaluator  # noqa: E402

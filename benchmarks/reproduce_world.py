@@ -27,7 +27,9 @@ from pathlib import Path
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import load_prompts
 from cmc_cli.data.tofu import load_tofu_eval
-from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.models import load_delta, load_lm
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.train import Trainer
 from cmc_cli.eval.instruct import evaluate_outputs
 from cmc_cli.eval.tofu import TofuEvaluator

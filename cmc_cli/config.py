@@ -355,6 +355,7 @@ class GenerateConfig:
             raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
         if self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+        check_sampling(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.stop, self.suppress)
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, flags: dict) -> "GenerateConfig":
@@ -365,6 +366,25 @@ class GenerateConfig:
         d["deltas"] = [f"{s.path}:{s.alpha}" if s.alpha is not None else str(s.path) for s in self.deltas]
         d["token_maps"] = [str(p) for p in self.token_maps]
         return d
+
+
+def check_sampling(max_new_tokens, temperature, top_p, top_k, stop=(), suppress=()) -> None:
+    """The decoding options of generate and eval, checked once, before any model loads
+    (engine/sampling.GenerationConfig calls this too)."""
+    import math
+
+    if max_new_tokens <= 0:
+        raise ConfigError(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0, got {top_k}")
+    if any(not s for s in stop):
+        raise ConfigError("--stop strings must not be empty")
+    if any(not str(s) for s in suppress):
+        raise ConfigError("--suppress tokens must not be empty")
 
 
 def check_prompt_text(text, where: str) -> None:

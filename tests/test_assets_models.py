@@ -69,7 +69,8 @@ def test_checksum_mismatch_installs_nothing(workdir, fake_pip, tmp_path):
 
 
 def test_model_names_resolve_only_once_fetched(workdir, tiny_tokenizers):
-    from cmc_cli.engine.decode import Decoder, load_lm
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import load_lm
     from cmc_cli.zoo.models import make_tiny_llama
 
     with pytest.raises(ModelRefError, match="cmc fetch models"):

@@ -112,7 +112,7 @@ def test_full_disk_in_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch)
 def test_a_delta_whose_head_is_narrower_than_its_tokenizer(tmp_path, tiny_tokenizers):
     from transformers import AutoModelForCausalLM
 
-    from cmc_cli.engine.decode import load_delta, load_lm
+    from cmc_cli.engine.models import load_delta, load_lm
     from cmc_cli.errors import CmcError
     from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
 
@@ -128,7 +128,7 @@ def test_a_delta_whose_head_is_narrower_than_its_tokenizer(tmp_path, tiny_tokeni
 def test_pickle_only_weights_are_refused_in_full(tmp_path, tiny_tokenizers):
     import torch
 
-    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.models import load_lm
     from cmc_cli.errors import CmcError
     from cmc_cli.zoo.models import make_tiny_llama
 

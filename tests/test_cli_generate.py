@@ -5,7 +5,9 @@ import json
 import pytest
 
 from cmc_cli.config import DeltaSpec
-from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.models import load_delta, load_lm
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
 
 

@@ -7,7 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.engine.decode import Decoder, DeltaRunner, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder, DeltaRunner
+
+from cmc_cli.engine.models import load_delta, load_lm
+
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.streams import ResyncLM
 from cmc_cli.engine.textsync import DeltaText, GenText
 from cmc_cli.errors import CmcError, ConfigError, TokenMapError
@@ -277,7 +281,7 @@ def test_errors_are_clear(world, user_bl, tiny_tokenizers, tmp_path):
 
 
 def test_top_k_one_is_greedy_and_top_p_keeps_the_nucleus():
-    from cmc_cli.engine.decode import choose_tokens
+    from cmc_cli.engine.sampling import choose_tokens
 
     torch.manual_seed(0)
     scores = torch.randn(4, 50)

@@ -10,7 +10,8 @@ import torch
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Example, bos_ids, encode
 from cmc_cli.engine.combine import map_delta_logits
-from cmc_cli.engine.decode import Decoder, DeltaRunner, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder, DeltaRunner
+from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.engine.train import Trainer
 from cmc_cli.eval.metrics import mean_ci, paired_bootstrap
 from cmc_cli.tokenmaps.build import load_vocab
@@ -142,7 +143,7 @@ def test_decoder_and_scorer_apply_the_suppress_rule(tmp_path, tiny_tokenizers):
     scorer's probabilities equal the decoder's under teacher forcing."""
     import torch.nn.functional as F
 
-    from cmc_cli.engine.decode import GenerationConfig
+    from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.engine.score import Scorer
     from cmc_cli.zoo.models import make_random_delta
 

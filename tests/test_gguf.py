@@ -160,7 +160,7 @@ def test_fetch_models_conversion_on_a_gguf_written_here(workdir, tiny_tokenizers
     """`cmc fetch models`' conversion path end to end, offline: GGUF -> dequantised model -> safetensors
     directory, checked against the GGUF itself; needs every dependency that path needs (accelerate)."""
     from cmc_cli import assets
-    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.models import load_lm
 
     g = _tiny_llama_gguf(tiny_tokenizers, tmp_path)
     n = read_gguf_vocab(g).size

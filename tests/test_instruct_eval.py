@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from cmc_cli.engine.decode import Decoder, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+
+from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.engine.score import Scorer
 from cmc_cli.eval.instruct import JUDGE_PROMPT, judge_prefers_a
 from cmc_cli.eval.metrics import pairwise_outcome, rouge_l

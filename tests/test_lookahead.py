@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from cmc_cli.engine.combine import continuation_baseline, lookahead_extra
-from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.models import load_delta, load_lm
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.lookahead import Lookahead
 from cmc_cli.errors import TokenMapError
 from cmc_cli.refs import resolve

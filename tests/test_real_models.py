@@ -39,7 +39,7 @@ def _fetched(key: str):
 
 @pytest.fixture(scope="module")
 def models():
-    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.models import load_lm
 
     torch.manual_seed(0)
     return {k: load_lm(str(_fetched(k))) for k in ("smollm2", "gemma3")}
@@ -53,7 +53,7 @@ def _decoder(lm, key, deltas=()):
 
 @pytest.mark.parametrize("key", ["smollm2", "gemma3"])
 def test_greedy_answer_is_sensible(models, key):
-    from cmc_cli.engine.decode import GenerationConfig
+    from cmc_cli.engine.sampling import GenerationConfig
 
     gen = _decoder(models[key], key).generate([QUESTION], GenerationConfig(max_new_tokens=12, stop=("\n",)))[0]
     assert "Paris" in gen.text, gen.text
@@ -62,7 +62,8 @@ def test_greedy_answer_is_sensible(models, key):
 @pytest.mark.parametrize("key", ["smollm2", "gemma3"])
 def test_alpha_zero_reproduces_the_models_own_generate(models, key, tmp_path):
     """cmc's decoder with a (cross-vocabulary) delta at alpha 0 == transformers' greedy generate."""
-    from cmc_cli.engine.decode import GenerationConfig, load_delta
+    from cmc_cli.engine.models import load_delta
+    from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.zoo.models import make_random_delta
 
     other = "gemma3" if key == "smollm2" else "smollm2"
@@ -82,7 +83,7 @@ def test_alpha_zero_reproduces_the_models_own_generate(models, key, tmp_path):
 
 def test_converted_directory_equals_the_gguf(models):
     """The safetensors copy gives the GGUF's own logits (the GGUF loads directly too, dequantised)."""
-    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.models import load_lm
 
     d = _fetched("smollm2")
     info = json.loads((d / "cmc-asset.json").read_text())
@@ -99,7 +100,8 @@ def test_unlearning_delta_moves_forget_answers_on_both_models(models, tmp_path):
     PM-MinED, the forget answers lose probability — far more than through a shuffled map (the control:
     a delta can derail forget contexts through any map) — while the other topics keep theirs."""
     from cmc_cli.config import TrainConfig
-    from cmc_cli.engine.decode import GenerationConfig, load_delta
+    from cmc_cli.engine.models import load_delta
+    from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.engine.score import Scorer
     from cmc_cli.engine.train import Trainer
     from cmc_cli.tokenmaps.tokenmap import TokenMap

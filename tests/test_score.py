@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.engine.decode import Decoder, GenerationConfig, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+
+from cmc_cli.engine.models import load_delta, load_lm
+
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.score import Scorer
 from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
 

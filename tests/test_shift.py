@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cmc_cli.engine.decode import load_lm
+from cmc_cli.engine.models import load_lm
 from cmc_cli.eval.shift import Family, compare_families, compare_shifts, sinkhorn_divergence, sinkhorn_ot
 from cmc_cli.tokenmaps.tokenmap import TokenMap
 from cmc_cli.zoo.models import make_tiny_llama

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from cmc_cli.data.tofu import load_tofu_eval
-from cmc_cli.engine.decode import Decoder, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.errors import DataError
 from cmc_cli.eval.metrics import harmonic_mean
 from cmc_cli.eval.tofu import (

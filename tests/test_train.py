@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from cmc_cli.config import TrainConfig
 from cmc_cli.engine.combine import IGNORE, combine
-from cmc_cli.engine.train import Trainer, chunked_nll, template_hidden
+from cmc_cli.engine.train import Trainer
+from cmc_cli.engine.trainstep import chunked_nll, template_hidden
 from cmc_cli.errors import CmcError, ConfigError
 from cmc_cli.zoo.models import make_tiny_llama
 

@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from cmc_cli.engine.decode import Decoder, GenerationConfig, load_lm
+from cmc_cli.engine.decode import Decoder
+
+from cmc_cli.engine.models import load_lm
+
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.eval.metrics import rouge_l
 from cmc_cli.zoo.build import QA_FORMAT, REDUCED_ZOO, _dir_hash, _train_job, artifact_names, build_zoo
 

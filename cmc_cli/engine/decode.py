@@ -15,16 +15,15 @@ recomputed (streams.ResyncLM).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from cmc_cli.data.instruct import bos_ids, join_response, render
+from cmc_cli.data.instruct import join_response, render
 from cmc_cli.engine.combine import decode_scores, lookahead_extra, proxy_scores
+from cmc_cli.engine.models import Delta, LoadedModel, check_alpha
+from cmc_cli.engine.sampling import GenerationConfig, choose_tokens
 from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
 from cmc_cli.engine.textsync import DeltaText, GenText
 from cmc_cli.errors import CmcError, ConfigError
@@ -32,88 +31,6 @@ from cmc_cli.errors import CmcError, ConfigError
 log = logging.getLogger(__name__)
 
 USER_FORMATS = ("auto", "raw", "chat")  # auto: a fetched real model's own format (cmc-asset.json), else raw
-
-
-# ---- what is decoded ---------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """A model with its tokenizer and normalised vocabulary, as an adapter loaded it."""
-
-    name: str
-    model: object
-    tokenizer: object
-    vocab: object  # tokenmaps.surfaces.Vocab
-    adapter: str = ""
-    path: Path | None = None  # where it was loaded from
-    feed_bos: list[int] | None = None  # the BOS it was trained with, when recorded (a delta's cmc.json)
-
-    @property
-    def pad_id(self) -> int:
-        t = self.tokenizer
-        return next(i for i in (t.pad_token_id, t.eos_token_id, 0) if i is not None)
-
-    @property
-    def bos(self) -> list[int]:
-        """What this model is fed before every text: as recorded at training, else its tokenizer's rule."""
-        return list(self.feed_bos) if self.feed_bos is not None else bos_ids(self.tokenizer)
-
-    @property
-    def width(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
-
-
-@dataclass
-class Delta:
-    """A trained delta applied at strength `alpha`; `index` maps user ids to delta ids (None: the
-    user's own vocabulary, fed the user's ids)."""
-
-    lm: LoadedModel
-    alpha: float
-    prompt_format: str
-    index: torch.Tensor | None
-    combine: str = "log-softmax-template"
-    meta: dict = field(default_factory=dict)
-    token_map: object = None  # the TokenMap behind `index` (None: same vocabulary)
-    cap: torch.Tensor | None = None  # user ids that get only suppressions (TokenMap.cap_tensor)
-    lookahead: object = None  # engine.lookahead.Lookahead for a map with prefix rule "lookahead"
-
-    def term(self, logits: torch.Tensor, lookahead: tuple | None = None) -> tuple:
-        """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
-        (rows, cols, extra) of DeltaRunner.lookahead for this step."""
-        return (self.alpha, logits, self.index, self.cap, lookahead)
-
-    def reads_user_ids(self, user: LoadedModel) -> bool:
-        """Same tokenizer as the user model: fed the user's ids instead of re-tokenized text."""
-        return self.lm.vocab.fingerprint == user.vocab.fingerprint
-
-    def heads(self, prompts: list[str]) -> list[str]:
-        """Each prompt in the delta's own prompt format."""
-        return [render(self.prompt_format, p) for p in prompts]
-
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    suppress: tuple[str, ...] = ()  # user tokens never generated: as the tokenizer spells them, or ids
-
-    def __post_init__(self):
-        if self.max_new_tokens <= 0:
-            raise ConfigError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"--top-k must be >= 0, got {self.top_k}")
-        if any(not s for s in self.stop):
-            raise ConfigError("--stop strings must not be empty")
-        if any(not str(s) for s in self.suppress):
-            raise ConfigError("--suppress tokens must not be empty")
 
 
 @dataclass
@@ -125,12 +42,6 @@ class Generation:
     delta_tokens: list[int] = field(default_factory=list)  # delta tokens computed after the prompt, per delta
     lookahead_tokens: list[int] = field(default_factory=list)  # look-ahead delta tokens computed, per delta
     token_logprobs: list[float] = field(default_factory=list)  # teacher forcing: log p of each forced token
-
-
-def check_alpha(alpha: float, what: str = "--alpha") -> float:
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ConfigError(f"{what} must be a finite number, got {alpha}")
-    return float(alpha)
 
 
 # ---- one delta over a batch ------------------------------------------------------------------------
@@ -221,25 +132,6 @@ def step_scores(user_logits: torch.Tensor, deltas: list[Delta], runners: list[De
     terms = [d.term(lg.to(user_logits.device), r.lookahead(user_logits, active))
              for d, r, lg in zip(deltas, runners, delta_logits)]
     return decode_scores(user_logits, terms, mode)
-
-
-# ---- token choice -------------------------------------------------------------------------------------
-def choose_tokens(scores: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
-    """(B, V) scores -> (B,) ids: argmax at temperature 0, else top-k / top-p sampling per row."""
-    if cfg.temperature <= 0:
-        return scores.argmax(dim=-1)
-    s = scores.float() / cfg.temperature
-    if cfg.top_k and cfg.top_k < s.shape[-1]:
-        kth = torch.topk(s, cfg.top_k, dim=-1).values[:, -1:]
-        s = s.masked_fill(s < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_s, order = torch.sort(s, dim=-1, descending=True)
-        probs = torch.softmax(sorted_s, dim=-1)
-        cut = probs.cumsum(-1) - probs > cfg.top_p  # keep the smallest prefix reaching top_p
-        sorted_s = sorted_s.masked_fill(cut, float("-inf"))
-        s = torch.full_like(s, float("-inf")).scatter(-1, order, sorted_s)
-    probs = torch.softmax(s, dim=-1).cpu()
-    return torch.stack([torch.multinomial(probs[r], 1, generator=generators[r])[0] for r in range(s.shape[0])]).to(scores.device)
 
 
 # ---- the decoder --------------------------------------------------------------------------------------
@@ -449,96 +341,3 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     hits = [text.find(s) for s in stops]
     hits = [h for h in hits if h >= 0]
     return min(hits) if hits else None
-
-
-# ---- loading ----------------------------------------------------------------------------------------
-def load_lm(text: str, dtype=None, device: str = "cpu", adapter: str | None = None) -> LoadedModel:
-    """Resolve a model reference and load model, tokenizer and vocabulary through its adapter."""
-    from cmc_cli.plugins import adapter_for
-    from cmc_cli.refs import resolve
-
-    ref = resolve(text, adapter=adapter)
-    ad = adapter_for(ref)
-    tok = ad.load_tokenizer(ref)
-    vocab = ad.token_surfaces(tok, name=ref.name)
-    model = ad.load_model(ref, dtype=dtype, device=device)
-    model.requires_grad_(False)
-    return LoadedModel(ref.name, model, tok, vocab, ad.name, ref.path)
-
-
-def read_delta_meta(path: Path) -> dict:
-    meta_path = path / "cmc.json"
-    if not path.is_dir():
-        raise CmcError(f"delta {path} does not exist; train one with `cmc train` or give a delta directory")
-    if not meta_path.is_file():
-        raise CmcError(f"{path} is not a cmc delta (no cmc.json); train one with `cmc train`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CmcError(f"{meta_path} is unreadable ({e}); retrain or restore the delta") from None
-    if not isinstance(meta, dict) or meta.get("format") != "cmc-delta/1":
-        raise CmcError(f"{meta_path} is not a cmc delta description (format cmc-delta/1)")
-    return meta
-
-
-def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(), device: str = "cpu",
-               dtype=None) -> Delta:
-    """Load a delta directory and the map from the user's vocabulary to its own (same vocabulary: none).
-
-    token_maps: paths or TokenMaps to choose from (the one built for this delta and user tokenizer
-    wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else cmc's default map (exact-ext), built in memory."""
-    from cmc_cli.tokenmaps.build import default_output
-    from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
-
-    path = Path(path)
-    meta = read_delta_meta(path)
-    alpha = check_alpha(alpha, f"the alpha of delta {path}")
-    lm = load_lm(str(path), dtype=dtype, device=device)
-    fp = meta.get("template", {}).get("fingerprint")
-    if fp and fp != lm.vocab.fingerprint:
-        raise CmcError(f"the tokenizer files in {path} differ from the ones the delta was trained with; restore them")
-    index, tm = None, None
-    if lm.vocab.fingerprint == user.vocab.fingerprint:
-        if lm.width != user.width:
-            index = torch.arange(min(lm.vocab.size, user.width))  # same ids; pads to the user's wider logits
-    else:
-        maps = [m if isinstance(m, TokenMap) else TokenMap.load(m) for m in token_maps]
-        fits = [m for m in maps if m.meta["delta"]["fingerprint"] == lm.vocab.fingerprint
-                and m.meta["user"]["fingerprint"] == user.vocab.fingerprint]
-        default = default_output(lm.name, user.name)
-        if fits:
-            tm = fits[0]
-        elif default.is_file() and _fits(default, lm, user):
-            log.info("using token map %s", default)
-            tm = TokenMap.load(default)
-        else:
-            log.info("building a %s token map %s -> %s in memory", DEFAULT_STRATEGY, user.name, lm.name)
-            tm = TokenMap.build(lm.vocab, user.vocab)
-        index = tm.index_tensor()
-    # fed as in training: the recorded BOS; deltas from before it was recorded always got the tokenizer's bos
-    legacy = [lm.tokenizer.bos_token_id] if lm.tokenizer.bos_token_id is not None else []
-    lm.feed_bos = [int(i) for i in meta["bos"]] if isinstance(meta.get("bos"), list) else legacy
-    if index is not None and index.numel() and int(index.max()) >= lm.width:
-        raise CmcError(f"delta {path} has {lm.width} output logits but its tokenizer has {lm.vocab.size} tokens, and the "
-                       f"token map sends user tokens to delta ids up to {int(index.max())}; its weights do not belong "
-                       "to its tokenizer: restore the delta's files or retrain it")
-    look = None
-    if tm is not None and tm.meta.get("prefix_rule") == "lookahead":
-        from cmc_cli.engine.lookahead import Lookahead
-
-        look = Lookahead(tm, lm.vocab, user.vocab, tm.lookahead_k)
-    return Delta(lm=lm, alpha=alpha, prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
-                 combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm,
-                 cap=tm.cap_tensor() if tm is not None else None, lookahead=look)
-
-
-def _fits(path: Path, lm: LoadedModel, user: LoadedModel) -> bool:
-    from cmc_cli.errors import TokenMapError
-    from cmc_cli.tokenmaps.tokenmap import TokenMap
-
-    try:
-        TokenMap.load(path, delta=lm.vocab, user=user.vocab)
-        return True
-    except TokenMapError as e:
-        log.warning("not using %s: %s", path, e)
-        return False

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from cmc_cli.config import DeltaSpec, GenerateConfig
 from cmc_cli.data.instruct import Prompt, load_prompts
-from cmc_cli.engine.decode import Decoder, GenerationConfig, LoadedModel, load_delta, load_lm
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.models import LoadedModel, load_delta, load_lm
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.errors import CmcError, TokenMapError
 from cmc_cli.fileio import OutputLock, append_jsonl, read_jsonl_for_resume

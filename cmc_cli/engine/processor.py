@@ -1,6 +1,6 @@
 """CMC inside `transformers` pipelines: a `LogitsProcessor` for `model.generate(...)`.
 
-    from cmc_cli.engine.decode import load_delta, load_lm
+    from cmc_cli.engine.models import load_delta, load_lm
     from cmc_cli.engine.processor import CMCLogitsProcessor
     user = load_lm("mistral-7b")
     delta = load_delta("deltas/instruct", user, alpha=1.0)
@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from cmc_cli.engine.decode import Delta, DeltaRunner, LoadedModel, step_scores
+from cmc_cli.engine.decode import DeltaRunner, step_scores
+
+from cmc_cli.engine.models import Delta, LoadedModel
 from cmc_cli.engine.textsync import GenText
 from cmc_cli.errors import CmcError
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from cmc_cli.engine.combine import decode_scores, proxy_scores
-from cmc_cli.engine.decode import Decoder, Delta
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.models import Delta
 from cmc_cli.engine.heads import final_hidden, head_logits
 from cmc_cli.engine.textsync import DeltaText, GenText, common_prefix_len
 
@@ -159,7 +160,7 @@ class Scorer:
     def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
         """With a look-ahead map, each step's candidates depend on that step's user logits, so the answers are
         scored by the decoder itself under teacher forcing: the same step_scores, one step per token."""
-        from cmc_cli.engine.decode import GenerationConfig
+        from cmc_cli.engine.sampling import GenerationConfig
 
         gens = self.dec.generate(prompts, GenerationConfig(max_new_tokens=max(len(a) for a in a_ids)), force=a_ids)
         return [Scored(g.token_logprobs, a, list(g.lookahead_tokens)) for g, a in zip(gens, a_ids)]

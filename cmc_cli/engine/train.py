@@ -1,13 +1,8 @@
 """Train a delta beside a frozen template (DESIGN.md): instruction tuning and unlearning.
 
-The step is cut where scaling will cut it:
-  template_hidden()        template forward in inference mode -> final hidden states (B, T, H)
-  chunked_nll() / _kl()    the combined loss over chunks of target positions, straight from hidden
-                           states through each model's output head; the delta head's backward runs
-                           chunk by chunk inside the forward (fused, as Liger's linear cross-entropy),
-                           so at most one chunk of (positions x vocabulary) logits exists at a time
-                           and nothing is recomputed
-  delta_step()             clip, optimizer step, learning-rate schedule
+The Trainer builds the run from a TrainConfig (template through engine/models.load_lm), orders the
+data, checkpoints and resumes; the step's seams (template forward, chunked combined losses, optimizer
+step) are engine/trainstep.py's.
 """
 
 from __future__ import annotations
@@ -26,134 +21,17 @@ from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
 from cmc_cli.data.records import file_sha256
 from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint, tidy_checkpoint_dir
-from cmc_cli.engine.combine import (IGNORE, UNLEARN_METHODS, combine, kl_to_reference, npo_loss, npo_sequence_weights,
-                                    token_logratio, token_nll, weighted_nll)
+from cmc_cli.engine.combine import IGNORE, UNLEARN_METHODS, npo_loss, npo_sequence_weights
 from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
-from cmc_cli.engine.heads import final_hidden, head_logits
+from cmc_cli.engine.heads import final_hidden
+from cmc_cli.engine.models import load_lm
+from cmc_cli.engine.trainstep import (chunked_kl, chunked_nll, chunked_weighted_nll, delta_step, lr_at, sequence_logratio,
+                                      template_hidden)
 from cmc_cli.errors import CmcError, NonFiniteLoss, cause
 from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-# ---- the seams ------------------------------------------------------------------------------------
-def template_hidden(template, batch: dict) -> torch.Tensor:
-    """(B, T, H) final hidden states of the frozen template, computed in inference mode."""
-    with torch.inference_mode():
-        h = final_hidden(template, batch["input_ids"], batch["attention_mask"])
-    return h.clone()  # a normal tensor, usable by autograd as a constant
-
-
-def _select(h_t: torch.Tensor, h_d: torch.Tensor, targets: torch.Tensor):
-    keep = targets != IGNORE  # (B, T)
-    return h_t[keep], h_d[keep], targets[keep]  # (N, H_t), (N, H_d), (N,)
-
-
-class _FusedHeadLoss(torch.autograd.Function):
-    """Sum of per-chunk losses through the delta's output head, with the head's backward done chunk by
-    chunk during the forward pass: each chunk's (n, V) logits are computed once and freed at once, and
-    nothing is recomputed. Backward only scales the stored gradients by the incoming gradient."""
-
-    @staticmethod
-    def forward(ctx, chunk_loss, n_chunks, h_d, *params):
-        grad_h = torch.zeros_like(h_d)
-        grad_p = [torch.zeros_like(p) for p in params]
-        total = torch.zeros((), dtype=torch.float32, device=h_d.device)
-        for c in range(n_chunks):
-            with torch.enable_grad():
-                hd = h_d.detach().requires_grad_(True)
-                loss = chunk_loss(hd, c)
-                grads = torch.autograd.grad(loss, [hd, *params], allow_unused=True)
-            grad_h += grads[0]
-            for acc, g in zip(grad_p, grads[1:]):
-                if g is not None:
-                    acc += g
-            total += loss.detach()
-        ctx.save_for_backward(grad_h, *grad_p)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, *grad_p = ctx.saved_tensors
-        return (None, None, grad_h * grad_out, *[g * grad_out for g in grad_p])
-
-
-def _chunked(template, delta, h_t, h_d, targets, chunk: int, loss_of, weights=None) -> tuple[torch.Tensor, int]:
-    """Sum over chunks of target positions of loss_of(template_logits, delta_logits, targets[, weights]).
-    weights: (B, T) per-position weights handed to loss_of (None: loss_of takes three arguments)."""
-    keep = targets != IGNORE
-    w = weights[keep] if weights is not None else None
-    h_t, h_d, y = _select(h_t, h_d, targets)
-    n = int(y.shape[0])
-    head = delta.get_output_embeddings()
-    params = [p for p in head.parameters() if p.requires_grad]
-    bounds = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
-
-    def chunk_loss(hd_all, c):
-        s, e = bounds[c]
-        with torch.no_grad():
-            t_logits = head_logits(template, h_t[s:e])  # (n, V)
-        hd = hd_all[s:e].to(head.weight.dtype)
-        if w is not None:
-            return loss_of(t_logits, head_logits(delta, hd), y[s:e], w[s:e])
-        return loss_of(t_logits, head_logits(delta, hd), y[s:e])
-
-    if not bounds:
-        return h_d.sum() * 0.0, 0
-    if not (h_d.requires_grad and torch.is_grad_enabled()):
-        with torch.no_grad():
-            return sum(chunk_loss(h_d, c) for c in range(len(bounds))), n
-    return _FusedHeadLoss.apply(chunk_loss, len(bounds), h_d, *params), n
-
-
-def chunked_nll(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
-    """Summed NLL of the targets under softmax(combine(template, delta)), and the token count."""
-    return _chunked(template, delta, h_t, h_d, targets, chunk,
-                    lambda t, d, y: token_nll(combine(t, d, mode), y)[0])
-
-
-def chunked_kl(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
-    """Summed KL(template || combined) over target positions, and the token count."""
-    return _chunked(template, delta, h_t, h_d, targets, chunk,
-                    lambda t, d, y: kl_to_reference(combine(t, d, mode), t, y))
-
-
-def chunked_weighted_nll(template, delta, h_t, h_d, targets, weights, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
-    """sum_i weights_i * NLL_i under softmax(combine(template, delta)); weights (B, T)."""
-    return _chunked(template, delta, h_t, h_d, targets, chunk,
-                    lambda t, d, y, w: weighted_nll(combine(t, d, mode), y, w), weights=weights)
-
-
-@torch.no_grad()
-def sequence_logratio(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> torch.Tensor:
-    """(B,) sum over each row's targets of log p_combined(y) - log p_template(y) (NPO's r_s), no gradient."""
-    keep = targets != IGNORE
-    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[keep]
-    h_t_s, h_d_s, y = _select(h_t, h_d, targets)
-    vals = []
-    for s in range(0, y.shape[0], chunk):
-        t = head_logits(template, h_t_s[s:s + chunk])
-        vals.append(token_logratio(combine(t, head_logits(delta, h_d_s[s:s + chunk]), mode), t, y[s:s + chunk]))
-    out = torch.zeros(targets.shape[0], device=targets.device)
-    return out.index_add(0, rows, torch.cat(vals)) if vals else out
-
-
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def delta_step(delta, optimizer, clip: float, lr: float) -> float:
-    for g in optimizer.param_groups:
-        g["lr"] = lr
-    norm = torch.nn.utils.clip_grad_norm_(delta.parameters(), clip) if clip > 0 else torch.tensor(0.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(norm)
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -215,23 +93,18 @@ class Trainer:
 
     # -- setup --
     def _setup(self) -> None:
-        from cmc_cli.plugins import adapter_for
-        from cmc_cli.refs import resolve
+        from cmc_cli.plugins import get_adapter
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.dtype, self.device)
-        ref = resolve(cfg.template)
-        self.adapter = adapter_for(ref)
         self.phase(f"loading template {cfg.template}")
-        self.tokenizer = self.adapter.load_tokenizer(ref)
-        self.template_vocab = self.adapter.token_surfaces(self.tokenizer, name=ref.name)
-        self.template = self.adapter.load_model(ref, dtype=dtype, device=str(self.device))
-        self.template.requires_grad_(False)
-        self.template.eval()
-        self.prompt_format = cfg.prompt_format or asset_prompt_format(ref.path) or self.adapter.default_prompt_format
-        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
+        lm = load_lm(cfg.template, dtype=dtype, device=str(self.device))
+        self.adapter = get_adapter(lm.adapter)
+        self.tokenizer, self.template_vocab, self.template = lm.tokenizer, lm.vocab, lm.model
+        self.prompt_format = cfg.prompt_format or asset_prompt_format(lm.path) or self.adapter.default_prompt_format
+        self.pad_id = lm.pad_id
         self.phase("reading data")
         self.data_hashes: dict[str, str] = {}
         if cfg.task == "instruct":

@@ -9,7 +9,7 @@ from cmc_cli.engine.decode import Decoder
 
 def eval_decoders(cfg, phase) -> Iterator[tuple[str, str, list, Decoder]]:
     """(user reference, row label, delta specs, decoder) per row; each user model is loaded once."""
-    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.models import load_lm
     from cmc_cli.engine.devices import pick_device, pick_dtype
     from cmc_cli.engine.generate import build_decoder
 

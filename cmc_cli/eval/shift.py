@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from cmc_cli.data.records import DataError, read_records
-from cmc_cli.engine.decode import LoadedModel
+from cmc_cli.engine.models import LoadedModel
 from cmc_cli.errors import CmcError
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def run_shift_eval(bases: list[str], tuned: list[str], texts_path: str, token_ma
                    limit: int | None = None, out: str | None = None, device: str = "auto", on_phase=None) -> list[ShiftResult]:
     """Every pair of (base, tuned) families compared on the texts; results.json, report.md and a heat map
     per comparison in `out`."""
-    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.models import load_lm
     from cmc_cli.engine.devices import pick_device
     from cmc_cli.eval.report import slug
     from cmc_cli.fileio import atomic_write_json, atomic_write_text

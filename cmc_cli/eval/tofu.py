@@ -25,7 +25,8 @@ from pathlib import Path
 
 from cmc_cli.data.refusals import REFUSALS, is_refusal
 from cmc_cli.data.tofu import SET_KINDS, TofuItem
-from cmc_cli.engine.decode import Decoder, GenerationConfig
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.score import Scorer
 from cmc_cli.errors import CmcError
 from cmc_cli.eval.metrics import harmonic_mean, rouge_l

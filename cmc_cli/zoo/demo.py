@@ -141,7 +141,7 @@ class DemoResult:
 
 def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     from cmc_cli.data.tofu import TofuItem, load_tofu_eval
-    from cmc_cli.engine.decode import load_lm
+    from cmc_cli.engine.models import load_lm
     from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
@@ -247,7 +247,8 @@ def _rows(zoo: Zoo, cfg: DemoConfig, task: str) -> list[Row]:
 
 def _decoder(row: Row, models: dict, prefix: str, zoo: Zoo, delta_dir: Path, alpha: float, maps: dict, cfg: DemoConfig,
              task: str):
-    from cmc_cli.engine.decode import Decoder, load_delta, load_lm
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import load_delta, load_lm
 
     user = models[f"{row.model}-{prefix}"]
     if row.kind == "alone":

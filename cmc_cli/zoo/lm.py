@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cmc_cli.data.instruct import Encoded, Example, bos_ids, collate, encode
 from cmc_cli.engine.combine import IGNORE
-from cmc_cli.engine.train import lr_at
+from cmc_cli.engine.trainstep import lr_at
 
 ARCHS = ("llama", "qwen2")
 

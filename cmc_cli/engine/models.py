@@ -1,0 +1,173 @@
+"""The models cmc decodes with: a loaded LLM with its tokenizer and vocabulary, and a delta applied at
+a strength through a token map (DESIGN.md). Loading resolves a reference through its adapter; a
+delta's token map is the one given for its vocabulary pair, else `tokenmaps/DELTA__USER.safetensors`
+when it fits, else cmc's default map built in memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cmc_cli.data.instruct import bos_ids, render
+from cmc_cli.errors import CmcError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and normalised vocabulary, as an adapter loaded it."""
+
+    name: str
+    model: object
+    tokenizer: object
+    vocab: object  # tokenmaps.surfaces.Vocab
+    adapter: str = ""
+    path: Path | None = None  # where it was loaded from
+    feed_bos: list[int] | None = None  # the BOS it was trained with, when recorded (a delta's cmc.json)
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return next(i for i in (t.pad_token_id, t.eos_token_id, 0) if i is not None)
+
+    @property
+    def bos(self) -> list[int]:
+        """What this model is fed before every text: as recorded at training, else its tokenizer's rule."""
+        return list(self.feed_bos) if self.feed_bos is not None else bos_ids(self.tokenizer)
+
+    @property
+    def width(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+
+@dataclass
+class Delta:
+    """A trained delta applied at strength `alpha`; `index` maps user ids to delta ids (None: the
+    user's own vocabulary, fed the user's ids)."""
+
+    lm: LoadedModel
+    alpha: float
+    prompt_format: str
+    index: torch.Tensor | None
+    combine: str = "log-softmax-template"
+    meta: dict = field(default_factory=dict)
+    token_map: object = None  # the TokenMap behind `index` (None: same vocabulary)
+    cap: torch.Tensor | None = None  # user ids that get only suppressions (TokenMap.cap_tensor)
+    lookahead: object = None  # engine.lookahead.Lookahead for a map with prefix rule "lookahead"
+
+    def term(self, logits: torch.Tensor, lookahead: tuple | None = None) -> tuple:
+        """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
+        (rows, cols, extra) of DeltaRunner.lookahead for this step."""
+        return (self.alpha, logits, self.index, self.cap, lookahead)
+
+    def reads_user_ids(self, user: LoadedModel) -> bool:
+        """Same tokenizer as the user model: fed the user's ids instead of re-tokenized text."""
+        return self.lm.vocab.fingerprint == user.vocab.fingerprint
+
+    def heads(self, prompts: list[str]) -> list[str]:
+        """Each prompt in the delta's own prompt format."""
+        return [render(self.prompt_format, p) for p in prompts]
+
+
+def check_alpha(alpha: float, what: str = "--alpha") -> float:
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ConfigError(f"{what} must be a finite number, got {alpha}")
+    return float(alpha)
+
+
+def load_lm(text: str, dtype=None, device: str = "cpu", adapter: str | None = None) -> LoadedModel:
+    """Resolve a model reference and load model, tokenizer and vocabulary through its adapter."""
+    from cmc_cli.plugins import adapter_for
+    from cmc_cli.refs import resolve
+
+    ref = resolve(text, adapter=adapter)
+    ad = adapter_for(ref)
+    tok = ad.load_tokenizer(ref)
+    vocab = ad.token_surfaces(tok, name=ref.name)
+    model = ad.load_model(ref, dtype=dtype, device=device)
+    model.requires_grad_(False)
+    return LoadedModel(ref.name, model, tok, vocab, ad.name, ref.path)
+
+
+def read_delta_meta(path: Path) -> dict:
+    meta_path = path / "cmc.json"
+    if not path.is_dir():
+        raise CmcError(f"delta {path} does not exist; train one with `cmc train` or give a delta directory")
+    if not meta_path.is_file():
+        raise CmcError(f"{path} is not a cmc delta (no cmc.json); train one with `cmc train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CmcError(f"{meta_path} is unreadable ({e}); retrain or restore the delta") from None
+    if not isinstance(meta, dict) or meta.get("format") != "cmc-delta/1":
+        raise CmcError(f"{meta_path} is not a cmc delta description (format cmc-delta/1)")
+    return meta
+
+
+def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(), device: str = "cpu",
+               dtype=None) -> Delta:
+    """Load a delta directory and the map from the user's vocabulary to its own (same vocabulary: none).
+
+    token_maps: paths or TokenMaps to choose from (the one built for this delta and user tokenizer
+    wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else cmc's default map (exact-ext), built in memory."""
+    from cmc_cli.tokenmaps.build import default_output
+    from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
+
+    path = Path(path)
+    meta = read_delta_meta(path)
+    alpha = check_alpha(alpha, f"the alpha of delta {path}")
+    lm = load_lm(str(path), dtype=dtype, device=device)
+    fp = meta.get("template", {}).get("fingerprint")
+    if fp and fp != lm.vocab.fingerprint:
+        raise CmcError(f"the tokenizer files in {path} differ from the ones the delta was trained with; restore them")
+    index, tm = None, None
+    if lm.vocab.fingerprint == user.vocab.fingerprint:
+        if lm.width != user.width:
+            index = torch.arange(min(lm.vocab.size, user.width))  # same ids; pads to the user's wider logits
+    else:
+        maps = [m if isinstance(m, TokenMap) else TokenMap.load(m) for m in token_maps]
+        fits = [m for m in maps if m.meta["delta"]["fingerprint"] == lm.vocab.fingerprint
+                and m.meta["user"]["fingerprint"] == user.vocab.fingerprint]
+        default = default_output(lm.name, user.name)
+        if fits:
+            tm = fits[0]
+        elif default.is_file() and _fits(default, lm, user):
+            log.info("using token map %s", default)
+            tm = TokenMap.load(default)
+        else:
+            log.info("building a %s token map %s -> %s in memory", DEFAULT_STRATEGY, user.name, lm.name)
+            tm = TokenMap.build(lm.vocab, user.vocab)
+        index = tm.index_tensor()
+    # fed as in training: the recorded BOS; deltas from before it was recorded always got the tokenizer's bos
+    legacy = [lm.tokenizer.bos_token_id] if lm.tokenizer.bos_token_id is not None else []
+    lm.feed_bos = [int(i) for i in meta["bos"]] if isinstance(meta.get("bos"), list) else legacy
+    if index is not None and index.numel() and int(index.max()) >= lm.width:
+        raise CmcError(f"delta {path} has {lm.width} output logits but its tokenizer has {lm.vocab.size} tokens, and the "
+                       f"token map sends user tokens to delta ids up to {int(index.max())}; its weights do not belong "
+                       "to its tokenizer: restore the delta's files or retrain it")
+    look = None
+    if tm is not None and tm.meta.get("prefix_rule") == "lookahead":
+        from cmc_cli.engine.lookahead import Lookahead
+
+        look = Lookahead(tm, lm.vocab, user.vocab, tm.lookahead_k)
+    return Delta(lm=lm, alpha=alpha, prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
+                 combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm,
+                 cap=tm.cap_tensor() if tm is not None else None, lookahead=look)
+
+
+def _fits(path: Path, lm: LoadedModel, user: LoadedModel) -> bool:
+    from cmc_cli.errors import TokenMapError
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
+
+    try:
+        TokenMap.load(path, delta=lm.vocab, user=user.vocab)
+        return True
+    except TokenMapError as e:
+        log.warning("not using %s: %s", path, e)
+        return False
