@@ -16,16 +16,21 @@ import random
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 from cmc_cli import assets
+from cmc_cli import fetch as fetcher
 from cmc_cli.plugins import get_adapter
 from cmc_cli.refs import ModelRef
 from cmc_cli.tokenmaps import TokenMap
-from cmc_cli.tokenmaps.strategies import DeltaIndex, naive_pm_mined
+from cmc_cli.tokenmaps.strategies import DeltaIndex
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from oracles import naive_pm_mined  # noqa: E402  (the tests' reference)
 
 
 def load(key):
-    d = assets.fetch_tokenizers([key])[key]
+    d = fetcher.fetch_tokenizers([key])[key]
     adapter = get_adapter(assets.TOKENIZERS[key].adapter)
     return adapter.load_vocab(ModelRef(text=key, path=d, adapter=adapter.name, origin="assets"))
 

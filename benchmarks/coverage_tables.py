@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from cmc_cli import assets
+from cmc_cli import fetch as fetcher
 from cmc_cli.plugins import get_adapter
 from cmc_cli.refs import ModelRef
 from cmc_cli.tokenmaps import KIND_NAMES, TokenMap
@@ -18,7 +19,7 @@ MODEL_PAIRS = [("smollm2", "gemma3"), ("gemma3", "smollm2"), ("smollm2", "llama2
 
 
 def main() -> None:
-    dirs = assets.fetch_tokenizers()
+    dirs = fetcher.fetch_tokenizers()
     vocabs = {}
     for key, d in dirs.items():
         adapter = get_adapter(assets.TOKENIZERS[key].adapter)

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cmc_cli import assets
+from cmc_cli import fetch as fetcher
 from cmc_cli.adapters.gguf_vocab import SPECIAL_TYPES, read_gguf_vocab
 from cmc_cli.errors import CmcError
 from cmc_cli.plugins import adapter_for
@@ -38,12 +39,12 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        archive = assets._pip_download(assets.LLAMA_CPP, Path(tmp) / "pkg")
+        archive = fetcher._pip_download(assets.LLAMA_CPP, Path(tmp) / "pkg")
         print("| vocab file | GGUF tokens | transformers | cmc | pieces ≠ GGUF (transformers → cmc) | "
               "BOS / EOS: GGUF | transformers | cmc | special-typed as text (transformers → cmc) |")
         print("|---|---:|---:|---:|---:|---|---|---|---:|")
         for name in FILES:
-            path = assets._extract_member(archive, f"{assets.LLAMA_CPP.prefix}ggml-vocab-{name}.gguf", Path(tmp))
+            path = fetcher._extract_member(archive, f"{assets.LLAMA_CPP.prefix}ggml-vocab-{name}.gguf", Path(tmp))
             gv = read_gguf_vocab(path)
             ref = resolve(str(path))
             adapter = adapter_for(ref)

@@ -77,6 +77,19 @@ U = ["unlearn", "--template", "tpl", "--delta", "tiny", "--forget", "forget.json
      "--device", "cpu", "--max-steps", "2", "--batch-size", "2"]
 
 
+def without(args: list[str], opt: str) -> list[str]:
+    """args with the option `opt` and its value taken out."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == opt:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 def cases():
     """(class, args, needle the first line must hold, setup(root) or None)."""
     c = []
@@ -91,12 +104,10 @@ def cases():
     # mixed runs
     for opt, val in (("--lr", "0.01"), ("--batch-size", "3"), ("--seed", "7"), ("--warmup-ratio", "0.2"),
                      ("--weight-decay", "0.1"), ("--clip", "0.5"), ("--max-length", "64")):
-        args = [a for a in T if a not in ("--batch-size", "2")] if opt == "--batch-size" else list(T)
-        add("mixed run", args + ["-o", "half", "--resume", "half", opt, val], opt)
+        add("mixed run", without(T, opt) + ["-o", "half", "--resume", "half", opt, val], opt)
     for opt, val in (("--temperature", "0.7"), ("--max-new-tokens", "9"), ("--top-p", "0.5"), ("--top-k", "5"),
                      ("--stop", "x"), ("--user-format", "chat"), ("--combine", "sum")):
-        args = [a for a in G if a not in ("--max-new-tokens", "4")] if opt == "--max-new-tokens" else list(G)
-        add("mixed run", args + ["--prompts", "p.jsonl", "-o", "gen.jsonl", "--resume", opt, val], opt)
+        add("mixed run", without(G, opt) + ["--prompts", "p.jsonl", "-o", "gen.jsonl", "--resume", opt, val], opt)
     add("mixed run", [a if a != "delta:1" else "delta:2" for a in G] + ["--prompts", "p.jsonl", "-o", "gen.jsonl",
                                                                         "--resume"], "gen.jsonl")
     # bad values
@@ -105,16 +116,14 @@ def cases():
                      ("--max-length", "0"), ("--loss-chunk", "0"), ("--checkpoint-every", "-1"),
                      ("--device", "tpu"), ("--dtype", "fp8"), ("--delta", "huge"), ("--combine", "avg"),
                      ("--prompt-format", "no placeholder")):
-        base = [a for i, a in enumerate(T) if not (a == opt or (i > 0 and T[i - 1] == opt))]
-        add("bad value", base + ["-o", "new1", opt, val], opt)
+        add("bad value", without(T, opt) + ["-o", "new1", opt, val], opt)
     for opt, val in (("--method", "forget"), ("--retain-loss", "mse"), ("--npo-beta", "0"), ("--eval-every", "-2"),
                      ("--forget-weight", "nan")):
         add("bad value", U + ["-o", "new2", opt, val], opt)
     for opt, val in (("--top-p", "0"), ("--top-p", "1.5"), ("--temperature", "-1"), ("--max-new-tokens", "0"),
                      ("--top-k", "-1"), ("--batch-size", "0"), ("--alpha", "nan"), ("--user-format", "fancy"),
                      ("--device", "gpu9"), ("--suppress", "no-such-token-xyz")):
-        base = [a for i, a in enumerate(G) if not (a == opt or (i > 0 and G[i - 1] == opt))]
-        add("bad value", base + ["-p", "Hi", opt, val], opt)
+        add("bad value", without(G, opt) + ["-p", "Hi", opt, val], opt)
     add("bad value", ["generate", "--user", "user", "-d", "delta:abc", "-p", "Hi"], "delta:abc")
     add("bad value", ["map-vocab", "tok-spm", "tok-bl", "-o", "m2.safetensors", "--strategy", "fuzzy"], "--strategy")
     add("bad value", ["map-vocab", "tok-spm", "tok-bl", "-o", "m3.safetensors", "--strategy", "pm-lookahead",
@@ -133,7 +142,8 @@ def cases():
     add("bad file", ["map-vocab", "tok-spm", "nowhere", "-o", "m4.safetensors"], "nowhere")
     add("bad file", ["map-vocab", "tok-spm", "d.jsonl", "-o", "m5.safetensors"], "d.jsonl")
     add("bad file", ["map-vocab", "tok-spm", "tok-bl", "-o", "d.jsonl/m.safetensors"], "d.jsonl")
-    add("bad file", ["eval", "tofu", "-u", "user", "--data", "nowhere"], "nowhere")
+    add("bad file", ["eval", "tofu", "-u", "user", "--forget", "nowhere.jsonl"], "nowhere.jsonl")
+    add("bad file", ["eval", "tofu", "-u", "user", "--forget", "forget.jsonl", "--retain", "gone.jsonl"], "gone.jsonl")
     add("bad file", ["eval", "instruct", "-u", "user", "--prompts", "nowhere.jsonl"], "nowhere.jsonl")
     # file contents
     contents = {
@@ -159,6 +169,8 @@ def cases():
     add("bad content", [a if a != "map.safetensors" else "notmap.safetensors" for a in G] + ["-p", "Hi"],
         "notmap.safetensors", writer("notmap.safetensors"))
     add("bad content", G + ["--prompts", "p.jsonl", "-o", "torn.jsonl", "--resume"], "torn.jsonl", writer("torn.jsonl"))
+    contents["hello.jsonl"] = b"hello"
+    add("bad content", G + ["--prompts", "p.jsonl", "-o", "hello.jsonl", "--resume"], "hello.jsonl", writer("hello.jsonl"))
     add("bad content", G + ["--prompts", "latin1.jsonl", "-o", "g3.jsonl"], "latin1.jsonl", writer("latin1.jsonl"))
     add("bad content", G + ["-p", ""], "--prompt")
     add("bad content", G + ["-p", "caf\udce9"], "--prompt")

@@ -31,6 +31,7 @@ from real_facts import answers_correctly, candidates  # noqa: E402
 from real_unlearn import FORGET_TOPICS, STOP, screen, write_jsonl  # noqa: E402
 
 from cmc_cli import assets  # noqa: E402
+from cmc_cli import fetch as fetcher  # noqa: E402
 from cmc_cli.config import TrainConfig  # noqa: E402
 from cmc_cli.data.tofu import TofuItem, load_tofu_eval  # noqa: E402
 from cmc_cli.engine.decode import Decoder  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else assets.cache_dir() / "real-idk"
-    dirs = assets.fetch_models()
+    dirs = fetcher.fetch_models()
     lms = {k: load_lm(str(dirs[k])) for k in sorted(dirs)}
     facts = candidates()
     fmt = {k: assets.MODELS[k].prompt_format for k in lms}  # each model is asked in its own format

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_facts import answers_correctly, candidates  # noqa: E402
 
 from cmc_cli import assets  # noqa: E402
+from cmc_cli import fetch as fetcher  # noqa: E402
 from cmc_cli.config import TrainConfig  # noqa: E402
 from cmc_cli.data.tofu import load_tofu_eval  # noqa: E402
 from cmc_cli.engine.decode import Decoder  # noqa: E402
@@ -81,7 +82,7 @@ def main() -> None:
     work = Path(args.work) if args.work else assets.cache_dir() / "real-unlearn"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dirs = assets.fetch_models()
+    dirs = fetcher.fetch_models()
     keys = sorted(dirs)
     lms = {k: load_lm(str(dirs[k]), device=args.device) for k in keys}
     fmt = {k: assets.MODELS[k].prompt_format for k in keys}

@@ -37,6 +37,36 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_dir_atomically(final: str | Path, fill, mode: int | None = None):
+    """Build a directory in a staging directory beside `final` (`fill(staging)` writes it), then swap it in.
+    The old `final` is set aside as `final.old` for the instant of the swap, so a kill at any point leaves the
+    old or the new directory whole (checkpoint.tidy_checkpoint_dir puts a lone `.old` back). On any failure
+    the staging directory is removed and `final` is as it was. Returns what `fill` returns."""
+    import shutil
+    import tempfile
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        if mode is not None:
+            os.chmod(staging, mode)  # mkdtemp makes it private
+        result = fill(staging)
+        if final.exists():
+            old = final.with_name(final.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
 def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
@@ -62,31 +92,31 @@ def append_jsonl(path: str | Path, records: list[dict]) -> None:
 
 
 def read_jsonl_for_resume(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, record) of a JSONL file that a run appends to. A last line cut by an interruption is
-    dropped from the file (atomically) with a warning; a malformed line elsewhere is an error."""
+    """(line number, record) of a JSONL file that a run appends to. A last line cut by an interruption (a
+    JSON object begun but not ended, with no newline after it: cmc writes whole lines) is dropped from
+    the file, and only it, with a warning; any other malformed line is an error and the file is left as it is."""
     import logging
 
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
-    out, good = [], []
+    out, cut = [], None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if n >= len(lines) - 1:
+            if n == len(lines) and line.lstrip().startswith("{"):  # the unterminated last line
                 logging.getLogger(__name__).warning("%s:%d is incomplete (interrupted write); it will be redone", path, n)
+                cut = len(text) - len(line)
                 break
-            raise CmcError(f"{path}:{n}: malformed JSON; fix or remove the file") from None
+            raise CmcError(f"{path}:{n}: malformed JSON; fix or remove the file, or choose another --output") from None
         if not isinstance(rec, dict):
-            raise CmcError(f"{path}:{n}: expected a JSON object; fix or remove the file")
+            raise CmcError(f"{path}:{n}: expected a JSON object; fix or remove the file, or choose another --output")
         out.append((n, rec))
-        good.append(line)
-    clean = "".join(x + "\n" for x in good)
-    if clean != text:
-        atomic_write_text(path, clean)
+    if cut is not None:
+        atomic_write_text(path, text[:cut])
     return out
 
 
@@ -123,3 +153,14 @@ class OutputLock:
         if self.fd is not None:
             os.close(self.fd)  # releases the flock
             self.fd = None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (the GGUFs of `cmc fetch` are hundreds of MB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

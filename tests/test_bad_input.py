@@ -154,3 +154,31 @@ def test_causes_are_not_cut_mid_sentence():
     long = RuntimeError("word " * 100)
     assert cause(long, 50).endswith(" …") and len(cause(long, 50)) <= 52
     assert cause(ValueError("")) == "ValueError"
+
+
+@pytest.mark.parametrize("opt, val, needle", [
+    ("--clip", "-1", "--clip must be a finite number >= 0 (0: off), got -1.0"),
+    ("--weight-decay", "nan", "--weight-decay must be a finite number >= 0"),
+    ("--checkpoint-every", "-1", "--checkpoint-every must be >= 0"),
+    ("--delta", "huge", "--delta huge: neither a preset (tiny, mini, small, 15m, 42m, 110m) nor a model directory"),
+])
+def test_train_options_out_of_range_are_refused_before_loading(cli, workdir, opt, val, needle):
+    (workdir / "d.jsonl").write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    r = cli("train", "--template", "nowhere", "--data", "d.jsonl", "-o", "out", opt, val)
+    assert r.exit_code == 1 and needle in r.output, r.output
+    assert "nowhere" not in r.output and not (workdir / "out").exists()  # refused before the template is looked up
+
+
+def test_delta_preset_names_are_the_shapes_engine_knows():
+    from cmc_cli.config import DELTA_PRESETS
+    from cmc_cli.engine.delta import PRESETS
+
+    assert tuple(PRESETS) == DELTA_PRESETS
+
+
+@pytest.mark.parametrize("opt, val, needle", [("--top-p", "0", "--top-p must be in (0, 1]"),
+                                              ("--temperature", "-1", "--temperature must be a finite number >= 0"),
+                                              ("--max-new-tokens", "0", "--max-new-tokens must be positive")])
+def test_decoding_options_are_checked_before_any_model_loads(cli, workdir, opt, val, needle):
+    r = cli("generate", "--user", "nowhere", "-p", "Hi", opt, val)
+    assert r.exit_code == 1 and needle in r.output and "nowhere" not in r.output, r.output

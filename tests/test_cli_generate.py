@@ -138,3 +138,10 @@ def test_resume_on_a_file_that_is_not_jsonl(models, workdir, cli):
             "-o", "notes.jsonl", "--resume")
     assert r.exit_code == 1 and "notes.jsonl:1: malformed JSON; fix or remove the file" in r.output
     assert (workdir / "notes.jsonl").read_text() == "not json at all\nreally not\n"
+    # one line of text, with or without its newline: not a torn record of ours, so never cut off
+    for text in ("this is not json\n", "hello"):
+        (workdir / "notes.jsonl").write_text(text)
+        r = cli("generate", "--user", models["user"], "--prompts", models["prompts"], "--max-new-tokens", "3",
+                "-o", "notes.jsonl", "--resume")
+        assert r.exit_code == 1 and "notes.jsonl:1: malformed JSON" in r.output
+        assert (workdir / "notes.jsonl").read_text() == text

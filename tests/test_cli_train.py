@@ -92,6 +92,6 @@ def test_template_and_delta_errors(cli, workdir, tpl, tiny_tokenizers, tmp_path)
     r = cli("train", "--task", "instruct", "--template", tpl, "--data", "d.jsonl", "-o", "x", "--delta", other)
     assert r.exit_code == 1 and "cross-vocabulary training is not supported" in r.output
     r = cli("train", "--task", "instruct", "--template", tpl, "--data", "d.jsonl", "-o", "x", "--delta", "7b")
-    assert r.exit_code == 1 and "unknown delta preset '7b'" in r.output
+    assert r.exit_code == 1 and "--delta 7b: neither a preset (tiny, mini, small, 15m, 42m, 110m) nor a model directory" in r.output
     r = cli("train", "--task", "summarise", "--template", tpl, "-o", "x")
     assert r.exit_code == 1 and "task must be one of instruct, unlearn" in r.output

@@ -46,3 +46,28 @@ def test_every_combine_mode_gives_the_same_distribution():
     b = torch.log_softmax(decode_scores(user, [(0.7, delta, None)], mode="sum"), -1)
     c = torch.log_softmax(decode_scores(user, [(0.7, delta, None)], mode="log-softmax-both"), -1)
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+
+
+def test_unlearning_loss_is_the_gradient_difference_and_its_variants():
+    from cmc_cli.engine.combine import unlearning_loss
+
+    assert unlearning_loss("ascent", 2.0, 0.5) == -2.0 + 0.5  # -CE(forget) + CE(retain)
+    assert unlearning_loss("ascent", 2.0, 0.5, forget_weight=0.5, retain_weight=3.0) == -1.0 + 1.5
+    assert unlearning_loss("refusal", 2.0, 0.5) == 2.5 and unlearning_loss("npo", 2.0) == 2.0
+    f = torch.tensor(2.0, requires_grad=True)
+    unlearning_loss("ascent", f, torch.tensor(1.0)).backward()
+    assert f.grad.item() == -1.0
+
+
+def test_deltas_of_different_combine_modes_need_one_given():
+    from types import SimpleNamespace
+
+    from cmc_cli.engine.decode import combine_mode
+    from cmc_cli.errors import ConfigError
+
+    a = SimpleNamespace(combine="log-softmax-template", lm=SimpleNamespace(name="a"))
+    b = SimpleNamespace(combine="sum", lm=SimpleNamespace(name="b"))
+    assert combine_mode([a, a], None) == "log-softmax-template" and combine_mode([], None) == "log-softmax-template"
+    assert combine_mode([a, b], "sum") == "sum"
+    with pytest.raises(ConfigError, match=r"different combine modes \(a: log-softmax-template, b: sum\); pass --combine"):
+        combine_mode([a, b], None)

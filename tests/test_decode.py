@@ -210,6 +210,28 @@ def test_logits_processor_greedy_equals_cmcs_own_loop(world, user_bl):
         assert out == g.token_ids
 
 
+def test_logits_processor_on_a_left_padded_batch_equals_cmcs_own_loop(world, user_bl):
+    """One HF generate call over all prompts, left-padded to one length: every row as cmc decodes it."""
+    import copy
+    import dataclasses
+
+    from cmc_cli.engine.processor import CMCLogitsProcessor
+
+    d = load_delta(world["delta"], user_bl, alpha=1.0)
+    ours = Decoder(user_bl, [d]).generate(PROMPTS, GenerationConfig(max_new_tokens=10))
+    tok = copy.deepcopy(user_bl.tokenizer)
+    tok.pad_token, tok.padding_side = tok.eos_token, "left"
+    user = dataclasses.replace(user_bl, tokenizer=tok)
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    assert len({len(tok(p)["input_ids"]) for p in PROMPTS}) > 1  # the batch really is padded
+    proc = CMCLogitsProcessor([d], user, PROMPTS)
+    out = user.model.generate(**enc, logits_processor=[proc], do_sample=False, max_new_tokens=10,
+                              pad_token_id=tok.eos_token_id)[:, enc["input_ids"].shape[1]:].tolist()
+    eos = tok.eos_token_id
+    for row, g in zip(out, ours):
+        assert (row[:row.index(eos)] if eos in row else row) == g.token_ids
+
+
 def test_stop_strings_and_max_new_tokens(world, user_bl):
     dec = Decoder(user_bl, [])
     free = dec.generate(PROMPTS[:1], SAMPLED)[0]

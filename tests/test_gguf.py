@@ -160,12 +160,13 @@ def test_fetch_models_conversion_on_a_gguf_written_here(workdir, tiny_tokenizers
     """`cmc fetch models`' conversion path end to end, offline: GGUF -> dequantised model -> safetensors
     directory, checked against the GGUF itself; needs every dependency that path needs (accelerate)."""
     from cmc_cli import assets
+    from cmc_cli import fetch as fetcher
     from cmc_cli.engine.models import load_lm
 
     g = _tiny_llama_gguf(tiny_tokenizers, tmp_path)
     n = read_gguf_vocab(g).size
     a = assets.ModelAsset("tinygguf", "llama", "tiny GGUF written by the test", (), g.name, "0" * 64, n, "Q: {prompt}\nA:")
-    out = assets._convert_model(a, g)
+    out = fetcher._convert_model(a, g)
     assert out == assets.model_dir("tinygguf")
     info = json.loads((out / "cmc-asset.json").read_text())
     assert info["vocab_size"] == n and info["check"]["max_abs_logit_diff_vs_gguf"] <= 1e-4

@@ -66,7 +66,25 @@ def test_cli_eval_instruct_end_to_end_and_resume(models, workdir, cli):
     alone, with_delta = res["rows"]
     assert (alone["label"], with_delta["label"]) == ("user", "user + delta@0.5")
     assert alone["n"] == 4 and alone["n_ref"] == 3
-    assert 0 <= alone["win_rate"] <= 1 and alone["win_rate"] * 6 == int(alone["win_rate"] * 6)  # halves of 3 items
+    # the win rate by hand: the judge's next-token logits for " A" / " B" in both orders, per referenced item
+    judge = load_lm(str(models["judge"]))
+    tok = judge.tokenizer
+    a_id, b_id = (tok(x, add_special_tokens=False)["input_ids"][-1] for x in (" A", " B"))
+
+    def prefers_a(instruction, a, b):
+        ids = tok(JUDGE_PROMPT.format(instruction=instruction, a=a, b=b))["input_ids"]
+        with torch.no_grad():
+            lg = judge.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        return None if lg[a_id] == lg[b_id] else bool(lg[a_id] > lg[b_id])
+
+    refs = {"Name three fish.": "Cod, salmon and trout.", "Describe the harbour.\n\nOne sentence.":
+            "The harbour is busy with boats.", "What colour is box 2?": "Box 2 is blue."}
+    outs = [json.loads(x)["output"] for x in (workdir / "ev" / "generations" / "user.jsonl").read_text().splitlines()]
+    wins = []
+    for (instruction, ref), out in zip(refs.items(), [outs[0], outs[1], outs[3]]):  # prompt 3 has no reference
+        first, second = prefers_a(instruction, out, ref), prefers_a(instruction, ref, out)
+        wins.append(1.0 if (first, second) == (True, False) else 0.0 if (first, second) == (False, True) else 0.5)
+    assert alone["win_rate"] == pytest.approx(sum(wins) / 3)
     ae = json.loads((workdir / "ev" / "alpaca_eval" / "user_delta@0.5.json").read_text())
     assert [set(x) for x in ae] == [{"instruction", "output", "generator"}] * 4
     assert ae[1]["instruction"] == "Describe the harbour." and ae[0]["generator"] == "user + delta@0.5"

@@ -12,7 +12,7 @@ from cmc_cli.tokenmaps import TokenMap
 PLUGIN = '''
 from cmc_cli.adapters.base import Adapter
 from cmc_cli.hookspecs import hookimpl
-from cmc_cli.tokenmaps.surfaces import PLAIN, build_vocab
+from cmc_cli.vocab import PLAIN, build_vocab
 
 
 class WordListAdapter(Adapter):

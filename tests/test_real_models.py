@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cmc_cli import assets
+from cmc_cli import fetch as fetcher
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -89,7 +90,7 @@ def test_converted_directory_equals_the_gguf(models):
     info = json.loads((d / "cmc-asset.json").read_text())
     gguf = load_lm(info["gguf"])
     lm = models["smollm2"]
-    ids = lm.tokenizer(assets.PROBE_TEXT, return_tensors="pt").input_ids
+    ids = lm.tokenizer(fetcher.PROBE_TEXT, return_tensors="pt").input_ids
     assert gguf.vocab.fingerprint == lm.vocab.fingerprint
     with torch.no_grad():
         assert torch.equal(gguf.model(ids).logits, lm.model(ids).logits)

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from cmc_cli.tokenmaps import TokenMap
+from oracles import naive_pm_mined
+
 from cmc_cli.tokenmaps.strategies import (
-    BYTE, EXACT, EXTENSION, KIND_NAMES, PREFIX, SPECIAL, UNMAPPED, DeltaIndex, naive_pm_mined,
+    BYTE, EXACT, EXTENSION, KIND_NAMES, PREFIX, SPECIAL, UNMAPPED, DeltaIndex,
 )
-from cmc_cli.tokenmaps.surfaces import WORD_START, is_marker_only
+from cmc_cli.vocab import WORD_START, is_marker_only
 
 pytestmark = pytest.mark.real
 
@@ -22,12 +24,13 @@ PAIRS = [("llama2", "mistral"), ("llama2", "gpt2"), ("llama2", "qwen2"), ("gpt2"
 @pytest.fixture(scope="session")
 def real_vocabs():
     from cmc_cli import assets
+    from cmc_cli import fetch as fetcher
     from cmc_cli.errors import CmcError
     from cmc_cli.plugins import get_adapter
     from cmc_cli.refs import ModelRef
 
     try:
-        dirs = assets.fetch_tokenizers()
+        dirs = fetcher.fetch_tokenizers()
     except CmcError as e:
         pytest.skip(f"REAL TOKENIZERS UNAVAILABLE, real tests skipped: {e}")
     out = {}
@@ -149,6 +152,7 @@ def real_hf_tokenizers(real_vocabs):
 
     from cmc_cli import assets
 
+
     return {k: AutoTokenizer.from_pretrained(str(assets.cache_dir() / "tokenizers" / k)) for k in real_vocabs}
 
 
@@ -188,17 +192,18 @@ def test_llama_cpp_vocabularies_agree_with_their_gguf(tmp_path):
     """transformers alone gives DeepSeek 3 phantom ids holding BOS/EOS, Llama-3 one phantom id and
     Phi-3's type-UNKNOWN `[PADnnnnn]` tokens as text; cmc's vocabularies follow the GGUF."""
     from cmc_cli import assets
+    from cmc_cli import fetch as fetcher
     from cmc_cli.adapters.gguf_vocab import SPECIAL_TYPES, read_gguf_vocab
     from cmc_cli.errors import CmcError
     from cmc_cli.plugins import adapter_for
     from cmc_cli.refs import resolve
 
     try:
-        archive = assets._pip_download(assets.LLAMA_CPP, tmp_path / "pkg")
+        archive = fetcher._pip_download(assets.LLAMA_CPP, tmp_path / "pkg")
     except CmcError as e:
         pytest.skip(f"llama-cpp-python sdist unavailable: {e}")
     for name, (size, bos, eos) in LLAMA_CPP_VOCABS.items():
-        path = assets._extract_member(archive, assets.LLAMA_CPP.prefix + name, tmp_path)
+        path = fetcher._extract_member(archive, assets.LLAMA_CPP.prefix + name, tmp_path)
         gv = read_gguf_vocab(path)
         ref = resolve(str(path))
         adapter = adapter_for(ref)

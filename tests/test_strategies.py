@@ -3,10 +3,12 @@ import random
 import numpy as np
 import pytest
 
+from oracles import naive_pm_mined
+
 from cmc_cli.tokenmaps.strategies import (
-    BYTE, EDIT, EXACT, EXTENSION, PREFIX, SPECIAL, UNMAPPED, DeltaIndex, map_vocab, naive_pm_mined,
+    BYTE, EDIT, EXACT, EXTENSION, PREFIX, SPECIAL, UNMAPPED, DeltaIndex, map_vocab,
 )
-from cmc_cli.tokenmaps.surfaces import PLAIN, SPM, WORD_START, build_vocab
+from cmc_cli.vocab import PLAIN, SPM, WORD_START, build_vocab
 
 W = WORD_START
 

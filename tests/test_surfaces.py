@@ -1,4 +1,4 @@
-from cmc_cli.tokenmaps.surfaces import (
+from cmc_cli.vocab import (
     BYTE_LEVEL, PLAIN, SPM, WORD_START, build_vocab, byte_to_unicode, bytes_to_surface, normalise_piece,
     surface_to_bytes, unicode_to_byte, vocab_fingerprint,
 )

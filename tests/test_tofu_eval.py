@@ -8,6 +8,7 @@ import pytest
 from cmc_cli.data.tofu import load_tofu_eval
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.models import load_delta, load_lm
+from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.errors import DataError
 from cmc_cli.eval.metrics import harmonic_mean
 from cmc_cli.eval.tofu import (
@@ -41,7 +42,18 @@ def test_truth_ratio_by_hand_both_sides_of_one():
 
 def test_choice_probability_ks_and_harmonic_mean_by_hand():
     assert choice_prob(0.0, [math.log(2), math.log(4)]) == pytest.approx(1 / 1.75)
-    assert forget_quality([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]) == pytest.approx(1.0)
+    # overlapping samples: the exact two-sided p-value is the share of the C(8, 4) = 70 ways of splitting the
+    # pooled values into two groups of 4 whose KS statistic reaches the observed one (enumerated here)
+    from itertools import combinations
+
+    def ks(x, y):
+        return max(abs(sum(v <= t for v in x) / len(x) - sum(v <= t for v in y) / len(y)) for t in x + y)
+
+    a, b = [1.0, 2.0, 3.0, 5.0], [4.0, 6.0, 7.0, 8.0]
+    pooled, d = a + b, ks(a, b)
+    splits = [([pooled[i] for i in c], [pooled[i] for i in range(8) if i not in c]) for c in combinations(range(8), 4)]
+    p_exact = sum(ks(x, y) >= d - 1e-12 for x, y in splits) / len(splits)
+    assert d == 0.75 and forget_quality(a, b) == pytest.approx(p_exact)
     # disjoint samples of 5 and 5: exact two-sided p = 2 / C(10, 5)
     assert forget_quality([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
     assert harmonic_mean([1.0, 0.5]) == pytest.approx(2 / 3)
@@ -98,8 +110,16 @@ def test_evaluator_end_to_end_and_resume(tofu_world, tmp_path):
     dec = Decoder(user, [load_delta(tofu_world["delta"], user, 1.0)])
     full = TofuEvaluator(dec, sets, max_new_tokens=8, batch_size=4).run(tmp_path / "a.jsonl")
     assert {k: v.n for k, v in full.items()} == {"forget": 5, "retain": 6, "world_facts": 3}
-    for res in full.values():
-        assert 0 <= res.rouge_l <= 1 and 0 < res.prob <= 1 and 0 <= res.truth_ratio <= 1
+    # P of the forget and retain sets, from scratch: the combined model teacher-forced on each answer,
+    # exp(-mean NLL of its tokens), averaged over items
+    for kind in ("forget", "retain"):
+        probs = []
+        for item in sets[kind]:
+            a_ids = dec.user_answer_ids(item.question, item.answer)
+            forced = dec.generate([item.question], GenerationConfig(max_new_tokens=len(a_ids)), force=[a_ids])[0]
+            nll = -sum(forced.token_logprobs) / len(a_ids)
+            probs.append(math.exp(-nll))
+        assert full[kind].prob == pytest.approx(sum(probs) / len(probs), rel=1e-4)
     # interrupted after 7 items, the last line torn: the rerun evaluates only what is missing
     lines = (tmp_path / "a.jsonl").read_text().splitlines()
     assert len(lines) == 14

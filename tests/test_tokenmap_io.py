@@ -3,7 +3,7 @@ import pytest
 
 from cmc_cli.errors import TokenMapError
 from cmc_cli.tokenmaps import TokenMap
-from cmc_cli.tokenmaps.surfaces import PLAIN, build_vocab
+from cmc_cli.vocab import PLAIN, build_vocab
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 from cmc_cli.adapters.gguf_vocab import repair_gguf_tokenizer
 from cmc_cli.errors import TokenizerError, cause
 from cmc_cli.refs import ModelRef
-from cmc_cli.tokenmaps.surfaces import BYTE_LEVEL, CHAT_MARKER_ROLES, PLAIN, SPM, Vocab, build_vocab
+from cmc_cli.vocab import BYTE_LEVEL, CHAT_MARKER_ROLES, PLAIN, SPM, Vocab, build_vocab
 
 log = logging.getLogger(__name__)
 

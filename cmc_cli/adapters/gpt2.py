@@ -2,7 +2,7 @@
 
 from cmc_cli.adapters.base import HFAdapter
 from cmc_cli.hookspecs import hookimpl
-from cmc_cli.tokenmaps.surfaces import BYTE_LEVEL
+from cmc_cli.vocab import BYTE_LEVEL
 
 
 class GPT2Adapter(HFAdapter):

@@ -5,7 +5,7 @@ The convention is read from each tokenizer, so one adapter serves both generatio
 
 from cmc_cli.adapters.base import HFAdapter
 from cmc_cli.hookspecs import hookimpl
-from cmc_cli.tokenmaps.surfaces import SPM
+from cmc_cli.vocab import SPM
 
 
 class LlamaAdapter(HFAdapter):

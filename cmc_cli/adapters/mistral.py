@@ -2,7 +2,7 @@
 
 from cmc_cli.adapters.base import HFAdapter
 from cmc_cli.hookspecs import hookimpl
-from cmc_cli.tokenmaps.surfaces import SPM
+from cmc_cli.vocab import SPM
 
 
 class MistralAdapter(HFAdapter):

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cmc_cli import assets
+from cmc_cli import fetch as fetcher
 from cmc_cli.commands._common import handle_errors, info, status
 from cmc_cli.errors import CmcError
 
@@ -34,9 +35,9 @@ def fetch(
     with status("fetching") as phase:
         report = lambda m: (phase(m), info(m))  # noqa: E731
         if what in ("tokenizers", "all") and (tok_keys or not only):
-            done.update(assets.fetch_tokenizers(tok_keys or None, force=force, report=report))
+            done.update(fetcher.fetch_tokenizers(tok_keys or None, force=force, report=report))
         if what in ("models", "all") and (model_keys or not only):
-            done.update(assets.fetch_models(model_keys or None, force=force, report=report))
+            done.update(fetcher.fetch_models(model_keys or None, force=force, report=report))
     if not done:
         raise CmcError(f"--only {' '.join(only)} names no {what}; nothing fetched")
     for key, path in done.items():

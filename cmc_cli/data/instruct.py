@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from cmc_cli.data.records import DataError, read_records, require_text
-from cmc_cli.engine.combine import IGNORE
+
+IGNORE = -100  # the label of positions no loss is taken on (the prompt, padding)
 
 @dataclass(frozen=True)
 class Example:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from cmc_cli.errors import DataError
 
-__all__ = ["DataError", "file_sha256", "read_records", "require_text"]
+__all__ = ["DataError", "read_records", "require_text"]
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict]]:
@@ -57,8 +56,6 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def require_text(path, line: int, rec: dict, key: str, allow_empty: bool = False) -> str:

@@ -52,3 +52,8 @@ def load_tofu_eval(path: str | Path, kind: str) -> list[TofuItem]:
             raise DataError(f"{src}: 'key' must be a non-empty string or a list of them")
         out.append(TofuItem(q, a, para, tuple(pert), src, tuple(key)))
     return out
+
+
+# the TOFU sets an evaluation reports, in order, with their titles
+SET_TITLES = {"forget": "Forget", "retain": "Retain", "real_authors": "Real authors", "world_facts": "World facts",
+              "heldout": "Held-out"}

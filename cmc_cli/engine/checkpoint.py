@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from cmc_cli.errors import CmcError, cause
+from cmc_cli.fileio import write_dir_atomically
 
 
 def tidy_checkpoint_dir(path: Path) -> None:
@@ -40,8 +40,8 @@ def save_checkpoint(path: Path, delta, optimizer, progress: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tidy_checkpoint_dir(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file({k: v.detach().contiguous() for k, v in delta.state_dict().items()}, str(tmp / "delta.safetensors"))
         opt = optimizer.state_dict()
         tensors, state_meta = {}, {}
@@ -58,20 +58,12 @@ def save_checkpoint(path: Path, delta, optimizer, progress: dict) -> Path:
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "progress.json").write_text(json.dumps({
             **progress, "param_groups": opt["param_groups"], "state_scalars": state_meta}, indent=2))
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+
+    try:
+        write_dir_atomically(path, fill)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CmcError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept — free "
                        "space, then rerun with --resume") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -125,3 +117,22 @@ def _check_progress(progress, path: Path) -> None:
             raise CmcError(f"{bad}: '{key}' must be a JSON {'list' if kind is list else 'object'}; restore it or start a new run")
     if any(not isinstance(m, dict) for m in progress.get("history", [])):
         raise CmcError(f"{bad}: 'history' must hold one JSON object per step; restore it or start a new run")
+
+
+# options that may differ between a run and its --resume: where it is written and how it is checkpointed or
+# chunked, and the data paths (their contents are hashed and compared instead); every other option shapes the
+# run, and a resume that changes one would mix two runs (steps 1-40 under one lr, 41-60 under another)
+RESUME_MAY_DIFFER = frozenset({"output", "resume", "overwrite", "device", "checkpoint_every", "loss_chunk",
+                               "micro_batch_size", "data", "forget", "retain", "refusals"})
+
+
+def check_same_run(recorded: dict | None, now: dict, where) -> None:
+    """Refuse a --resume whose run-shaping options differ from the ones the checkpoint recorded, naming them."""
+    if not isinstance(recorded, dict):
+        return  # a checkpoint from before the options were recorded
+    diff = [k for k in sorted(now) if k not in RESUME_MAY_DIFFER and k in recorded and recorded[k] != now[k]]
+    if diff:
+        shown = ", ".join(f"--{k.replace('_', '-')} {recorded[k]!r} (now {now[k]!r})" for k in diff[:4])
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise CmcError(f"cannot resume from {where}: it was run with {shown}{more}; resume with the same options, "
+                       "or start a new run in another --output")

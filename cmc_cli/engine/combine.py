@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-COMBINE_MODES = ("log-softmax-template", "sum", "log-softmax-both")
-IGNORE = -100
+from cmc_cli.config import COMBINE_MODES, RETAIN_TERMS, UNLEARN_METHODS  # noqa: F401  (the option sets)
+from cmc_cli.data.instruct import IGNORE
 
 
 def combine(template_logits: torch.Tensor, delta_logits: torch.Tensor, mode: str = "log-softmax-template") -> torch.Tensor:
@@ -57,19 +57,17 @@ def token_logratio(final: torch.Tensor, reference_logits: torch.Tensor, targets:
     return (lp - lr).masked_fill(~keep, 0.0)
 
 
-# ---- unlearning objectives (cmc unlearn --method) ------------------------------------------------------
-# method -> (forget term, default retain term). Forget terms: "ascent" = -CE(forget answers) (the paper's
-# gradient difference), "refusal" = CE(forget questions -> refusal answers) (TOFU's idk), "npo" = negative
-# preference optimisation against the frozen template. Retain terms: "nll" = CE(retain), "kl" =
-# KL(template || combined) on retain, None = no retain term.
-UNLEARN_METHODS = {
-    "grad-diff": ("ascent", "nll"),
-    "grad-ascent": ("ascent", None),
-    "kl": ("ascent", "kl"),
-    "idk": ("refusal", "nll"),
-    "npo": ("npo", "nll"),
-}
-RETAIN_TERMS = ("nll", "kl", "none")
+
+
+FORGET_SIGNS = {"ascent": -1.0, "refusal": 1.0, "npo": 1.0}  # forget term (config.UNLEARN_METHODS) -> its sign
+
+
+def unlearning_loss(term: str, forget_loss, retain_loss=None, forget_weight: float = 1.0, retain_weight: float = 1.0):
+    """The unlearning objective: sign(term) * forget_weight * forget + retain_weight * retain. With "ascent" and
+    an NLL retain term it is the paper's gradient difference, -CE(forget) + CE(retain); "refusal" (idk) and
+    "npo" minimise their forget term. Works on tensors (to backpropagate) and on floats (to report)."""
+    loss = FORGET_SIGNS[term] * forget_weight * forget_loss
+    return loss if retain_loss is None else loss + retain_weight * retain_loss
 
 
 def npo_loss(logratio: torch.Tensor, beta: float, n: int | None = None) -> torch.Tensor:

@@ -134,6 +134,18 @@ def step_scores(user_logits: torch.Tensor, deltas: list[Delta], runners: list[De
     return decode_scores(user_logits, terms, mode)
 
 
+def combine_mode(deltas: list[Delta], combine: str | None) -> str:
+    """The combine mode of a decode: the one given, else the one every delta was trained with; deltas
+    trained with different modes need it given (one mode applies to the whole step)."""
+    if combine is not None:
+        return combine
+    modes = {d.combine for d in deltas}
+    if len(modes) > 1:
+        shown = ", ".join(f"{d.lm.name}: {d.combine}" for d in deltas)
+        raise ConfigError(f"the deltas were trained with different combine modes ({shown}); pass --combine")
+    return modes.pop() if modes else "log-softmax-template"
+
+
 # ---- the decoder --------------------------------------------------------------------------------------
 class Decoder:
     """A user model, its deltas and an optional proxy-tuning pair; `generate(prompts)` decodes a batch."""
@@ -150,7 +162,7 @@ class Decoder:
 
             user_format = asset_prompt_format(user.path) or "raw"
         self.user_format = user_format
-        self.combine = combine or (self.deltas[0].combine if self.deltas else "log-softmax-template")
+        self.combine = combine_mode(self.deltas, combine)
         self.limit = context_length(user.model)
         self.eos_ids = self._eos_ids()
         for d in self.deltas:

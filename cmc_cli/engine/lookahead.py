@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from cmc_cli.tokenmaps.strategies import PREFIX, exact_table
-from cmc_cli.tokenmaps.surfaces import Vocab, surface_to_bytes
+from cmc_cli.vocab import Vocab, surface_to_bytes
 
 
 class Lookahead:

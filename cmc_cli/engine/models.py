@@ -26,7 +26,7 @@ class LoadedModel:
     name: str
     model: object
     tokenizer: object
-    vocab: object  # tokenmaps.surfaces.Vocab
+    vocab: object  # vocab.Vocab
     adapter: str = ""
     path: Path | None = None  # where it was loaded from
     feed_bos: list[int] | None = None  # the BOS it was trained with, when recorded (a delta's cmc.json)

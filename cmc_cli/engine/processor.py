@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from cmc_cli.engine.decode import DeltaRunner, step_scores
-
+from cmc_cli.engine.decode import DeltaRunner, combine_mode, step_scores
 from cmc_cli.engine.models import Delta, LoadedModel
 from cmc_cli.engine.textsync import GenText
 from cmc_cli.errors import CmcError
@@ -30,7 +29,7 @@ class CMCLogitsProcessor(LogitsProcessor):
         self.deltas = list(deltas)
         self.user = user
         self.prompts = list(prompts)
-        self.combine = combine or (self.deltas[0].combine if self.deltas else "log-softmax-template")
+        self.combine = combine_mode(self.deltas, combine)
         self.runners: list[DeltaRunner] = []
         self.texts: list[GenText] = []
         self.prompt_len = None

@@ -19,9 +19,9 @@ import torch
 from cmc_cli.assets import asset_prompt_format
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
-from cmc_cli.data.records import file_sha256
-from cmc_cli.engine.checkpoint import load_checkpoint, save_checkpoint, tidy_checkpoint_dir
-from cmc_cli.engine.combine import IGNORE, UNLEARN_METHODS, npo_loss, npo_sequence_weights
+from cmc_cli.engine.checkpoint import check_same_run, load_checkpoint, save_checkpoint, tidy_checkpoint_dir
+from cmc_cli.engine.combine import (FORGET_SIGNS, IGNORE, UNLEARN_METHODS, npo_loss, npo_sequence_weights,
+                                    unlearning_loss)
 from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden
@@ -29,7 +29,7 @@ from cmc_cli.engine.models import load_lm
 from cmc_cli.engine.trainstep import (chunked_kl, chunked_nll, chunked_weighted_nll, delta_step, lr_at, sequence_logratio,
                                       template_hidden)
 from cmc_cli.errors import CmcError, NonFiniteLoss, cause
-from cmc_cli.fileio import atomic_write_json, atomic_write_text
+from cmc_cli.fileio import atomic_write_json, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +59,6 @@ class TrainResult:
     stopped: str  # completed | max-steps | stop-forget-loss
     last: StepMetrics | None
     history: list[StepMetrics] = field(default_factory=list)
-
-
-# options that may differ between a run and its --resume: where it is written and how it is checkpointed or
-# chunked, and the data paths (their contents are hashed and compared instead); every other option shapes the
-# run, and a resume that changes one would mix two runs (steps 1-40 under one lr, 41-60 under another)
-RESUME_MAY_DIFFER = frozenset({"output", "resume", "overwrite", "device", "checkpoint_every", "loss_chunk",
-                               "micro_batch_size", "data", "forget", "retain", "refusals"})
-
-
-def check_same_run(recorded: dict | None, now: dict, where) -> None:
-    """Refuse a --resume whose run-shaping options differ from the ones the checkpoint recorded, naming them."""
-    if not isinstance(recorded, dict):
-        return  # a checkpoint from before the options were recorded
-    diff = [k for k in sorted(now) if k not in RESUME_MAY_DIFFER and k in recorded and recorded[k] != now[k]]
-    if diff:
-        shown = ", ".join(f"--{k.replace('_', '-')} {recorded[k]!r} (now {now[k]!r})" for k in diff[:4])
-        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
-        raise CmcError(f"cannot resume from {where}: it was run with {shown}{more}; resume with the same options, "
-                       "or start a new run in another --output")
 
 
 class Trainer:
@@ -137,14 +118,14 @@ class Trainer:
 
         refusals = load_refusals(self.cfg.refusals)
         if self.cfg.refusals:
-            self.data_hashes[str(self.cfg.refusals)] = file_sha256(self.cfg.refusals)
+            self.data_hashes[str(self.cfg.refusals)] = sha256_file(self.cfg.refusals)
         rng = random.Random(self.cfg.seed)
         examples = [Example(ex.prompt, rng.choice(refusals), ex.source) for ex in forget]
         return encode(examples, self.tokenizer, self.prompt_format, self.cfg.max_length)
 
     def _load(self, path, loader) -> list:
         """The file's examples; its sha256 goes into the run's record (resume checks it)."""
-        self.data_hashes[str(path)] = file_sha256(path)
+        self.data_hashes[str(path)] = sha256_file(path)
         return loader(path)
 
     def _encode(self, path, loader) -> list[Encoded]:
@@ -361,19 +342,13 @@ class Trainer:
         if cfg.task == "instruct":
             loss = self._accumulate(main, "nll", 1.0)
         else:  # combine.UNLEARN_METHODS: the method's forget term, then its retain term
-            term, fw = UNLEARN_METHODS[cfg.loss][0], cfg.forget_weight
-            if term == "ascent":  # -CE(forget answers)
-                forget_loss = self._accumulate(main, "nll", -fw)
-                loss = -fw * forget_loss
-            elif term == "refusal":  # CE(forget questions -> refusals)
-                forget_loss = self._accumulate(main, "nll", fw)
-                loss = fw * forget_loss
-            else:  # npo
-                forget_loss = self._npo(main, fw)
-                loss = fw * forget_loss
+            # each side backpropagates with its weight in combine.unlearning_loss, which then gives the step's loss
+            term = UNLEARN_METHODS[cfg.loss][0]  # ascent: -CE(forget answers); refusal: CE(-> refusals); npo
+            fw = FORGET_SIGNS[term] * cfg.forget_weight
+            forget_loss = self._npo(main, fw) if term == "npo" else self._accumulate(main, "nll", fw)
             if cfg.retain_term() is not None:
                 retain_loss = self._accumulate(retain, cfg.retain_term(), cfg.retain_weight)
-                loss += cfg.retain_weight * retain_loss
+            loss = unlearning_loss(term, forget_loss, retain_loss, cfg.forget_weight, cfg.retain_weight)
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"the loss became {loss} at step {step + 1}; the run stopped and the last good "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from cmc_cli import __version__
 from cmc_cli.config import GenerateConfig
 from cmc_cli.data.instruct import Prompt, load_prompts
 from cmc_cli.engine.decode import Decoder
@@ -27,6 +28,8 @@ from cmc_cli.engine.score import Scorer
 from cmc_cli.engine.streams import LockstepLM
 from cmc_cli.errors import CmcError
 from cmc_cli.eval.metrics import pairwise_outcome, rouge_l
+from cmc_cli.eval.report import instruct_columns
+from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,6 @@ def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]
     from cmc_cli.engine.generate import build_decoder, run_generate
     from cmc_cli.eval.models import eval_decoders
     from cmc_cli.eval.report import slug as _slug
-    from cmc_cli.eval.report import write_instruct_report
-    from cmc_cli.fileio import atomic_write_json
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
     prompts = load_prompts(cfg.prompts)
@@ -158,3 +159,23 @@ def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]
             write_instruct_report(out, rows, cfg)
     return rows
 
+
+def write_instruct_report(out: Path, rows, cfg) -> None:
+    judge = {"ref": cfg.judge, "format": cfg.judge_format, "prompt": JUDGE_PROMPT} if cfg.judge else None
+    atomic_write_json(out / "results.json", {"format": "cmc-eval-instruct/1", "cmc_version": __version__,
+                                             "prompts": str(cfg.prompts), "judge": judge,
+                                             "rows": [r.as_dict() for r in rows]})
+    header, cells = instruct_columns(rows)
+    lines = ["# Instruction-following evaluation", "",
+             f"Prompts: `{cfg.prompts}`; greedy, {cfg.max_new_tokens} new tokens; user format `{cfg.user_format}`.",
+             "ref log-lik: mean per-token log-likelihood of the reference responses; ROUGE-L F / R: of the "
+             "generation against the reference; win rate: against the references, judged in both orders "
+             "(ties half).", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    lines += ["", "AlpacaEval inputs (for judges you have access to): " +
+              ", ".join(f"`{r.files['alpaca_eval']}`" for r in rows if r.files.get("alpaca_eval")), ""]
+    if judge:
+        lines += [f"Judge: `{cfg.judge}` (format `{cfg.judge_format}`); verdict = the likelier of ' A' / ' B' next. "
+                  "Prompt:", "", "```", JUDGE_PROMPT, "```", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))

@@ -25,7 +25,7 @@ def _fmt(x) -> str:
 
 def tofu_columns(rows) -> tuple[list[str], list[list[str]]]:
     """Header and cells shaped like the paper's Table 2: RL, P, TR per set, then FQ and MU."""
-    from cmc_cli.eval.tofu import SET_TITLES
+    from cmc_cli.data.tofu import SET_TITLES
 
     kinds = [k for k in SET_TITLES if any(k in r.sets for r in rows)]
     header = ["model"] + [f"{SET_TITLES[k]} {m}" for k in kinds for m in ("RL", "P", "TR")]
@@ -48,7 +48,7 @@ def behaviour_columns(rows) -> tuple[list[str], list[list[str]]]:
     """Behaviour first: refusal rate and key accuracy of the greedy answers per set, and each delta row's
     paired change in forget refusals against the same user alone (mean over items, 95% bootstrap CI)."""
     from cmc_cli.eval.metrics import paired_bootstrap
-    from cmc_cli.eval.tofu import SET_TITLES
+    from cmc_cli.data.tofu import SET_TITLES
 
     kinds = [k for k in SET_TITLES if any(k in r.sets and r.sets[k].refusal is not None for r in rows)]
     key_kinds = [k for k in kinds if any(k in r.sets and r.sets[k].key_accuracy is not None for r in rows)]
@@ -115,26 +115,3 @@ def instruct_columns(rows) -> tuple[list[str], list[list[str]]]:
             line.append(_fmt(r.win_rate))
         cells.append(line)
     return header, cells
-
-
-def write_instruct_report(out: Path, rows, cfg) -> None:
-    from cmc_cli.eval.instruct import JUDGE_PROMPT
-
-    judge = {"ref": cfg.judge, "format": cfg.judge_format, "prompt": JUDGE_PROMPT} if cfg.judge else None
-    atomic_write_json(out / "results.json", {"format": "cmc-eval-instruct/1", "cmc_version": __version__,
-                                             "prompts": str(cfg.prompts), "judge": judge,
-                                             "rows": [r.as_dict() for r in rows]})
-    header, cells = instruct_columns(rows)
-    lines = ["# Instruction-following evaluation", "",
-             f"Prompts: `{cfg.prompts}`; greedy, {cfg.max_new_tokens} new tokens; user format `{cfg.user_format}`.",
-             "ref log-lik: mean per-token log-likelihood of the reference responses; ROUGE-L F / R: of the "
-             "generation against the reference; win rate: against the references, judged in both orders "
-             "(ties half).", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(c) + " |" for c in cells]
-    lines += ["", "AlpacaEval inputs (for judges you have access to): " +
-              ", ".join(f"`{r.files['alpaca_eval']}`" for r in rows if r.files.get("alpaca_eval")), ""]
-    if judge:
-        lines += [f"Judge: `{cfg.judge}` (format `{cfg.judge_format}`); verdict = the likelier of ' A' / ' B' next. "
-                  "Prompt:", "", "```", JUDGE_PROMPT, "```", ""]
-    atomic_write_text(out / "report.md", "\n".join(lines))

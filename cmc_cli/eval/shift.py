@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from cmc_cli.data.records import DataError, read_records
+from cmc_cli.engine.combine import proxy_scores
 from cmc_cli.engine.models import LoadedModel
 from cmc_cli.errors import CmcError
 
@@ -154,12 +155,11 @@ def _shifts(fam: Family, text: str) -> tuple[torch.Tensor, list[int]]:
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = fam.base.bos + list(enc["input_ids"])
     x = torch.tensor([ids], device=next(fam.base.model.parameters()).device)
-    lb = F.log_softmax(fam.base.model(input_ids=x).logits[0].float(), -1)
-    lt = F.log_softmax(fam.tuned.model(input_ids=x).logits[0].float(), -1)
+    shift_all = proxy_scores(fam.tuned.model(input_ids=x).logits[0], fam.base.model(input_ids=x).logits[0])
     n_bos, K = len(fam.base.bos), len(enc["input_ids"])
     first = 0 if n_bos else 1  # without a BOS nothing predicts the first token
     # position p predicts ids[p + 1]: text token k is predicted at n_bos - 1 + k
-    shift = (lt - lb)[n_bos - 1 + first:n_bos - 1 + K]
+    shift = shift_all[n_bos - 1 + first:n_bos - 1 + K]
     starts = [s for s, _ in enc["offset_mapping"]][first:]
     return shift, starts
 

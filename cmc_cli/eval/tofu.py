@@ -208,8 +208,6 @@ def _read_items(path: Path, sets: dict[str, list[TofuItem]]) -> dict[str, dict[i
 
 
 # ---- a whole evaluation: several models, with and without deltas --------------------------------------
-SET_TITLES = {"forget": "Forget", "retain": "Retain", "real_authors": "Real authors", "world_facts": "World facts",
-              "heldout": "Held-out"}
 
 
 @dataclass
@@ -238,7 +236,7 @@ class TofuRow:
 def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
     """Evaluate every user alone and with the deltas; write `cfg.out`/items/*.jsonl as it goes and
     results.json + report.md after each row. on_progress(label, done, total)."""
-    from cmc_cli.data.records import file_sha256
+    from cmc_cli.fileio import sha256_file
     from cmc_cli.data.tofu import load_tofu_eval
     from cmc_cli.engine.generate import build_decoder
     from cmc_cli.eval.models import eval_decoders
@@ -250,7 +248,7 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
     for kind, path in cfg.set_paths().items():
         items = load_tofu_eval(path, kind)
         sets[kind] = items[:cfg.limit] if cfg.limit else items
-    data = {k: {"path": str(p), "sha256": file_sha256(p), "n": len(sets[k])} for k, p in cfg.set_paths().items()}
+    data = {k: {"path": str(p), "sha256": sha256_file(p), "n": len(sets[k])} for k, p in cfg.set_paths().items()}
     out = Path(cfg.out) if cfg.out else None
     retain_ratios = None
     if cfg.retain_model:

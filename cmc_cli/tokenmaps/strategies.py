@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cmc_cli.tokenmaps.surfaces import WORD_START, Vocab, is_marker_only
+from cmc_cli.vocab import WORD_START, Vocab, is_marker_only
 
 log = logging.getLogger(__name__)
 
@@ -178,34 +178,3 @@ def map_vocab(delta: Vocab, user: Vocab, strategy: str = "pm-mined", fallback: s
     if progress is not None:
         progress(n, n)
     return out, kind
-
-
-def naive_pm_mined(delta: Vocab, u: str) -> tuple[int, int]:
-    """The research code's way: scan the whole delta vocabulary for one user token.
-
-    Kept as the independent reference for tests and the benchmark; same rules as DeltaIndex.pm_mined.
-    """
-    from rapidfuzz.distance import Levenshtein
-
-    exact = exact_table(delta)
-    if u in exact:
-        return exact[u], EXACT
-    markers_only = is_marker_only(u)
-    best = None
-    for s, i in exact.items():
-        if s == u or i in delta.raw_text_ids:
-            continue
-        if u.startswith(s):
-            if s == WORD_START and not markers_only:
-                continue
-            kind = PREFIX
-        elif s.startswith(u):
-            kind = EXTENSION
-        else:
-            continue
-        cand = (Levenshtein.distance(u, s), i, kind)
-        if best is None or cand[:2] < best[:2]:
-            best = cand
-    if best is None:
-        return -1, UNMAPPED
-    return best[1], best[2]

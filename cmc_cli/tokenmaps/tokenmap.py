@@ -20,7 +20,7 @@ from cmc_cli import __version__
 from cmc_cli.errors import TokenMapError, cause
 from cmc_cli.fileio import atomic_write_bytes
 from cmc_cli.tokenmaps.strategies import BASE_STRATEGIES, KIND_NAMES, PREFIX, UNMAPPED, map_vocab
-from cmc_cli.tokenmaps.surfaces import Vocab
+from cmc_cli.vocab import Vocab
 
 FORMAT = "cmc-tokenmap/1"
 STRATEGIES = BASE_STRATEGIES + ("pm-suppress", "pm-lookahead", "shuffled")

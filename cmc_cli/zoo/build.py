@@ -24,6 +24,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cmc_cli.data.records import read_records
 from cmc_cli.errors import CmcError
 from cmc_cli.fileio import atomic_write_json
 from cmc_cli.zoo.world import REDUCED, WorldSpec, write_world_data
@@ -140,7 +141,7 @@ def _record(zoo: Zoo, name: str, path: Path) -> None:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [rec for _, rec in read_records(path)]
 
 
 def _have(zoo: Zoo, name: str) -> bool:

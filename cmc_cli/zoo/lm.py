@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from cmc_cli.data.instruct import Encoded, Example, bos_ids, collate, encode
-from cmc_cli.engine.combine import IGNORE
+from cmc_cli.engine.combine import IGNORE, unlearning_loss
 from cmc_cli.engine.trainstep import lr_at
+from cmc_cli.fileio import write_dir_atomically
 
 ARCHS = ("llama", "qwen2")
 
@@ -98,25 +99,17 @@ def train_lm(model, data: list[Encoded], pad_id: int, epochs: int, lr: float, ba
 
 
 def save_model(model, tokenizer_dir: str | Path, out_dir: str | Path) -> Path:
-    """Weights + the tokenizer files, written to a temp directory and renamed into place."""
+    """Weights + the tokenizer files, written to a staging directory and swapped into place."""
     import shutil
-    import tempfile
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def fill(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for f in Path(tokenizer_dir).iterdir():
             if f.is_file():
                 shutil.copy(f, tmp / f.name)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    write_dir_atomically(out_dir, fill)
+    return Path(out_dir)
 
 
 def unlearn_lm(model, forget: list[Encoded], retain: list[Encoded], pad_id: int, lr: float, batch_size: int,
@@ -138,7 +131,7 @@ def unlearn_lm(model, forget: list[Encoded], retain: list[Encoded], pad_id: int,
         r_idx = torch.randperm(len(retain), generator=g)[:batch_size].tolist()
         f_loss = ce([forget[i] for i in f_idx])
         r_loss = ce([retain[i] for i in r_idx])
-        (-f_loss + retain_weight * r_loss).backward()
+        unlearning_loss("ascent", f_loss, r_loss, 1.0, retain_weight).backward()  # the gradient difference
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
-"""Surface normalisation: every tokenizer family's pieces in one comparable alphabet.
+"""Vocabularies (Vocab, its fingerprint) and surface normalisation: every tokenizer family's pieces in one
+comparable alphabet. Adapters produce a Vocab; token maps read two.
 
 A *surface* is the text a token stands for, with every space written as the canonical word-start
 marker `▁` (U+2581). So SentencePiece `▁the`, byte-level BPE `Ġthe` and a plain ` the` all become

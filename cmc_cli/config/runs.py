@@ -1,0 +1,221 @@
+"""Options of the commands that load models to map, decode or evaluate: map-vocab, generate, eval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmc_cli.config.options import (COMBINE_MODES, FALLBACKS, STRATEGIES, _merge_sources, check_prompt_text,
+                                    check_sampling)
+from cmc_cli.errors import ConfigError
+
+
+@dataclass
+class MapVocabConfig:
+    """Options of `cmc map-vocab`."""
+
+    delta: str
+    user: str
+    output: Path | None = None
+    strategy: str = "exact-ext"  # tokenmaps.tokenmap.DEFAULT_STRATEGY
+    fallback: str = "none"
+    delta_adapter: str | None = None
+    user_adapter: str | None = None
+    show: bool = False
+    seed: int = 0  # --strategy shuffled
+    overwrite: bool = False
+    lookahead_k: int | None = None  # --strategy pm-lookahead (default tokenmap.LOOKAHEAD_K)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{self.strategy}'")
+        if self.fallback not in FALLBACKS:
+            raise ConfigError(f"--fallback must be one of {', '.join(FALLBACKS)}, got '{self.fallback}'")
+        if self.fallback != "none" and self.strategy not in ("pm-mined", "pm-suppress", "pm-lookahead"):
+            raise ConfigError("--fallback applies to the PM-MinED strategies only (pm-mined, pm-suppress, pm-lookahead)")
+        if self.lookahead_k is not None:
+            if self.strategy != "pm-lookahead":
+                raise ConfigError("--lookahead-k applies to --strategy pm-lookahead only")
+            if isinstance(self.lookahead_k, bool) or not isinstance(self.lookahead_k, int) or self.lookahead_k < 1:
+                raise ConfigError(f"--lookahead-k must be a whole number >= 1, got {self.lookahead_k}")
+        if self.seed != 0 and self.strategy != "shuffled":
+            raise ConfigError("--seed applies to --strategy shuffled only")
+
+
+@dataclass
+class DeltaSpec:
+    """`--delta PATH[:ALPHA]`: a delta directory and its strength (None: the global --alpha)."""
+
+    path: Path
+    alpha: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "DeltaSpec":
+        import math
+
+        head, sep, tail = str(text).rpartition(":")
+        if sep and head and not Path(text).exists():
+            try:
+                alpha = float(tail)
+            except ValueError:
+                raise ConfigError(f"--delta '{text}': the part after ':' must be a number (PATH[:ALPHA])") from None
+            if not math.isfinite(alpha):
+                raise ConfigError(f"--delta '{text}': alpha must be a finite number")
+            return cls(Path(head), alpha)
+        return cls(Path(text))
+
+
+@dataclass
+class GenerateConfig:
+    """Options of `cmc generate`."""
+
+    user: str = ""
+    deltas: list = field(default_factory=list)  # "PATH[:ALPHA]" strings or DeltaSpec
+    token_maps: list = field(default_factory=list)
+    alpha: float = 1.0
+    expert: str | None = None
+    anti_expert: str | None = None
+    prompt: str | None = None
+    prompts: str | None = None
+    output: str | None = None
+    resume: bool = False
+    generator: str | None = None
+    user_format: str = "auto"
+    combine: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: list = field(default_factory=list)
+    suppress: list = field(default_factory=list)
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not self.user:
+            raise ConfigError("--user is required: the LLM to decode (path, cmc.yaml name or hub id in the local cache)")
+        self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
+        self.token_maps = [Path(p) for p in self.token_maps or []]
+        self.stop = list(self.stop or [])
+        self.suppress = [str(s) for s in self.suppress or []]
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
+        if (self.prompt is None) == (self.prompts is None):
+            raise ConfigError("give exactly one of --prompt TEXT or --prompts FILE")
+        if self.prompt is not None:
+            check_prompt_text(self.prompt, "--prompt")
+        if (self.expert is None) != (self.anti_expert is None):
+            raise ConfigError("proxy-tuning needs both --expert and --anti-expert")
+        if self.resume and not self.output:
+            raise ConfigError("--resume needs --output: the JSONL file to continue")
+        if self.combine is not None and self.combine not in COMBINE_MODES:
+            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+        check_sampling(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.stop, self.suppress)
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "GenerateConfig":
+        return _merge_sources(cls, yaml_path, flags, "generation")
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["deltas"] = [f"{s.path}:{s.alpha}" if s.alpha is not None else str(s.path) for s in self.deltas]
+        d["token_maps"] = [str(p) for p in self.token_maps]
+        return d
+
+
+@dataclass
+class EvalTofuConfig:
+    """Options of `cmc eval tofu`."""
+
+    users: list = field(default_factory=list)
+    deltas: list = field(default_factory=list)  # applied together to every user
+    token_maps: list = field(default_factory=list)
+    alpha: float = 1.0
+    forget: str | None = None
+    retain: str | None = None
+    real_authors: str | None = None
+    world_facts: str | None = None
+    retain_model: str | None = None  # trained without the forget set: forget quality
+    refusals: str | None = None  # refusal answers for the refusal rate (default: data/refusals.py)
+    alone: bool = True  # also evaluate each user without deltas
+    user_format: str = "auto"
+    combine: str | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    limit: int | None = None  # items per set
+    out: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_eval_models(self)
+        if not any((self.forget, self.retain, self.real_authors, self.world_facts)):
+            raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts")
+        if self.retain_model and not self.forget:
+            raise ConfigError("--retain-model is for forget quality and needs --forget")
+        if self.refusals is not None and not Path(self.refusals).is_file():
+            raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
+
+    def set_paths(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in ("forget", "retain", "real_authors", "world_facts") if getattr(self, k)}
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "EvalTofuConfig":
+        return _merge_sources(cls, yaml_path, flags, "evaluation")
+
+
+@dataclass
+class EvalInstructConfig:
+    """Options of `cmc eval instruct`."""
+
+    prompts: str = ""
+    users: list = field(default_factory=list)
+    deltas: list = field(default_factory=list)
+    token_maps: list = field(default_factory=list)
+    alpha: float = 1.0
+    judge: str | None = None
+    judge_format: str = "raw"
+    alone: bool = True
+    user_format: str = "auto"
+    combine: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    limit: int | None = None
+    out: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ConfigError("--prompts is required: Alpaca JSON/JSONL with reference 'output's")
+        _check_eval_models(self)
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "EvalInstructConfig":
+        return _merge_sources(cls, yaml_path, flags, "evaluation")
+
+
+def _check_eval_models(cfg) -> None:
+    """What every `cmc eval` command checks: users, deltas, alpha, sizes."""
+    import math
+
+    cfg.users = [str(u) for u in (cfg.users or [])]
+    cfg.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in cfg.deltas or []]
+    cfg.token_maps = [Path(p) for p in cfg.token_maps or []]
+    if not cfg.users:
+        raise ConfigError("--user is required (repeat it to evaluate several models)")
+    if not isinstance(cfg.alpha, (int, float)) or not math.isfinite(cfg.alpha):
+        raise ConfigError(f"--alpha must be a finite number, got {cfg.alpha}")
+    if not cfg.deltas and not cfg.alone:
+        raise ConfigError("--no-alone leaves nothing to evaluate without --delta")
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise ConfigError(f"--limit must be positive, got {cfg.limit}")
