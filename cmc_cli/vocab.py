@@ -25,22 +25,6 @@ CONVENTIONS = (SPM, BYTE_LEVEL, PLAIN)
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
-# Role of well-known chat / turn markers, so they map by meaning across families.
-CHAT_MARKER_ROLES = {
-    "<|im_start|>": "turn_start",
-    "<start_of_turn>": "turn_start",
-    "<|start_header_id|>": "header_start",
-    "<|end_header_id|>": "header_end",
-    "<|im_end|>": "turn_end",
-    "<end_of_turn>": "turn_end",
-    "<|eot_id|>": "turn_end",
-    "<|end|>": "turn_end",
-    "<|user|>": "user",
-    "<|assistant|>": "assistant",
-    "<|system|>": "system",
-    "[INST]": "inst_start",
-    "[/INST]": "inst_end",
-}
 # When a special token plays several roles (GPT-2's <|endoftext|> is bos, eos and unk), the first
 # role in this order that the other vocabulary has decides. eos first: that is how such a token is
 # used while decoding.

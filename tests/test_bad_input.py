@@ -182,3 +182,31 @@ def test_delta_preset_names_are_the_shapes_engine_knows():
 def test_decoding_options_are_checked_before_any_model_loads(cli, workdir, opt, val, needle):
     r = cli("generate", "--user", "nowhere", "-p", "Hi", opt, val)
     assert r.exit_code == 1 and needle in r.output and "nowhere" not in r.output, r.output
+
+
+@pytest.mark.parametrize("cmd", [["generate", "--user", "nowhere", "-p", "Hi"],
+                                 ["eval", "tofu", "-u", "nowhere", "--forget", "f.jsonl"],
+                                 ["eval", "instruct", "-u", "nowhere", "--prompts", "f.jsonl"]])
+@pytest.mark.parametrize("opt, val, needle", [("--device", "tpu", "--device 'tpu' is not a device"),
+                                              ("--dtype", "fp8", "--dtype 'fp8' is unknown"),
+                                              ("--user-format", "Question", "--user-format must be auto, raw, chat"),
+                                              ("--combine", "avg", "--combine must be one of"),
+                                              ("--alpha", "nan", "--alpha must be a finite number")])
+def test_the_shared_model_options_are_checked_once_before_anything_loads(cli, workdir, cmd, opt, val, needle):
+    """generate and every eval share one ModelSelection (config/runs.py) and one set of options."""
+    (workdir / "f.jsonl").write_text(json.dumps({"question": "q", "answer": "a", "instruction": "q", "output": "a"}) + "\n")
+    r = cli(*cmd, opt, val)
+    assert r.exit_code == 1 and needle in r.output and "nowhere" not in r.output, r.output
+
+
+def test_train_device_and_dtype_are_checked_before_loading(cli, workdir):
+    (workdir / "d.jsonl").write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    r = cli("train", "--template", "nowhere", "--data", "d.jsonl", "-o", "out", "--dtype", "fp8")
+    assert r.exit_code == 1 and "--dtype 'fp8' is unknown" in r.output and "nowhere" not in r.output
+
+
+def test_dtype_names_are_the_ones_the_engine_knows():
+    from cmc_cli.config import DTYPE_NAMES
+    from cmc_cli.engine.devices import DTYPES
+
+    assert tuple(DTYPES) == DTYPE_NAMES

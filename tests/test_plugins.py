@@ -123,3 +123,26 @@ def test_every_hook_is_documented():
     for name in hooks:
         assert getattr(hookspecs, name).__doc__, name
         assert name in doc, f"{name} missing from docs/plugins.md"
+
+
+def test_family_facts_are_declared_by_the_adapters_and_read_by_the_shared_code():
+    from cmc_cli.adapters.base import HFAdapter, family_filler, family_marker_roles
+    from cmc_cli.adapters.gemma import GemmaAdapter
+    from cmc_cli.adapters.llama import LlamaAdapter
+    from cmc_cli.adapters.qwen import QwenAdapter
+
+    assert GemmaAdapter.marker_roles["<start_of_turn>"] == "turn_start" and "<unused\\d+>" in GemmaAdapter.filler_patterns
+    assert LlamaAdapter.marker_roles["<|eot_id|>"] == "turn_end" and QwenAdapter.marker_roles["<|im_start|>"] == "turn_start"
+    roles = family_marker_roles()
+    assert {roles[k] for k in ("<start_of_turn>", "<|im_end|>", "<|start_header_id|>", "[INST]", "</s>")} == {
+        "turn_start", "turn_end", "header_start", "inst_start", "eos"}
+    assert family_filler().match("<unused17>") and family_filler().match("<|reserved_special_token_3|>")
+    assert not family_filler().match("<unused>")
+
+    class ToyAdapter(HFAdapter):  # a third-party family declares its own marker
+        name = "toy"
+        marker_roles = {"<|toy_turn|>": "turn_start"}
+        filler_patterns = (r"<toy_pad_\d+>",)
+
+    assert family_marker_roles()["<|toy_turn|>"] == "turn_start" and family_filler().match("<toy_pad_4>")
+    assert ToyAdapter.name == "toy"

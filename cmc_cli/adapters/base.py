@@ -18,20 +18,19 @@ from pathlib import Path
 from cmc_cli.adapters.gguf_vocab import repair_gguf_tokenizer
 from cmc_cli.errors import TokenizerError, cause
 from cmc_cli.refs import ModelRef
-from cmc_cli.vocab import BYTE_LEVEL, CHAT_MARKER_ROLES, PLAIN, SPM, Vocab, build_vocab
+from cmc_cli.vocab import BYTE_LEVEL, PLAIN, SPM, Vocab, build_vocab
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT_FORMAT = "<|user|>\n{prompt}\n<|assistant|>\n"
 
-# Roles of special tokens known by their text, for tokenizers that do not declare them.
+# Roles of special tokens known by their text, for tokenizers that do not declare them (the families'
+# chat markers are their adapters' `marker_roles`).
 KNOWN_SPECIAL_ROLES = {
     "<s>": "bos", "</s>": "eos", "<unk>": "unk", "<pad>": "pad", "<bos>": "bos", "<eos>": "eos",
     "<|endoftext|>": "eos", "<|begin_of_text|>": "bos", "<|end_of_text|>": "eos", "[PAD]": "pad",
-    "[UNK]": "unk", **CHAT_MARKER_ROLES,
+    "[UNK]": "unk",
 }
-# Added tokens that only pad or reserve space: special, with no role (unmapped).
-_FILLER = re.compile(r"^(\[PAD\d+\]|<\|reserved_special_token_\d+\|>|<unused\d+>|<\|extra_\d+\|>)$")
 
 
 class Adapter:
@@ -44,6 +43,12 @@ class Adapter:
     gguf_archs: tuple[str, ...] = ()  # GGUF general.architecture values
     tokenizer_classes: tuple[str, ...] = ()  # tokenizer_config.json tokenizer_class values
     default_prompt_format: str = DEFAULT_PROMPT_FORMAT
+    # Family facts the shared code reads. A chat marker's role and a filler's pattern mean the same in every
+    # vocabulary that holds them (SmolLM2, a Llama, uses Qwen's ChatML markers), so every vocabulary is read
+    # with those of all the adapters loaded (`family_marker_roles`, `family_filler`).
+    marker_roles: dict[str, str] = {"<|end|>": "turn_end", "<|user|>": "user", "<|assistant|>": "assistant",
+                                    "<|system|>": "system"}  # Phi-3 and the generic chat format
+    filler_patterns: tuple[str, ...] = (r"\[PAD\d+\]",)  # added tokens that only pad or reserve space
 
     def matches(self, ref: ModelRef) -> bool:
         h = ref.hints
@@ -63,6 +68,29 @@ class Adapter:
 
     def load_vocab(self, ref: ModelRef) -> Vocab:
         return self.token_surfaces(self.load_tokenizer(ref), name=ref.name)
+
+
+def _adapter_classes() -> list[type[Adapter]]:
+    out, todo = [], [Adapter]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c.__subclasses__())
+    return out
+
+
+def family_marker_roles() -> dict[str, str]:
+    """Role of every chat marker any loaded adapter declares, with the generic special-token names."""
+    roles = dict(KNOWN_SPECIAL_ROLES)
+    for c in _adapter_classes():
+        roles.update(c.marker_roles)
+    return roles
+
+
+def family_filler() -> re.Pattern:
+    """Added tokens that only pad or reserve space, by any loaded adapter's patterns: special, with no role."""
+    pats = sorted({p for c in _adapter_classes() for p in c.filler_patterns})
+    return re.compile("^(" + "|".join(pats) + ")$")
 
 
 class HFAdapter(Adapter):
@@ -159,10 +187,11 @@ class HFAdapter(Adapter):
         pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
         special: dict[int, list[str]] = {}
         raw_text: set[int] = set()
+        filler, known_roles = family_filler(), family_marker_roles()
         for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
             if i >= n:
                 continue
-            if tok.special or _FILLER.match(tok.content):
+            if tok.special or filler.match(tok.content):
                 special[i] = []
             else:
                 raw_text.add(i)
@@ -174,7 +203,7 @@ class HFAdapter(Adapter):
             if isinstance(i, int) and 0 <= i < n:
                 special.setdefault(i, []).append(role)
         for i in list(special):
-            role = KNOWN_SPECIAL_ROLES.get(pieces[i] or "")
+            role = known_roles.get(pieces[i] or "")
             if role and role not in special[i]:
                 special[i].append(role)
         for i, p in enumerate(pieces):

@@ -13,6 +13,8 @@ class GemmaAdapter(HFAdapter):
     gguf_archs = ("gemma", "gemma2", "gemma3")
     tokenizer_classes = ("GemmaTokenizer", "GemmaTokenizerFast")
     spm_tokenizer_class = "GemmaTokenizer"
+    marker_roles = {"<start_of_turn>": "turn_start", "<end_of_turn>": "turn_end"}
+    filler_patterns = (r"<unused\d+>",)
 
 
 @hookimpl

@@ -15,6 +15,10 @@ class LlamaAdapter(HFAdapter):
     model_types = ("llama",)
     gguf_archs = ("llama",)
     tokenizer_classes = ("LlamaTokenizer", "LlamaTokenizerFast")
+    # Llama-3's header and turn markers; Llama-2 chat's [INST]
+    marker_roles = {"<|start_header_id|>": "header_start", "<|end_header_id|>": "header_end", "<|eot_id|>": "turn_end",
+                    "[INST]": "inst_start", "[/INST]": "inst_end"}
+    filler_patterns = (r"<\|reserved_special_token_\d+\|>",)
 
 
 @hookimpl

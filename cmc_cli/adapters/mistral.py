@@ -12,6 +12,7 @@ class MistralAdapter(HFAdapter):
     model_types = ("mistral", "mixtral")
     gguf_archs = ()  # Mistral GGUFs say "llama"; the llama adapter handles them identically
     tokenizer_classes = ("MistralTokenizer",)
+    marker_roles = {"[INST]": "inst_start", "[/INST]": "inst_end"}
 
 
 @hookimpl

@@ -12,6 +12,8 @@ class QwenAdapter(HFAdapter):
     model_types = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
     gguf_archs = ("qwen2", "qwen3", "qwen2moe", "qwen3moe")
     tokenizer_classes = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+    marker_roles = {"<|im_start|>": "turn_start", "<|im_end|>": "turn_end"}  # ChatML (SmolLM2 uses it too)
+    filler_patterns = (r"<\|extra_\d+\|>",)
 
 
 @hookimpl

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cmc_cli.commands import options as O
 from cmc_cli.commands._common import UI, console, err_console, handle_errors, info
 from cmc_cli.config import EvalTofuConfig
 
@@ -18,10 +18,10 @@ eval_app = typer.Typer(help="Evaluate user LLMs with and without deltas.", no_ar
 @eval_app.command("tofu")
 @handle_errors
 def tofu(
-    user: Annotated[list[str], Opt("--user", "-u", help="User LLM (repeat for several): path, cmc.yaml name or hub id in the local cache.")] = None,
-    delta: Annotated[list[str], Opt("--delta", "-d", help="Delta PATH[:ALPHA], applied to every user (repeat to combine).")] = None,
-    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: found or built).")] = None,
-    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA. (default: 1.0)")] = None,
+    user: O.USERS = None,
+    delta: O.DELTAS = None,
+    token_map: O.TOKEN_MAPS = None,
+    alpha: O.ALPHA = None,
     forget: Annotated[str, Opt(help="TOFU forget set (question, answer, paraphrased_answer, perturbed_answer).")] = None,
     retain: Annotated[str, Opt(help="TOFU retain set.")] = None,
     real_authors: Annotated[str, Opt(help="TOFU real-authors set (question, answer, perturbed_answer).")] = None,
@@ -29,22 +29,22 @@ def tofu(
     retain_model: Annotated[str, Opt(help="A model trained without the forget set: gives forget quality (KS test).")] = None,
     refusals: Annotated[str, Opt(help="Refusal answers for the refusal rate, one per line. (default: cmc's list)")] = None,
     alone: Annotated[bool, Opt("--alone/--no-alone", help="Also evaluate each user without deltas. (default: on)")] = None,
-    user_format: Annotated[str, Opt(help="auto (a fetched real model's own format, else raw) | raw | chat | a format string with {prompt}. (default: auto)")] = None,
-    combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's)")] = None,
+    user_format: O.USER_FORMAT = None,
+    combine: O.COMBINE = None,
     max_new_tokens: Annotated[int, Opt(help="Greedy answer length for ROUGE-L. (default: 64)")] = None,
     batch_size: Annotated[int, Opt(help="(default: 8)")] = None,
     limit: Annotated[int, Opt(help="Evaluate only the first N items of each set.")] = None,
     out: Annotated[str, Opt("-o", "--out", help="Directory for results.json, report.md and per-item records (resumable).")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = None,
-    dtype: Annotated[str, Opt(help="auto | fp32 | bf16 | fp16. (default: auto)")] = None,
-    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+    device: O.DEVICE = None,
+    dtype: O.DTYPE = None,
+    config: O.CONFIG = None,
 ) -> None:
     """TOFU unlearning metrics (ROUGE-L, probability, truth ratio, forget quality, model utility)."""
     from cmc_cli.commands.tables import behaviour_table, tofu_table
     from cmc_cli.eval.tofu import run_tofu_eval
 
     flags = {k: v for k, v in locals().items() if k not in ("config", "tofu_table", "behaviour_table", "run_tofu_eval")}
-    flags["users"], flags["deltas"], flags["token_maps"] = flags.pop("user"), flags.pop("delta"), flags.pop("token_map")
+    flags = O.model_flags(flags)
     cfg = EvalTofuConfig.from_sources(config, flags)
     rows = _with_progress(lambda on_progress: run_tofu_eval(cfg, on_progress=on_progress), "items")
     behaviour = behaviour_table(rows)
@@ -59,22 +59,22 @@ def tofu(
 @handle_errors
 def instruct(
     prompts: Annotated[str, Opt(help="Alpaca JSON/JSONL (instruction, input, output = reference response).")] = None,
-    user: Annotated[list[str], Opt("--user", "-u", help="User LLM (repeat for several).")] = None,
-    delta: Annotated[list[str], Opt("--delta", "-d", help="Delta PATH[:ALPHA], applied to every user (repeat to combine).")] = None,
-    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: found or built).")] = None,
-    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA. (default: 1.0)")] = None,
+    user: O.USERS = None,
+    delta: O.DELTAS = None,
+    token_map: O.TOKEN_MAPS = None,
+    alpha: O.ALPHA = None,
     judge: Annotated[str, Opt(help="A local judge LLM for the pairwise win rate against the references.")] = None,
     judge_format: Annotated[str, Opt(help="How the judge reads its prompt: raw | chat | a format string. (default: raw)")] = None,
     alone: Annotated[bool, Opt("--alone/--no-alone", help="Also evaluate each user without deltas. (default: on)")] = None,
-    user_format: Annotated[str, Opt(help="auto (a fetched real model's own format, else raw) | raw | chat | a format string with {prompt}. (default: auto)")] = None,
-    combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's)")] = None,
+    user_format: O.USER_FORMAT = None,
+    combine: O.COMBINE = None,
     max_new_tokens: Annotated[int, Opt(help="(default: 256)")] = None,
     batch_size: Annotated[int, Opt(help="(default: 8)")] = None,
     limit: Annotated[int, Opt(help="Evaluate only the first N prompts.")] = None,
     out: Annotated[str, Opt("-o", "--out", help="Directory for generations, AlpacaEval JSON, results.json, report.md (resumable).")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = None,
-    dtype: Annotated[str, Opt(help="auto | fp32 | bf16 | fp16. (default: auto)")] = None,
-    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+    device: O.DEVICE = None,
+    dtype: O.DTYPE = None,
+    config: O.CONFIG = None,
 ) -> None:
     """Instruction following: AlpacaEval export, reference log-likelihood, ROUGE-L, judged win rate."""
     from cmc_cli.config import EvalInstructConfig
@@ -83,7 +83,7 @@ def instruct(
 
     flags = {k: v for k, v in locals().items()
              if k not in ("config", "EvalInstructConfig", "run_instruct_eval", "instruct_table")}
-    flags["users"], flags["deltas"], flags["token_maps"] = flags.pop("user"), flags.pop("delta"), flags.pop("token_map")
+    flags = O.model_flags(flags)
     cfg = EvalInstructConfig.from_sources(config, flags)
     rows = _with_progress(lambda on_progress: run_instruct_eval(cfg, on_progress=on_progress), "prompts")
     console.print(instruct_table(rows))
@@ -114,27 +114,21 @@ def shift(
     base: Annotated[list[str], Opt("--base", help="Base model of a family (repeat; pairs with --tuned in order).")] = None,
     tuned: Annotated[list[str], Opt("--tuned", help="Fine-tuned model of the same family (same tokenizer as its base).")] = None,
     texts: Annotated[str, Opt(help="JSONL/JSON of `text` (or instruction+output, question+answer) records.")] = None,
-    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) between the families (default: built).")] = None,
+    token_map: O.TOKEN_MAPS = None,
     top_k: Annotated[int, Opt(help="Tokens compared per position: union of both shifts' top-k. (default: 50)")] = 50,
     limit: Annotated[int, Opt(help="Use only the first N texts.")] = None,
     out: Annotated[str, Opt("-o", "--out", help="Directory for results.json, report.md and heat maps (PNG).")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = "auto",
+    device: O.DEVICE = "auto",
 ) -> None:
     """Logit-shift similarity between model families (the paper's premise): cosine, Spearman, Sinkhorn."""
     from cmc_cli.commands.tables import rich_table
-    from cmc_cli.errors import ConfigError
+    from cmc_cli.config import ShiftConfig
     from cmc_cli.eval.shift import run_shift_eval
 
-    base, tuned = base or [], tuned or []
-    if len(base) != len(tuned):
-        raise ConfigError("give a --tuned for every --base (in the same order)")
-    if len(base) < 2:
-        raise ConfigError("give at least two --base/--tuned pairs to compare")
-    if not texts:
-        raise ConfigError("--texts is required: the texts the shifts are measured on")
-    if top_k <= 0:
-        raise ConfigError(f"--top-k must be positive, got {top_k}")
-    results = run_shift_eval(base, tuned, texts, token_map or [], top_k=top_k, limit=limit, out=out, device=device)
+    cfg = ShiftConfig(base=base, tuned=tuned, texts=texts, token_maps=token_map or [], top_k=top_k, limit=limit,
+                      out=out, device=device)
+    results = run_shift_eval(cfg.base, cfg.tuned, cfg.texts, cfg.token_maps, top_k=cfg.top_k, limit=cfg.limit,
+                             out=cfg.out, device=cfg.device)
     t = rich_table("Logit-shift similarity (mean over shared positions; control: random other position)",
                    ["A → B", "positions", "cosine", "spearman", "sinkhorn", "control cos", "control sinkhorn"],
                    [[f"{r.a} → {r.b}", str(r.positions), f"{r.metrics['cosine'][0]:.3f}", f"{r.metrics['spearman'][0]:.3f}",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cmc_cli.commands import options as O
 from cmc_cli.commands._common import UI, console, err_console, handle_errors, info, status
 from cmc_cli.config import GenerateConfig
 
@@ -18,9 +18,9 @@ Opt = typer.Option
 @handle_errors
 def generate(
     user: Annotated[str, Opt(help="The LLM to decode: path, cmc.yaml name or hub id in the local cache.")] = None,
-    delta: Annotated[list[str], Opt("--delta", "-d", help="Delta directory, optionally with its strength: PATH[:ALPHA]. Repeat for several.")] = None,
-    token_map: Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: tokenmaps/DELTA__USER.safetensors, else built in memory).")] = None,
-    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA, and of proxy-tuning. (default: 1.0)")] = None,
+    delta: O.DELTAS = None,
+    token_map: O.TOKEN_MAPS = None,
+    alpha: O.ALPHA = None,
     expert: Annotated[str, Opt(help="Proxy-tuning baseline: tuned model with the user's vocabulary.")] = None,
     anti_expert: Annotated[str, Opt(help="Proxy-tuning baseline: the expert's untuned counterpart.")] = None,
     prompt: Annotated[str, Opt("--prompt", "-p", help="One prompt; its answer streams to the terminal.")] = None,
@@ -28,8 +28,8 @@ def generate(
     output: Annotated[str, Opt("-o", "--output", help="JSONL output (instruction, output, generator), written as it goes.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue --output: skip the prompts it already holds.")] = None,
     generator: Annotated[str, Opt(help="Name in the output's 'generator' field. (default: user+delta@alpha...)")] = None,
-    user_format: Annotated[str, Opt(help="auto (a fetched real model's own format, else raw) | raw | chat (the user's chat template) | a format string with {prompt}. (default: auto)")] = None,
-    combine: Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the delta's training mode)")] = None,
+    user_format: O.USER_FORMAT = None,
+    combine: O.COMBINE = None,
     max_new_tokens: Annotated[int, Opt(help="(default: 256)")] = None,
     temperature: Annotated[float, Opt(help="0 = greedy. (default: 0)")] = None,
     top_p: Annotated[float, Opt(help="Nucleus sampling. (default: 1.0)")] = None,
@@ -38,15 +38,15 @@ def generate(
     stop: Annotated[list[str], Opt("--stop", help="Stop a row at this string (repeatable); the string is cut off.")] = None,
     suppress: Annotated[list[str], Opt("--suppress", help="Never generate this user token, as its tokenizer spells it or an id (repeatable).")] = None,
     batch_size: Annotated[int, Opt(help="Prompts decoded together. (default: 8)")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = None,
-    dtype: Annotated[str, Opt(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16. (default: auto)")] = None,
-    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+    device: O.DEVICE = None,
+    dtype: O.DTYPE = None,
+    config: O.CONFIG = None,
 ) -> None:
     """Decode a user LLM with deltas trained on another model (any vocabulary)."""
     from cmc_cli.engine.generate import load_decoder, read_prompts, run_generate
 
     flags = {k: v for k, v in locals().items() if k not in ("config", "load_decoder", "read_prompts", "run_generate")}
-    flags["deltas"], flags["token_maps"] = flags.pop("delta"), flags.pop("token_map")
+    flags = O.model_flags(flags)
     cfg = GenerateConfig.from_sources(config, flags)
     read_prompts(cfg)  # bad prompt files and outputs fail before the models load
     with status("loading models") as phase:

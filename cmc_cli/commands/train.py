@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cmc_cli.commands import options as O
 from cmc_cli.commands._common import UI, err_console, handle_errors, info, status
 from cmc_cli.config import TrainConfig
 
@@ -85,13 +86,13 @@ def train(
     weight_decay: Annotated[float, Opt(help="AdamW weight decay. (default: 0.0)")] = None,
     clip: Annotated[float, Opt(help="Gradient-norm clipping, 0 = off. (default: 1.0)")] = None,
     seed: Annotated[int, Opt(help="Random seed. (default: 0)")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")] = None,
-    dtype: Annotated[str, Opt(help="Template dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16. (default: auto)")] = None,
+    device: O.DEVICE = None,
+    dtype: O.DTYPE = None,
     loss_chunk: Annotated[int, Opt(help="Positions per chunk of the combined loss. (default: 1024)")] = None,
     checkpoint_every: Annotated[int, Opt(help="Checkpoint every N steps (0: at the end and on Ctrl-C). (default: 0)")] = None,
     resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")] = None,
-    config: Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")] = None,
+    config: O.CONFIG = None,
 ) -> None:
     """Train a delta model alongside a frozen template LLM (instruction tuning or unlearning)."""
     flags = {k: v for k, v in locals().items() if k != "config"}
@@ -120,7 +121,7 @@ def unlearn(
     epochs: Annotated[int, Opt(help="Passes over the forget set. (default: 20; idk: 50)")] = None,
     max_steps: Annotated[int, Opt(help="Stop after this many steps.")] = None,
     seed: Annotated[int, Opt(help="(default: 0)")] = None,
-    device: Annotated[str, Opt(help="(default: auto)")] = None,
+    device: O.DEVICE = None,
     resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")] = None,
     config: Annotated[Path, Opt("--config", "-c", help="YAML file of options (any of `cmc train`'s); flags override it.")] = None,

@@ -8,7 +8,11 @@ from pathlib import Path
 from cmc_cli.config.project import read_yaml_mapping
 from cmc_cli.errors import ConfigError
 
-STRATEGIES = ("pm-mined", "min-ed", "exact", "exact-ext", "pm-suppress", "pm-lookahead", "shuffled")  # tokenmaps/tokenmap.py
+STRATEGIES = ("pm-mined", "min-ed", "exact", "exact-ext", "pm-suppress", "pm-lookahead", "shuffled")  # tokenmaps/
+# cmc's default: an exact match, else an extension, never a shorter prefix. Over 3 seeds on the model world an
+# idk delta made `other` refuse 0.96 of forget questions through it and 0.03 through the paper's PM-MinED,
+# whose prefix rule hands the refusal's boost on ▁I to ĠIron (docs/tokenmaps.md, docs/world.md)
+DEFAULT_STRATEGY = "exact-ext"
 FALLBACKS = ("none", "min-ed")
 
 COMBINE_MODES = ("log-softmax-template", "sum", "log-softmax-both")  # engine/combine.py computes them
@@ -26,6 +30,8 @@ UNLEARN_METHODS = {
 }
 RETAIN_TERMS = ("nll", "kl", "none")
 UNLEARN_LOSSES = tuple(UNLEARN_METHODS)
+USER_FORMATS = ("auto", "raw", "chat")  # or a format string with {prompt}; auto: a fetched model's own, else raw
+DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # engine/devices.py DTYPES
 DELTA_PRESETS = ("tiny", "mini", "small", "15m", "42m", "110m")  # engine/delta.py PRESETS: their shapes
 TASKS = ("instruct", "unlearn")
 TASK_DEFAULTS = {
@@ -61,6 +67,16 @@ def check_sampling(max_new_tokens, temperature, top_p, top_k, stop=(), suppress=
         raise ConfigError("--stop strings must not be empty")
     if any(not str(s) for s in suppress):
         raise ConfigError("--suppress tokens must not be empty")
+
+
+def check_device(device: str, dtype: str) -> None:
+    """--device / --dtype spelled right (whether the device exists is known only when it is used)."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"--device '{device}' is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if dtype not in DTYPE_NAMES:
+        raise ConfigError(f"--dtype '{dtype}' is unknown; use one of {', '.join(DTYPE_NAMES)}")
 
 
 def check_prompt_text(text, where: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmc_cli.config.options import (COMBINE_MODES, FALLBACKS, STRATEGIES, _merge_sources, check_prompt_text,
-                                    check_sampling)
+from cmc_cli.config.options import (COMBINE_MODES, FALLBACKS, STRATEGIES, USER_FORMATS, _merge_sources, check_device,
+                                    check_prompt_text, check_sampling)
 from cmc_cli.errors import ConfigError
 
 
@@ -66,13 +66,42 @@ class DeltaSpec:
 
 
 @dataclass
-class GenerateConfig:
-    """Options of `cmc generate`."""
+class ModelSelection:
+    """What every decoding command selects besides its users (`cmc generate`, every `cmc eval`; the options
+    are commands/options.py's): deltas at their strengths, their token maps, the user's prompt format,
+    the combine mode, and where the models run. Checked before any model loads."""
 
-    user: str = ""
     deltas: list = field(default_factory=list)  # "PATH[:ALPHA]" strings or DeltaSpec
     token_maps: list = field(default_factory=list)
     alpha: float = 1.0
+    user_format: str = "auto"
+    combine: str | None = None  # None: the deltas' training mode
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def check_selection(self) -> None:
+        import math
+
+        self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
+        self.token_maps = [Path(p) for p in self.token_maps or []]
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
+        if self.combine is not None and self.combine not in COMBINE_MODES:
+            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
+        if not isinstance(self.user_format, str) or (self.user_format not in USER_FORMATS and "{prompt}" not in self.user_format):
+            raise ConfigError(f"--user-format must be {', '.join(USER_FORMATS)} or a format string containing {{prompt}}, "
+                              f"got '{self.user_format}'")
+        check_device(self.device, self.dtype)
+
+    def deltas_as_text(self) -> list[str]:
+        return [f"{s.path}:{s.alpha}" if s.alpha is not None else str(s.path) for s in self.deltas]
+
+
+@dataclass
+class GenerateConfig(ModelSelection):
+    """Options of `cmc generate`."""
+
+    user: str = ""
     expert: str | None = None
     anti_expert: str | None = None
     prompt: str | None = None
@@ -80,8 +109,6 @@ class GenerateConfig:
     output: str | None = None
     resume: bool = False
     generator: str | None = None
-    user_format: str = "auto"
-    combine: str | None = None
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
@@ -90,20 +117,13 @@ class GenerateConfig:
     stop: list = field(default_factory=list)
     suppress: list = field(default_factory=list)
     batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
 
     def __post_init__(self) -> None:
-        import math
-
         if not self.user:
             raise ConfigError("--user is required: the LLM to decode (path, cmc.yaml name or hub id in the local cache)")
-        self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
-        self.token_maps = [Path(p) for p in self.token_maps or []]
+        self.check_selection()
         self.stop = list(self.stop or [])
         self.suppress = [str(s) for s in self.suppress or []]
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
         if (self.prompt is None) == (self.prompts is None):
             raise ConfigError("give exactly one of --prompt TEXT or --prompts FILE")
         if self.prompt is not None:
@@ -112,8 +132,6 @@ class GenerateConfig:
             raise ConfigError("proxy-tuning needs both --expert and --anti-expert")
         if self.resume and not self.output:
             raise ConfigError("--resume needs --output: the JSONL file to continue")
-        if self.combine is not None and self.combine not in COMBINE_MODES:
-            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
         if self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
         check_sampling(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.stop, self.suppress)
@@ -124,19 +142,16 @@ class GenerateConfig:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items()}
-        d["deltas"] = [f"{s.path}:{s.alpha}" if s.alpha is not None else str(s.path) for s in self.deltas]
+        d["deltas"] = self.deltas_as_text()
         d["token_maps"] = [str(p) for p in self.token_maps]
         return d
 
 
 @dataclass
-class EvalTofuConfig:
-    """Options of `cmc eval tofu`."""
+class EvalTofuConfig(ModelSelection):
+    """Options of `cmc eval tofu` (the deltas are applied together to every user)."""
 
     users: list = field(default_factory=list)
-    deltas: list = field(default_factory=list)  # applied together to every user
-    token_maps: list = field(default_factory=list)
-    alpha: float = 1.0
     forget: str | None = None
     retain: str | None = None
     real_authors: str | None = None
@@ -144,14 +159,10 @@ class EvalTofuConfig:
     retain_model: str | None = None  # trained without the forget set: forget quality
     refusals: str | None = None  # refusal answers for the refusal rate (default: data/refusals.py)
     alone: bool = True  # also evaluate each user without deltas
-    user_format: str = "auto"
-    combine: str | None = None
     max_new_tokens: int = 64
     batch_size: int = 8
     limit: int | None = None  # items per set
     out: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         _check_eval_models(self)
@@ -171,25 +182,18 @@ class EvalTofuConfig:
 
 
 @dataclass
-class EvalInstructConfig:
+class EvalInstructConfig(ModelSelection):
     """Options of `cmc eval instruct`."""
 
     prompts: str = ""
     users: list = field(default_factory=list)
-    deltas: list = field(default_factory=list)
-    token_maps: list = field(default_factory=list)
-    alpha: float = 1.0
     judge: str | None = None
     judge_format: str = "raw"
     alone: bool = True
-    user_format: str = "auto"
-    combine: str | None = None
     max_new_tokens: int = 256
     batch_size: int = 8
     limit: int | None = None
     out: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -202,16 +206,11 @@ class EvalInstructConfig:
 
 
 def _check_eval_models(cfg) -> None:
-    """What every `cmc eval` command checks: users, deltas, alpha, sizes."""
-    import math
-
+    """What every `cmc eval` command checks: users, the model selection, sizes."""
     cfg.users = [str(u) for u in (cfg.users or [])]
-    cfg.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in cfg.deltas or []]
-    cfg.token_maps = [Path(p) for p in cfg.token_maps or []]
     if not cfg.users:
         raise ConfigError("--user is required (repeat it to evaluate several models)")
-    if not isinstance(cfg.alpha, (int, float)) or not math.isfinite(cfg.alpha):
-        raise ConfigError(f"--alpha must be a finite number, got {cfg.alpha}")
+    cfg.check_selection()
     if not cfg.deltas and not cfg.alone:
         raise ConfigError("--no-alone leaves nothing to evaluate without --delta")
     for key in ("max_new_tokens", "batch_size"):
@@ -219,3 +218,32 @@ def _check_eval_models(cfg) -> None:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
     if cfg.limit is not None and cfg.limit <= 0:
         raise ConfigError(f"--limit must be positive, got {cfg.limit}")
+
+
+@dataclass
+class ShiftConfig:
+    """Options of `cmc eval shift`: (base, tuned) pairs of families, the texts, how the shifts are compared."""
+
+    base: list = field(default_factory=list)
+    tuned: list = field(default_factory=list)  # pairs with `base` in order
+    texts: str | None = None
+    token_maps: list = field(default_factory=list)
+    top_k: int = 50
+    limit: int | None = None
+    out: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.base, self.tuned = list(self.base or []), list(self.tuned or [])
+        if len(self.base) != len(self.tuned):
+            raise ConfigError("give a --tuned for every --base (in the same order)")
+        if len(self.base) < 2:
+            raise ConfigError("give at least two --base/--tuned pairs to compare")
+        if not self.texts:
+            raise ConfigError("--texts is required: the texts the shifts are measured on")
+        if self.top_k <= 0:
+            raise ConfigError(f"--top-k must be positive, got {self.top_k}")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"--limit must be positive, got {self.limit}")
+        check_device(self.device, "auto")
+

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmc_cli.config.options import (COMBINE_MODES, DEFAULT_EVAL_LIMIT, DELTA_PRESETS, METHOD_DEFAULTS, RETAIN_TERMS,
-                                    SMALL_PRESET_LR, TASK_DEFAULTS, TASKS, UNLEARN_LOSSES, UNLEARN_METHODS, _merge_sources)
+                                    SMALL_PRESET_LR, TASK_DEFAULTS, TASKS, UNLEARN_LOSSES, UNLEARN_METHODS, _merge_sources,
+                                    check_device)
 from cmc_cli.errors import ConfigError
 
 
@@ -128,6 +129,7 @@ class TrainConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be a finite number >= 0 (0: off), got {val}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0 (0: at the end and on Ctrl-C), got {self.checkpoint_every}")
+        check_device(self.device, self.dtype)
         if self.delta not in DELTA_PRESETS and not Path(self.delta).is_dir():
             raise ConfigError(f"--delta {self.delta}: neither a preset ({', '.join(DELTA_PRESETS)}) nor a model directory")
 

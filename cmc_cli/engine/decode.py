@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cmc_cli.config import USER_FORMATS
 from cmc_cli.data.instruct import join_response, render
 from cmc_cli.engine.combine import decode_scores, lookahead_extra, proxy_scores
 from cmc_cli.engine.models import Delta, LoadedModel, check_alpha
@@ -30,7 +31,6 @@ from cmc_cli.errors import CmcError, ConfigError
 
 log = logging.getLogger(__name__)
 
-USER_FORMATS = ("auto", "raw", "chat")  # auto: a fetched real model's own format (cmc-asset.json), else raw
 
 
 @dataclass

@@ -17,19 +17,16 @@ import numpy as np
 import torch
 
 from cmc_cli import __version__
+from cmc_cli.config import DEFAULT_STRATEGY, STRATEGIES
 from cmc_cli.errors import TokenMapError, cause
 from cmc_cli.fileio import atomic_write_bytes
 from cmc_cli.tokenmaps.strategies import BASE_STRATEGIES, KIND_NAMES, PREFIX, UNMAPPED, map_vocab
 from cmc_cli.vocab import Vocab
 
 FORMAT = "cmc-tokenmap/1"
-STRATEGIES = BASE_STRATEGIES + ("pm-suppress", "pm-lookahead", "shuffled")
+assert STRATEGIES == BASE_STRATEGIES + ("pm-suppress", "pm-lookahead", "shuffled")  # the option set (config) is this
 PREFIX_RULES = {"pm-suppress": "suppress", "pm-lookahead": "lookahead"}  # PM-MinED maps with a decode-time rule
 LOOKAHEAD_K = 16  # candidates examined per step by the look-ahead (engine/lookahead.py)
-# cmc's default: an exact match, else an extension, never a shorter prefix. Over 3 seeds on the model world an
-# idk delta made `other` refuse 0.96 of forget questions through it and 0.03 through the paper's PM-MinED,
-# whose prefix rule hands the refusal's boost on ▁I to ĠIron (docs/tokenmaps.md, docs/world.md)
-DEFAULT_STRATEGY = "exact-ext"
 
 
 @dataclass

@@ -1,0 +1,31 @@
+"""The options several commands share, declared once (config.ModelSelection is their dataclass)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Opt = typer.Option
+
+USERS = Annotated[list[str], Opt("--user", "-u", help="User LLM (repeat for several): path, cmc.yaml name or hub id in the local cache.")]
+DELTAS = Annotated[list[str], Opt("--delta", "-d", help="Delta directory, optionally with its strength: PATH[:ALPHA]. Repeat to combine several.")]
+TOKEN_MAPS = Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: tokenmaps/DELTA__USER.safetensors when it fits, else cmc's default map built in memory).")]
+ALPHA = Annotated[float, Opt(help="Strength of deltas given without :ALPHA (and of proxy-tuning). (default: 1.0)")]
+USER_FORMAT = Annotated[str, Opt(help="auto (a fetched real model's own format, else raw) | raw | chat (the user's chat template) | a format string with {prompt}. (default: auto)")]
+COMBINE = Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the deltas' training mode)")]
+DEVICE = Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")]
+DTYPE = Annotated[str, Opt(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16. (default: auto)")]
+CONFIG = Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")]
+
+
+def model_flags(flags: dict) -> dict:
+    """Typer's singular option names (--delta, --token-map, a repeated --user) -> the config's fields (deltas,
+    token_maps, users); a single --user (generate's) stays `user`."""
+    out = dict(flags)
+    pairs = [("delta", "deltas"), ("token_map", "token_maps")] + ([("user", "users")] if isinstance(out.get("user"), list) else [])
+    for one, many in pairs:
+        if one in out:
+            out[many] = out.pop(one)
+    return out
