@@ -22,17 +22,27 @@ PRESETS = {
 }
 
 
-def new_delta(preset: str, vocab_size: int, max_length: int, seed: int, bos_id=None, eos_id=None, pad_id=None):
-    """A fresh Llama-architecture delta with a zeroed output layer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def random_lm(arch: str, seed: int, **config):
+    """A randomly initialised causal LM of `arch` (llama | qwen2) from its config's fields, drawn from `seed`
+    without touching the global RNG: the one place that makes a fresh model (deltas, the model world, tests)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    if preset not in PRESETS:
-        raise CmcError(f"unknown delta preset '{preset}'; one of {', '.join(PRESETS)} or a model directory")
-    cfg = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max(max_length, 64), tie_word_embeddings=False,
-                      bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, **PRESETS[preset])
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    if arch not in classes:
+        raise ValueError(f"unknown architecture {arch!r}; one of {', '.join(classes)}")
+    config_cls, model_cls = classes[arch]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(cfg)
+        return model_cls(config_cls(**config))
+
+
+def new_delta(preset: str, vocab_size: int, max_length: int, seed: int, bos_id=None, eos_id=None, pad_id=None):
+    """A fresh Llama-architecture delta with a zeroed output layer."""
+    if preset not in PRESETS:
+        raise CmcError(f"unknown delta preset '{preset}'; one of {', '.join(PRESETS)} or a model directory")
+    model = random_lm("llama", seed, vocab_size=vocab_size, max_position_embeddings=max(max_length, 64),
+                      tie_word_embeddings=False, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+                      **PRESETS[preset])
     torch.nn.init.zeros_(model.get_output_embeddings().weight)
     return model
 

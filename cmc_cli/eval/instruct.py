@@ -28,7 +28,7 @@ from cmc_cli.engine.score import Scorer
 from cmc_cli.engine.streams import LockstepLM
 from cmc_cli.errors import CmcError
 from cmc_cli.eval.metrics import pairwise_outcome, rouge_l
-from cmc_cli.eval.report import instruct_columns
+from cmc_cli.eval.report import instruct_columns, md_table
 from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,7 @@ def write_instruct_report(out: Path, rows, cfg) -> None:
              f"Prompts: `{cfg.prompts}`; greedy, {cfg.max_new_tokens} new tokens; user format `{cfg.user_format}`.",
              "ref log-lik: mean per-token log-likelihood of the reference responses; ROUGE-L F / R: of the "
              "generation against the reference; win rate: against the references, judged in both orders "
-             "(ties half).", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(c) + " |" for c in cells]
+             "(ties half).", ""] + md_table(header, cells)
     lines += ["", "AlpacaEval inputs (for judges you have access to): " +
               ", ".join(f"`{r.files['alpaca_eval']}`" for r in rows if r.files.get("alpaca_eval")), ""]
     if judge:

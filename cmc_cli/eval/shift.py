@@ -306,13 +306,14 @@ def run_shift_eval(bases: list[str], tuned: list[str], texts_path: str, token_ma
 
 
 def shift_markdown(results: list[ShiftResult], texts_path, top_k: int) -> str:
+    from cmc_cli.eval.report import md_table
+
     lines = ["# Logit-shift similarity", "",
              f"Texts: `{texts_path}`; metrics on the union of both shifts' top-{top_k} tokens per shared position, "
-             "mean ± std over positions; the control pairs each position with a random other one.", "",
-             "| A | B | positions | cosine | spearman | sinkhorn | control cosine | control spearman | control sinkhorn |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        cells = [f"{r.metrics[k][0]:.3f} ± {r.metrics[k][1]:.3f}" for k in ("cosine", "spearman", "sinkhorn")]
-        cells += [f"{r.control[k][0]:.3f}" for k in ("cosine", "spearman", "sinkhorn")]
-        lines.append(f"| {r.a} | {r.b} | {r.positions} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+             "mean ± std over positions; the control pairs each position with a random other one.", ""]
+    header = ["A → B", "positions", "cosine", "spearman", "sinkhorn", "control cosine", "control spearman",
+              "control sinkhorn"]
+    cells = [[f"{r.a} → {r.b}", str(r.positions)]
+             + [f"{r.metrics[k][0]:.3f} ± {r.metrics[k][1]:.3f}" for k in ("cosine", "spearman", "sinkhorn")]
+             + [f"{r.control[k][0]:.3f}" for k in ("cosine", "spearman", "sinkhorn")] for r in results]
+    return "\n".join(lines + md_table(header, cells)) + "\n"

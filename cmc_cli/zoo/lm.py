@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from cmc_cli.data.instruct import Encoded, Example, bos_ids, collate, encode
 from cmc_cli.engine.combine import IGNORE, unlearning_loss
+from cmc_cli.engine.delta import random_lm
 from cmc_cli.engine.trainstep import lr_at
 from cmc_cli.fileio import write_dir_atomically
 
@@ -23,20 +24,12 @@ ARCHS = ("llama", "qwen2")
 
 
 def new_model(arch: str, tokenizer, hidden: int, layers: int, heads: int, seed: int, max_positions: int = 512):
-    """A randomly initialised causal LM of `arch` sized to the tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
+    """A randomly initialised causal LM of `arch` sized to the tokenizer (the world's shapes)."""
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 8 * 8,
                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                   max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if arch == "llama":
-            return LlamaForCausalLM(LlamaConfig(**common))
-        if arch == "qwen2":
-            return Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
-    raise ValueError(f"unknown architecture {arch!r}; one of {', '.join(ARCHS)}")
+    return random_lm(arch, seed, **common, **({"use_sliding_window": False} if arch == "qwen2" else {}))
 
 
 def encode_prose(texts: list[str], tokenizer, max_length: int) -> list[Encoded]:
