@@ -2,7 +2,7 @@ import numpy as np
 
 from cmc_cli import __version__
 from cmc_cli.tokenmaps import TokenMap
-from cmc_cli.tokenmaps.build import load_vocab
+from cmc_cli.engine.maps import load_vocab
 from cmc_cli.refs import resolve
 
 

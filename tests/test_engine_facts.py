@@ -56,7 +56,7 @@ def test_a_sliding_window_delta_is_refused_for_cross_vocabulary_decoding(tiny_to
 def test_the_token_map_in_tokenmaps_is_chosen_when_it_fits(tiny_tokenizers, workdir, caplog):
     from cmc_cli.engine.models import load_delta, load_lm
     from cmc_cli.tokenmaps import TokenMap
-    from cmc_cli.tokenmaps.build import default_output
+    from cmc_cli.engine.maps import default_output
     from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
 
     delta_dir = make_random_delta(tiny_tokenizers["spm"], workdir / "delta", seed=2)

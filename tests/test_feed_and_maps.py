@@ -14,7 +14,7 @@ from cmc_cli.engine.decode import Decoder, DeltaRunner
 from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.engine.train import Trainer
 from cmc_cli.eval.metrics import mean_ci, paired_bootstrap
-from cmc_cli.tokenmaps.build import load_vocab
+from cmc_cli.engine.maps import load_vocab
 from cmc_cli.tokenmaps.strategies import EXACT, EXTENSION, PREFIX
 from cmc_cli.tokenmaps.tokenmap import TokenMap
 from cmc_cli.refs import resolve

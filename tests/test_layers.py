@@ -75,6 +75,14 @@ def test_no_import_reaches_a_higher_layer():
     assert not bad, "imports from a higher layer:\n" + "\n".join(bad)
 
 
+def test_tokenmaps_are_pure_vocab_in_tokenmap_out():
+    """Resolving references, loading tokenizers and writing map files belong a layer up (engine/maps.py)."""
+    allowed = {"core", "vocab", "tokenmaps"}
+    bad = [f"{p.name}:{line}: {t}" for p in sorted((PKG / "tokenmaps").glob("*.py")) for line, t in imports(p)
+           if LAYERS[layer_of(t)[0]][0] not in allowed]
+    assert not bad, bad
+
+
 def test_no_module_is_over_400_lines():
     long = {str(p.relative_to(PKG.parent)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long

@@ -13,7 +13,7 @@ from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.engine.lookahead import Lookahead
 from cmc_cli.errors import TokenMapError
 from cmc_cli.refs import resolve
-from cmc_cli.tokenmaps.build import load_vocab
+from cmc_cli.engine.maps import load_vocab
 from cmc_cli.tokenmaps.strategies import EXACT, PREFIX
 from cmc_cli.tokenmaps.tokenmap import TokenMap
 from cmc_cli.zoo.models import make_random_delta, make_tiny_llama

@@ -74,7 +74,7 @@ def test_plugin_adapter_used_end_to_end(cli, workdir, installed_plugin, tiny_tok
     r = cli("map-vocab", tiny_tokenizers["spm"], words, "--show")
     assert r.exit_code == 0, r.output
     tm = TokenMap.load(workdir / "tokenmaps" / "tiny-spm__words.safetensors")
-    from cmc_cli.tokenmaps.build import load_vocab
+    from cmc_cli.engine.maps import load_vocab
     from cmc_cli.refs import resolve
 
     delta = load_vocab(resolve(str(tiny_tokenizers["spm"])))

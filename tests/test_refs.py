@@ -13,7 +13,7 @@ def test_path_directory_and_files(workdir, tiny_tokenizers):
 
 
 def test_tokenizer_json_file_alone_loads_with_roles_from_known_specials(workdir, tiny_tokenizers):
-    from cmc_cli.tokenmaps.build import load_vocab
+    from cmc_cli.engine.maps import load_vocab
 
     full = load_vocab(resolve(str(tiny_tokenizers["spm"])))
     alone = load_vocab(resolve(str(tiny_tokenizers["spm"] / "tokenizer.json")))

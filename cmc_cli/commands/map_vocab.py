@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cmc_cli.commands._common import UI, console, handle_errors, info, status
 from cmc_cli.config import FALLBACKS, STRATEGIES, MapVocabConfig
-from cmc_cli.tokenmaps.build import map_vocab_files, sample_mappings
+from cmc_cli.engine.maps import map_vocab_files, sample_mappings
 from cmc_cli.tokenmaps.strategies import KIND_NAMES
 
 

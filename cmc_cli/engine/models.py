@@ -116,7 +116,7 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
 
     token_maps: paths or TokenMaps to choose from (the one built for this delta and user tokenizer
     wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else cmc's default map (exact-ext), built in memory."""
-    from cmc_cli.tokenmaps.build import default_output
+    from cmc_cli.engine.maps import default_output
     from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
 
     path = Path(path)

@@ -14,8 +14,8 @@ from cmc_cli.errors import CmcError
 from cmc_cli.plugins import adapter_for
 from cmc_cli.refs import ModelRef, resolve
 from cmc_cli.tokenmaps.strategies import KIND_NAMES, UNMAPPED
-from cmc_cli.vocab import Vocab
 from cmc_cli.tokenmaps.tokenmap import TokenMap
+from cmc_cli.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
