@@ -159,13 +159,15 @@ def map_delta_logits(delta_logits: torch.Tensor, index: torch.Tensor, width: int
 
 
 def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Tensor, torch.Tensor | None]],
-                  mode: str = "log-softmax-template") -> torch.Tensor:
-    """final_t = LogSoftmax(user_logits) + sum_k alpha_k * TokenMap_k(delta_logits_k), in float32.
+                  mode: str = "log-softmax-template", proxy: tuple | None = None) -> torch.Tensor:
+    """final_t = LogSoftmax(user_logits) + sum_k alpha_k * TokenMap_k(delta_logits_k)
+                 [+ alpha_p * (LogSoftmax(expert) - LogSoftmax(anti-expert))], in float32.
 
     deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary[, cap
     [, lookahead]]) with cap and lookahead as in map_delta_logits (Delta.term builds these).
     mode (the delta's training combine mode): "sum" leaves the user logits raw (the paper's ablation),
     "log-softmax-both" log-softmaxes each delta's logits too.
+    proxy: (alpha_p, expert_logits, anti_expert_logits) for the proxy-tuning baseline, or None.
     """
     if mode not in COMBINE_MODES:
         raise ValueError(f"unknown combine mode {mode!r}; one of {', '.join(COMBINE_MODES)}")
@@ -182,6 +184,9 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
         else:
             cap, look = (list(rest) + [None, None])[:2]
             final = final + alpha * map_delta_logits(d, index, width, cap, look)
+    if proxy is not None:
+        p_alpha, expert_logits, anti_logits = proxy
+        final = final + p_alpha * proxy_scores(expert_logits, anti_logits, width=width)
     return final
 
 

@@ -22,7 +22,7 @@ import torch
 
 from cmc_cli.config import USER_FORMATS
 from cmc_cli.data.instruct import join_response, render
-from cmc_cli.engine.combine import decode_scores, lookahead_extra, proxy_scores
+from cmc_cli.engine.combine import decode_scores, lookahead_extra
 from cmc_cli.engine.models import Delta, LoadedModel, check_alpha
 from cmc_cli.engine.sampling import GenerationConfig, choose_tokens
 from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
@@ -126,12 +126,13 @@ class DeltaRunner:
 
 
 def step_scores(user_logits: torch.Tensor, deltas: list[Delta], runners: list[DeltaRunner], delta_logits: list,
-                active: list[bool], mode: str) -> torch.Tensor:
+                active: list[bool], mode: str, proxy: tuple | None = None) -> torch.Tensor:
     """The decode step's combined scores (B, V) from the user's and each delta's logits of this step, with
-    each delta's look-ahead: what the decoder, the scorer and the logits processor all call."""
+    each delta's look-ahead (and the proxy-tuning term): what the decoder, the scorer and the logits
+    processor all call; combine.decode_scores computes the equation."""
     terms = [d.term(lg.to(user_logits.device), r.lookahead(user_logits, active))
              for d, r, lg in zip(deltas, runners, delta_logits)]
-    return decode_scores(user_logits, terms, mode)
+    return decode_scores(user_logits, terms, mode, proxy)
 
 
 def combine_mode(deltas: list[Delta], combine: str | None) -> str:
@@ -245,10 +246,8 @@ class Decoder:
         return [DeltaRunner(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
 
     def _scores(self, user_logits, delta_logits, expert_logits, active) -> torch.Tensor:
-        final = step_scores(user_logits, self.deltas, self.runners, delta_logits, active, self.combine)
-        if expert_logits is not None:
-            final = final + self.proxy_alpha * proxy_scores(*expert_logits, width=final.shape[-1])
-        return final
+        proxy = (self.proxy_alpha, *expert_logits) if expert_logits is not None else None
+        return step_scores(user_logits, self.deltas, self.runners, delta_logits, active, self.combine, proxy)
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], cfg: GenerationConfig, seeds: list[int] | None = None,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.engine.combine import decode_scores, proxy_scores
+from cmc_cli.engine.combine import decode_scores
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.models import Delta
 from cmc_cli.engine.heads import final_hidden, head_logits
@@ -144,10 +144,10 @@ class Scorer:
         for s in range(0, targets.shape[0], self.chunk):
             e = min(targets.shape[0], s + self.chunk)
             terms = [d.term(head_logits(d.lm.model, h[s:e])) for d, h in zip(dec.deltas, h_deltas)]
-            final = decode_scores(head_logits(user.model, h_user[s:e]), terms, dec.combine)
+            proxy = None
             if h_proxy is not None:
-                e_l, a_l = (head_logits(m.model, h[s:e]) for m, h in zip((dec.expert, dec.anti_expert), h_proxy))
-                final = final + dec.proxy_alpha * proxy_scores(e_l, a_l, width=final.shape[-1])
+                proxy = (dec.proxy_alpha, *(head_logits(m.model, h[s:e]) for m, h in zip((dec.expert, dec.anti_expert), h_proxy)))
+            final = decode_scores(head_logits(user.model, h_user[s:e]), terms, dec.combine, proxy)
             logps.append(F.log_softmax(final, dim=-1).gather(-1, targets[s:e, None])[:, 0])
         flat = torch.cat(logps).tolist()
         at = 0
