@@ -13,11 +13,11 @@ from cmc_cli.commands._common import UI, err_console, handle_errors, info, statu
 from cmc_cli.config import TrainConfig
 
 Opt = typer.Option
-FORGET_TERM_NAMES = {"ascent": "forget CE", "refusal": "refusal CE", "npo": "NPO loss"}  # combine.UNLEARN_METHODS
+FORGET_TERM_NAMES = {"ascent": "forget CE", "refusal": "refusal CE", "npo": "NPO loss"}  # config.UNLEARN_METHODS
 
 
 def _run(flags: dict, config: Path | None) -> None:
-    from cmc_cli.engine.combine import UNLEARN_METHODS
+    from cmc_cli.config import UNLEARN_METHODS
     from cmc_cli.engine.train import Trainer
 
     cfg = TrainConfig.from_sources(config, flags)

@@ -23,7 +23,7 @@ class TrainConfig:
     forget: str | None = None  # unlearn: TOFU-format forget set
     retain: str | None = None  # unlearn: TOFU-format retain set
     loss: str = "grad-diff"  # unlearn: the method (--method)
-    retain_loss: str | None = None  # unlearn: nll | kl | none (default: the method's, combine.UNLEARN_METHODS)
+    retain_loss: str | None = None  # unlearn: nll | kl | none (default: the method's, config.UNLEARN_METHODS)
     refusals: str | None = None  # idk: a file of refusal answers, one per line (default: data/refusals.py)
     npo_beta: float = 0.1
     forget_weight: float = 1.0

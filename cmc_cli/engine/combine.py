@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.config import COMBINE_MODES, RETAIN_TERMS, UNLEARN_METHODS  # noqa: F401  (the option sets)
+from cmc_cli.config import COMBINE_MODES
 from cmc_cli.data.instruct import IGNORE
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 
 from cmc_cli.assets import asset_prompt_format
-from cmc_cli.config import TrainConfig
+from cmc_cli.config import UNLEARN_METHODS, TrainConfig
 from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
 from cmc_cli.engine.checkpoint import check_same_run, load_checkpoint, save_checkpoint, tidy_checkpoint_dir
-from cmc_cli.engine.combine import (FORGET_SIGNS, IGNORE, UNLEARN_METHODS, npo_loss, npo_sequence_weights,
-                                    unlearning_loss)
+from cmc_cli.engine.combine import FORGET_SIGNS, IGNORE, npo_loss, npo_sequence_weights, unlearning_loss
 from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden
@@ -341,7 +340,7 @@ class Trainer:
         forget_loss = retain_loss = None
         if cfg.task == "instruct":
             loss = self._accumulate(main, "nll", 1.0)
-        else:  # combine.UNLEARN_METHODS: the method's forget term, then its retain term
+        else:  # config.UNLEARN_METHODS: the method's forget term, then its retain term
             # each side backpropagates with its weight in combine.unlearning_loss, which then gives the step's loss
             term = UNLEARN_METHODS[cfg.loss][0]  # ascent: -CE(forget answers); refusal: CE(-> refusals); npo
             fw = FORGET_SIGNS[term] * cfg.forget_weight
