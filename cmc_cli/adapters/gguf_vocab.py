@@ -76,7 +76,8 @@ def repair_gguf_tokenizer(tok, path: str | Path):
     n = gv.size
     have = tok.convert_ids_to_tokens(list(range(min(n, len(tok)))))
     want = [h if h is not None and _same_piece(h, w) else w for h, w in zip(have, gv.tokens)] + gv.tokens[len(have):]
-    if len(tok) == n and have == want and _types_respected(tok, gv) and _roles_respected(tok, gv):
+    if (len(tok) == n and have == want and _types_respected(tok, gv) and _roles_respected(tok, gv)
+            and _bos_respected(tok, gv)):
         return tok
     spec = json.loads(backend.to_str())
     renamed = _fix_model_vocab(spec, want, path)
@@ -106,9 +107,17 @@ def repair_gguf_tokenizer(tok, path: str | Path):
             old = getattr(tok, attr + "_token", None)
             if old is not None and old in by_content:
                 kwargs[attr + "_token"] = old
+    for flag, gguf_says in (("add_bos_token", gv.add_bos), ("add_eos_token", gv.add_eos)):
+        # the GGUF's own flag first (transformers 5.19 ignores it for byte-level GGUFs), said explicitly
+        value = getattr(tok, flag, None) if gguf_says is None else gguf_says
+        if value is not None:
+            kwargs[flag] = bool(value)
     fixed = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=getattr(tok, "chat_template", None),
                                     model_max_length=tok.model_max_length, padding_side=tok.padding_side, **kwargs)
     fixed.name_or_path = tok.name_or_path
+    if kwargs.get("add_bos_token") and fixed("a", add_special_tokens=True)["input_ids"][:1] != [fixed.bos_token_id]:
+        raise TokenizerError(f"{path}: the rebuilt tokenizer does not add its BOS as the GGUF asks; convert the model "
+                             "with llama.cpp's or transformers' own tools instead")
     if len(fixed) != n or fixed.convert_ids_to_tokens(list(range(n))) != want:
         raise TokenizerError(f"{path}: the rebuilt tokenizer still disagrees with the GGUF's {n} tokens; "
                              "convert the model with llama.cpp's or transformers' own tools instead")
@@ -124,6 +133,14 @@ def _same_piece(have: str, want: str) -> bool:
 def _types_respected(tok, gv: GGUFVocab) -> bool:
     dec = getattr(tok, "added_tokens_decoder", {})
     return all(i in dec and dec[i].special for i, t in enumerate(gv.types) if t in SPECIAL_TYPES)
+
+
+def _bos_respected(tok, gv: GGUFVocab) -> bool:
+    """The tokenizer adds a BOS exactly when the GGUF says to (tokenizer.ggml.add_bos_token)."""
+    if gv.add_bos is None or gv.roles.get("bos") is None:
+        return True
+    adds = tok("a", add_special_tokens=True)["input_ids"][:1] == [gv.roles["bos"]]
+    return adds == bool(gv.add_bos)
 
 
 def _roles_respected(tok, gv: GGUFVocab) -> bool:
