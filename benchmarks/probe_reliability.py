@@ -15,13 +15,25 @@ half-written output was left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def _inside(directory: Path):
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
@@ -201,14 +213,8 @@ def run_case(scene: Path, work: Path, case) -> dict:
     if setup:
         setup(work)
     before = _hash_tree(work)
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with _inside(work):
         r = CliRunner().invoke(app, args)
-    finally:
-        os.chdir(cwd)
     after = _hash_tree(work)
     out = r.output
     escaped = r.exception is not None and not isinstance(r.exception, SystemExit)
@@ -237,17 +243,10 @@ def main() -> None:
         root = Path(tmp)
         scene = root / "scene"
         scene.mkdir()
-        os_env = {"CMC_CACHE": str(root / "cache")}
-        import os
-
-        os.environ.update(os_env)
+        os.environ["CMC_CACHE"] = str(root / "cache")
         os.environ.pop("CMC_CONFIG", None)
-        cwd = os.getcwd()
-        os.chdir(scene)
-        try:
+        with _inside(scene):
             build_scene(scene)
-        finally:
-            os.chdir(cwd)
         results = [run_case(scene, root / "work", c) for c in cases()]
     by = defaultdict(Counter)
     for r in results:

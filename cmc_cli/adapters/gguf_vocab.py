@@ -86,15 +86,16 @@ def repair_gguf_tokenizer(tok, path: str | Path):
     for a in spec.get("added_tokens") or []:
         if a["id"] < n and a["content"] == want[a["id"]]:
             added[a["id"]] = a
+    def as_added(i: int, special: bool) -> None:
+        a = added.setdefault(i, {"id": i, "content": want[i], "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False})
+        a["special"] = special
+
     for i, t in enumerate(gv.types):
         if t in SPECIAL_TYPES or (t == USER_DEFINED and i in renamed):
-            a = added.get(i) or {"id": i, "content": want[i], "single_word": False, "lstrip": False,
-                                 "rstrip": False, "normalized": False, "special": True}
-            a["special"] = t != USER_DEFINED
-            added[i] = a
+            as_added(i, t != USER_DEFINED)
     for i in gv.roles.values():  # a declared role makes a token special whatever its type (Aquila's id 0)
-        added.setdefault(i, {"id": i, "content": want[i], "single_word": False, "lstrip": False,
-                             "rstrip": False, "normalized": False, "special": True})["special"] = True
+        as_added(i, True)
     spec["added_tokens"] = [added[i] for i in sorted(added)]
     _fix_post_processor(spec.get("post_processor"), by_content, n)
     try:
@@ -115,7 +116,7 @@ def repair_gguf_tokenizer(tok, path: str | Path):
     fixed = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=getattr(tok, "chat_template", None),
                                     model_max_length=tok.model_max_length, padding_side=tok.padding_side, **kwargs)
     fixed.name_or_path = tok.name_or_path
-    if kwargs.get("add_bos_token") and fixed("a", add_special_tokens=True)["input_ids"][:1] != [fixed.bos_token_id]:
+    if not _bos_respected(fixed, gv):
         raise TokenizerError(f"{path}: the rebuilt tokenizer does not add its BOS as the GGUF asks; convert the model "
                              "with llama.cpp's or transformers' own tools instead")
     if len(fixed) != n or fixed.convert_ids_to_tokens(list(range(n))) != want:
@@ -190,5 +191,5 @@ def _fix_post_processor(pp: dict | None, by_content: dict[str, int], n: int) -> 
         return
     for sub in pp.get("processors") or []:
         _fix_post_processor(sub, by_content, n)
-    for name, st in (pp.get("special_tokens") or {}).items():
+    for st in (pp.get("special_tokens") or {}).values():
         st["ids"] = [by_content.get(t, i) if i >= n else i for t, i in zip(st.get("tokens", []), st.get("ids", []))]

@@ -24,9 +24,9 @@ class FitTable:
     def widths(self) -> list[int]:
         return [_col_width(h, [c[i] for c in self.cells]) for i, h in enumerate(self.header)]
 
-    def chunks(self, width: int) -> list[list[int]]:
-        """Column indices of each chunk (the lead columns first in every one)."""
-        widths = [w + 3 for w in self.widths()]
+    def chunks(self, width: int, widths: list[int] | None = None) -> list[list[int]]:
+        """Column indices of each chunk (the lead columns first in every one); `widths`: self.widths()."""
+        widths = [w + 3 for w in (widths or self.widths())]
         lead = list(range(self.lead))
         base = sum(widths[i] for i in lead) + _EDGE
         out, cur, used = [], [], base
@@ -41,8 +41,8 @@ class FitTable:
         return out
 
     def tables(self, width: int) -> list[Table]:
-        parts = self.chunks(width)
         widths = self.widths()
+        parts = self.chunks(width, widths)
         out = []
         for n, cols in enumerate(parts):
             title = self.title if n == 0 else f"{self.title} (continued)"

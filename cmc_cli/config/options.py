@@ -69,6 +69,13 @@ def check_sampling(max_new_tokens, temperature, top_p, top_k, stop=(), suppress=
         raise ConfigError("--suppress tokens must not be empty")
 
 
+def check_user_format(user_format) -> None:
+    """--user-format: auto, raw, chat, or a format string with {prompt} (config and the Decoder both check it)."""
+    if not isinstance(user_format, str) or (user_format not in USER_FORMATS and "{prompt}" not in user_format):
+        raise ConfigError(f"--user-format must be {', '.join(USER_FORMATS)} or a format string containing {{prompt}}, "
+                          f"got '{user_format}'")
+
+
 def check_device(device: str, dtype: str) -> None:
     """--device / --dtype spelled right (whether the device exists is known only when it is used)."""
     import re

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmc_cli.config.options import (COMBINE_MODES, FALLBACKS, STRATEGIES, USER_FORMATS, _merge_sources, check_device,
-                                    check_prompt_text, check_sampling)
+from cmc_cli.config.options import (COMBINE_MODES, FALLBACKS, STRATEGIES, _merge_sources, check_device, check_prompt_text,
+                                    check_sampling, check_user_format)
 from cmc_cli.errors import ConfigError
 
 
@@ -88,9 +88,7 @@ class ModelSelection:
             raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
         if self.combine is not None and self.combine not in COMBINE_MODES:
             raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
-        if not isinstance(self.user_format, str) or (self.user_format not in USER_FORMATS and "{prompt}" not in self.user_format):
-            raise ConfigError(f"--user-format must be {', '.join(USER_FORMATS)} or a format string containing {{prompt}}, "
-                              f"got '{self.user_format}'")
+        check_user_format(self.user_format)
         check_device(self.device, self.dtype)
 
     def deltas_as_text(self) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cmc_cli.config import USER_FORMATS
+from cmc_cli.config import check_user_format
 from cmc_cli.data.instruct import join_response, render
 from cmc_cli.engine.combine import decode_scores, lookahead_extra
 from cmc_cli.engine.models import Delta, LoadedModel, check_alpha
@@ -176,8 +176,7 @@ class Decoder:
         for m in (expert, anti_expert):
             if m is not None and m.vocab.fingerprint != user.vocab.fingerprint:
                 raise CmcError(f"proxy-tuning needs the user's vocabulary: {m.name} has another tokenizer than {user.name}")
-        if user_format not in USER_FORMATS and "{prompt}" not in user_format:
-            raise ConfigError(f"--user-format must be auto, raw, chat or a format string containing {{prompt}}, got '{user_format}'")
+        check_user_format(user_format)
         if user_format == "chat" and not getattr(user.tokenizer, "chat_template", None):
             raise ConfigError(f"the user model {user.name} has no chat template; use --user-format raw or a format "
                               "string such as '### Question: {prompt}\\n### Answer:'")
