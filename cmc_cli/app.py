@@ -14,6 +14,7 @@ from cmc_cli.commands.eval import eval_app
 from cmc_cli.commands.fetch import fetch
 from cmc_cli.commands.generate import generate
 from cmc_cli.commands.map_vocab import map_vocab
+from cmc_cli.commands.serve import serve
 from cmc_cli.commands.train import train, unlearn
 from cmc_cli.commands.zoo import zoo_app
 
@@ -46,6 +47,7 @@ app.command("map-vocab")(map_vocab)
 app.command("train")(train)
 app.command("unlearn")(unlearn)
 app.command("generate")(generate)
+app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
 app.add_typer(eval_app, name="eval")
 app.add_typer(zoo_app, name="zoo")
 app.command("demo")(demo)

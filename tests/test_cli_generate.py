@@ -96,7 +96,7 @@ def test_token_map_file_is_used_and_checked(models, workdir, cli):
 @pytest.mark.parametrize("extra,message", [
     (["-d", "missing-delta"], "does not exist"),
     (["--alpha", "nan"], "--alpha must be a finite number"),
-    (["-d", "DELTA:inf"], "alpha must be a finite number"),
+    (["-d", "DELTA:inf"], "the part after ':' must be a finite number"),
     (["-d", "DELTA:strong"], "must be a number"),
     (["--user-format", "chat"], "no chat template"),
     (["--user-format", "Question"], "--user-format must be auto, raw, chat or a format string"),

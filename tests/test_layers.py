@@ -21,6 +21,7 @@ LAYERS = [
     ("engine", ["cmc_cli.engine"]),
     ("eval", ["cmc_cli.eval"]),
     ("zoo", ["cmc_cli.zoo"]),
+    ("serve", ["cmc_cli.serve"]),
     ("commands", ["cmc_cli.commands", "cmc_cli.app", "cmc_cli.__main__"]),
 ]
 # order inside a layer, lowest first (a module may import only those before it or itself)
@@ -88,7 +89,23 @@ def test_no_module_is_over_400_lines():
     assert not long, long
 
 
+def test_only_the_vllm_processor_imports_vllm():
+    """The core package works without vLLM (the `serve` extra): vllm is imported in one module, which
+    nothing else in cmc imports at module level."""
+    importers = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == "vllm" or n.startswith("vllm.") for n in names):
+                importers.append(module_name(path))
+    assert sorted(set(importers)) == ["cmc_cli.serve.vllm_processor"]
+    top = [module_name(p) for p in MODULES for node in ast.parse(p.read_text()).body
+           if isinstance(node, ast.ImportFrom) and node.module == "cmc_cli.serve.vllm_processor"]
+    assert not top, top
+
+
 @pytest.mark.parametrize("name, layer", [("cmc_cli.engine.decode", 5), ("cmc_cli.tokenmaps.tokenmap", 3),
-                                         ("cmc_cli.commands.tables", 8), ("cmc_cli.errors", 0)])
+                                         ("cmc_cli.commands.tables", 9), ("cmc_cli.serve.state", 8), ("cmc_cli.errors", 0)])
 def test_layer_lookup(name, layer):
     assert layer_of(name)[0] == layer

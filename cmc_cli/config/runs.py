@@ -51,18 +51,23 @@ class DeltaSpec:
 
     @classmethod
     def parse(cls, text: str) -> "DeltaSpec":
-        import math
-
         head, sep, tail = str(text).rpartition(":")
         if sep and head and not Path(text).exists():
-            try:
-                alpha = float(tail)
-            except ValueError:
-                raise ConfigError(f"--delta '{text}': the part after ':' must be a number (PATH[:ALPHA])") from None
-            if not math.isfinite(alpha):
-                raise ConfigError(f"--delta '{text}': alpha must be a finite number")
-            return cls(Path(head), alpha)
+            return cls(Path(head), parse_alpha(tail, f"--delta '{text}': the part after ':'", ConfigError))
         return cls(Path(text))
+
+
+def parse_alpha(text: str, what: str, error=ValueError) -> float:
+    """The strength written after NAME: or PATH:, a finite number; else `error` saying `what` must be one."""
+    import math
+
+    try:
+        alpha = float(text)
+    except ValueError:
+        raise error(f"{what} must be a number, got '{text}'") from None
+    if not math.isfinite(alpha):
+        raise error(f"{what} must be a finite number, got '{text}'")
+    return alpha
 
 
 @dataclass

@@ -164,7 +164,8 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
                  [+ alpha_p * (LogSoftmax(expert) - LogSoftmax(anti-expert))], in float32.
 
     deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary[, cap
-    [, lookahead]]) with cap and lookahead as in map_delta_logits (Delta.term builds these).
+    [, lookahead]]) with cap and lookahead as in map_delta_logits (Delta.term builds these); alpha is a
+    float or a (B, 1) tensor, one strength per row (a server's requests choose their own).
     mode (the delta's training combine mode): "sum" leaves the user logits raw (the paper's ablation),
     "log-softmax-both" log-softmaxes each delta's logits too.
     proxy: (alpha_p, expert_logits, anti_expert_logits) for the proxy-tuning baseline, or None.

@@ -97,16 +97,18 @@ class DeltaRunner:
             raise RuntimeError("no active row")  # the decoder never steps a finished batch
         return out
 
-    def lookahead(self, user_logits: torch.Tensor, active: list[bool]) -> tuple | None:
+    def lookahead(self, user_logits: torch.Tensor, active: list[bool], lm_rows: list[int] | None = None) -> tuple | None:
         """The look-ahead of this step (engine/lookahead.py): (rows, cols, extra) for combine.map_delta_logits,
-        from one tree-masked delta forward over every candidate's continuation; None without candidates."""
+        from one tree-masked delta forward over every candidate's continuation; None without candidates.
+        lm_rows[b]: the stream row of batch row b (default: the same; engine/pool.py's rows differ)."""
         la = self.delta.lookahead
         if la is None or self.same_vocab:
             return None
         cands = la.candidates(user_logits, active)
         if not cands:
             return None
-        outs = self.lm.peek([(r, p[:-1]) for r, _, p in cands])  # inputs d, r_1..r_{m-1}
+        at = (lambda r: r) if lm_rows is None else lm_rows.__getitem__
+        outs = self.lm.peek([(at(r), p[:-1]) for r, _, p in cands])  # inputs d, r_1..r_{m-1}
         logits = torch.cat(outs)
         targets = torch.tensor([t for _, _, p in cands for t in p[1:]])
         owner = torch.tensor([c for c, (_, _, p) in enumerate(cands) for _ in p[1:]])
@@ -125,13 +127,16 @@ class DeltaRunner:
         return [a - b for a, b in zip(self.lm.fed, self.prompt_fed)]
 
 
-def step_scores(user_logits: torch.Tensor, deltas: list[Delta], runners: list[DeltaRunner], delta_logits: list,
-                active: list[bool], mode: str, proxy: tuple | None = None) -> torch.Tensor:
+def step_scores(user_logits: torch.Tensor, deltas: list[Delta], runners: list, delta_logits: list,
+                active: list[bool], mode: str, proxy: tuple | None = None, alphas: list | None = None) -> torch.Tensor:
     """The decode step's combined scores (B, V) from the user's and each delta's logits of this step, with
-    each delta's look-ahead (and the proxy-tuning term): what the decoder, the scorer and the logits
-    processor all call; combine.decode_scores computes the equation."""
-    terms = [d.term(lg.to(user_logits.device), r.lookahead(user_logits, active))
-             for d, r, lg in zip(deltas, runners, delta_logits)]
+    each delta's look-ahead (and the proxy-tuning term): what the decoder, the scorer, the logits
+    processor and the server (serve/state.py) all call; combine.decode_scores computes the equation.
+    alphas: per delta, its strength for this step (a float, or (B, 1) per row: a server's requests choose
+    their own); default each delta's alpha."""
+    alphas = [None] * len(deltas) if alphas is None else alphas
+    terms = [d.term(lg.to(user_logits.device), r.lookahead(user_logits, active), alpha=a)
+             for d, r, lg, a in zip(deltas, runners, delta_logits, alphas)]
     return decode_scores(user_logits, terms, mode, proxy)
 
 

