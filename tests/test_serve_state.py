@@ -234,3 +234,32 @@ def test_defaults_and_alphas(world):
     assert cfg.selection({"cmc_deltas": ["small:2.5"], "cmc_prompt": "Hi"}) == ({"small": 2.5}, "Hi")
     assert cfg.selection({"cmc_deltas": []}) == ({}, None)
     assert ServeConfig(**__import__("json").loads(cfg.to_env())) == cfg
+
+
+def test_a_lookahead_token_map_serves_as_it_decodes(world, user, tmp_path, monkeypatch):
+    """A pm-lookahead map (one extra tree-masked delta forward per step over the top-k candidates) through the
+    pool's stream rows, which differ from the batch's rows once requests come and go."""
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
+
+    d = load_delta(world["cross"], user, alpha=1.0)
+    tm = TokenMap.build(d.lm.vocab, user.vocab, strategy="pm-lookahead", lookahead_k=16)
+    path = tm.save(tmp_path / "look.safetensors")
+    cfg = config(world, token_maps=[str(path)])
+    state = ServeState.load(cfg, user.width)
+    assert state.deltas["cross"].lookahead is not None
+    dec = Decoder(user, [], user_format="raw")
+    reqs = [request(dec, p, {"cmc_deltas": x}, n) for p, x, n in
+            zip(PROMPTS, [["cross"], ["cross:1.5", "same"], ["cross:0.7"], ["cross"]], [10, 6, 12, 8])]
+    from cmc_cli.engine.streams import ResyncLM
+
+    peeks, real_peek = [], ResyncLM.peek
+    monkeypatch.setattr(ResyncLM, "peek", lambda self, branches: peeks.append(len(branches)) or real_peek(self, branches))
+    run(Engine(state, user), {0: reqs[:2], 2: reqs[2:]}, 30)
+    monkeypatch.setattr(ResyncLM, "peek", real_peek)
+    assert sum(peeks) > 10  # the look-ahead ran
+    for r in reqs:
+        alphas, _ = cfg.selection(r["xargs"])
+        deltas = [load_delta(world[n], user, alpha=a, token_maps=[path]) for n, a in alphas.items()]
+        want = Decoder(user, deltas, user_format="raw").generate([r["prompt"]], GenerationConfig(max_new_tokens=r["n"]))
+        assert r["out"] == want[0].token_ids
+    assert state.live_state() == {"requests": 0, "cross": 0, "small": 0, "same": 0}

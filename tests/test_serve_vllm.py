@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +19,7 @@ import pytest
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.engine.sampling import GenerationConfig
+from cmc_cli.serve.launch import ServerProcess
 from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
 
 if os.environ.get("CMC_REQUIRE_SERVE") != "1":
@@ -36,74 +33,11 @@ PROMPTS = ["What colour is the box?", "Hi", "Tell me a story about a harbour tow
 FMT = "<|user|>\n{prompt}\n<|assistant|>\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+VLLM_ARGS = ["--gpu-memory-utilization", "0.05", "--max-model-len", "256", "--seed", "0"]
 
 
-class Server:
-    def __init__(self, args: list[str], cwd: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(cwd / f"serve-{self.port}.log", "w+")
-        cmd = [sys.executable, "-m", "cmc_cli", "serve", *args, "--port", str(self.port), "--",
-               "--gpu-memory-utilization", "0.05", "--max-model-len", "256", "--seed", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        end = time.time() + timeout
-        while time.time() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"cmc serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"cmc serve did not become ready in {timeout} s:\n{self.tail()}")
-
-    def tail(self, n: int = 4000) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-n:]
-
-    def post(self, body: dict) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + "/v1/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def complete(self, prompt: str, n: int, xargs: dict | None = None) -> list[int]:
-        body = {"model": "user", "prompt": prompt, "max_tokens": n, "temperature": 0, "return_token_ids": True}
-        if xargs is not None:
-            body["vllm_xargs"] = xargs
-        status, out = self.post(body)
-        assert status == 200, out
-        return list(out["choices"][0]["token_ids"])
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 90) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                raise AssertionError(f"cmc serve did not stop on {sig!r} within {timeout} s")
-        return self.proc.returncode
-
-    def group_alive(self) -> bool:
-        try:
-            os.killpg(self.proc.pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
+def start(args: list[str], root: Path) -> ServerProcess:
+    return ServerProcess(args, root / f"serve-{time.time_ns()}.log", VLLM_ARGS, cwd=root)
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +56,8 @@ def models(tmp_path_factory, tiny_tokenizers):
 @pytest.fixture(scope="module")
 def server(models):
     root = models["root"]
-    s = Server([str(models["user"]), "-d", f"cross={models['cross']}", "-d", f"same={models['same']}:0.8"], root)
-    try:
-        s.wait_ready()
+    with start([str(models["user"]), "-d", f"cross={models['cross']}", "-d", f"same={models['same']}:0.8"], root) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -217,12 +147,12 @@ def test_a_request_after_a_cancelled_one_decodes_as_alone(server, reference):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stopping_the_server_leaves_nothing_running(models, sig):
-    s = Server([str(models["user"]), "-d", f"cross={models['cross']}"], models["root"])
+    s = start([str(models["user"]), "-d", f"cross={models['cross']}"], models["root"])
     try:
         s.wait_ready()
     finally:
         s.stop(sig)
     deadline = time.time() + 30
-    while s.group_alive() and time.time() < deadline:
+    while s.session_alive() and time.time() < deadline:
         time.sleep(0.5)
-    assert not s.group_alive(), s.tail()
+    assert not s.session_alive(), s.tail()

@@ -21,4 +21,5 @@ def configure(user: str, deltas=(), alpha: float = 1.0, token_maps=(), combine: 
 
     cfg = ServeConfig.from_cli(str(user), list(deltas), alpha, list(token_maps), combine, dtype)
     os.environ[ENV] = cfg.to_env()
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the processor implements the V1 runner's interface
     return cfg

@@ -43,6 +43,9 @@ class CMCProcessor(LogitsProcessor):
         cls._served().selection(sampling_params.extra_args)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        if getattr(vllm_config, "use_v2_model_runner", False):
+            raise ValueError("cmc's logits processor implements vLLM's V1 model runner interface; set "
+                             "VLLM_USE_V2_MODEL_RUNNER=0 (cmc serve and cmc_cli.serve.configure do)")
         cfg = ServeConfig.from_env()
         n_logits = vllm_config.model_config.get_vocab_size()
         self.state = ServeState.load(cfg, n_logits, device)

@@ -1,0 +1,194 @@
+"""Benchmark serving: vLLM alone against vLLM + a cross-vocabulary cmc delta, beside `cmc generate`, from one run.
+
+    python benchmarks/bench_serve.py                   # CPU (needs `cmc fetch tokenizers` and the serve extra)
+    python benchmarks/bench_serve.py --shape 7b        # GPU: a 7B-shaped bf16 user, a 110M delta
+
+Random-weight Llama-architecture models with real tokenizers, written to --workdir once: the user with
+Llama-2's vocabulary, the delta with GPT-2's (another segmentation: its text is re-tokenized every step).
+The CPU shapes put the delta at under 10% of the user's compute per token (its printed share counts the
+multiply-adds of the transformer blocks and the output layer).
+
+Each variant runs in its own process (one vLLM engine each): after a full-size warm-up, for each
+concurrency N, N requests of --new tokens each (EOS ignored, greedy) are given to the engine at once
+(vllm.LLM.generate, which schedules them as a server schedules concurrent requests), --repeats times; the
+median wall time gives tokens/s. Variants:
+  vllm        vLLM alone
+  vllm+cmc    vLLM with cmc's processor, every request using the delta
+  cmc         `cmc generate`'s decoder at batch N (transformers), with the delta
+  user        `cmc generate`'s decoder at batch N, the user alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPES = {
+    "cpu": dict(user=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16, num_attention_heads=16,
+                          num_key_value_heads=16), delta="15m"),
+    "7b": dict(user=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=32), delta="110m"),
+}
+PROMPTS = ["Write a short story about a lighthouse keeper who predicts storms.", "Explain how a harbour works.",
+           "List three fish.", "Why is the sea salty?", "Describe the customs house.", "What is rope made of?",
+           "Tell me about nets.", "Hello!"]
+FMT = "<|user|>\n{prompt}\n<|assistant|>\n"
+
+
+def macs_per_token(cfg: dict) -> int:
+    """Multiply-adds per generated token of a Llama: attention and MLP projections, and the output layer."""
+    h, i, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    return n * (2 * h * h + 2 * h * kv + 3 * h * i) + h * v
+
+
+def build(workdir: Path, shape: str) -> tuple[Path, Path]:
+    """The user model and the delta directory (random weights, real tokenizers), written once."""
+    from cmc_cli.assets import cache_dir
+
+    user_dir, delta_dir = workdir / f"user-{shape}", workdir / f"delta-{shape}"
+    if user_dir.is_dir() and delta_dir.is_dir():
+        return user_dir, delta_dir
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from cmc_cli.adapters.base import HFAdapter
+    from cmc_cli.engine.delta import delta_card, new_delta
+    from cmc_cli.fileio import atomic_write_json
+
+    toks = cache_dir() / "tokenizers"
+    if not (toks / "llama2").is_dir() or not (toks / "gpt2").is_dir():
+        raise SystemExit("run `cmc fetch tokenizers` first (Llama-2 and GPT-2 tokenizers)")
+    ut, dt = AutoTokenizer.from_pretrained(str(toks / "llama2")), AutoTokenizer.from_pretrained(str(toks / "gpt2"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(ut), max_position_embeddings=2048, tie_word_embeddings=False,
+                      bos_token_id=ut.bos_token_id, eos_token_id=ut.eos_token_id, **SHAPES[shape]["user"])
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(user_dir)
+    ut.save_pretrained(user_dir)
+    delta = new_delta(SHAPES[shape]["delta"], len(dt), 2048, seed=1, bos_id=dt.bos_token_id, eos_id=dt.eos_token_id)
+    torch.nn.init.normal_(delta.get_output_embeddings().weight, std=0.02)
+    delta.save_pretrained(delta_dir)
+    dt.save_pretrained(delta_dir)
+    vocab = HFAdapter().token_surfaces(dt, "gpt2")
+    card = delta_card(task="instruct", prompt_format=FMT,
+                      template={"ref": "random", "adapter": "llama", "fingerprint": vocab.fingerprint, "vocab_size": len(dt)})
+    atomic_write_json(delta_dir / "cmc.json", card)
+    return user_dir, delta_dir
+
+
+def run_vllm(user: Path, delta: Path | None, batches: list[int], new: int, repeats: int, dtype: str) -> dict:
+    from vllm import LLM, SamplingParams
+
+    kw = {}
+    if delta is not None:
+        from cmc_cli.serve import PROCESSOR, configure
+
+        configure(str(user), deltas=[f"d={delta}"], dtype=dtype)
+        kw["logits_processors"] = [PROCESSOR]
+    import torch
+
+    cpu = not torch.cuda.is_available()
+    llm = LLM(model=str(user), dtype=dtype, enforce_eager=cpu, max_model_len=1024, seed=0,
+              gpu_memory_utilization=0.3 if cpu else 0.85, **kw)
+    extra = {"cmc_deltas": ["d"]} if delta is not None else None
+    sp = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True, extra_args=extra)
+    out = {}
+    for B in batches:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(B)]
+        llm.generate(prompts, sp, use_tqdm=False)  # warm-up at full size
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            res = llm.generate(prompts, sp, use_tqdm=False)
+            times.append(time.perf_counter() - t)
+            assert all(len(r.outputs[0].token_ids) == new for r in res)
+        out[B] = B * new / statistics.median(times)
+    return out
+
+
+def run_cmc(user: Path, delta: Path | None, batches: list[int], new: int, repeats: int, dtype: str) -> dict:
+    import torch
+
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.devices import DTYPES
+    from cmc_cli.engine.models import load_delta, load_lm
+    from cmc_cli.engine.sampling import GenerationConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    u = load_lm(str(user), dtype=DTYPES[dtype], device=device)
+    deltas = [load_delta(delta, u, 1.0, device=device, dtype=DTYPES[dtype])] if delta is not None else []
+    dec = Decoder(u, deltas, user_format="raw")
+    dec.eos_ids = set()
+    cfg = GenerationConfig(max_new_tokens=new)
+    out = {}
+    for B in batches:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(B)]
+        dec.generate(prompts, cfg)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            dec.generate(prompts, cfg)
+            times.append(time.perf_counter() - t)
+        out[B] = B * new / statistics.median(times)
+    return out
+
+
+VARIANTS = {"vllm": (run_vllm, False), "vllm+cmc": (run_vllm, True), "cmc": (run_cmc, True), "user": (run_cmc, False)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=SHAPES, default="cpu")
+    ap.add_argument("--new", type=int, default=32, help="tokens generated per request")
+    ap.add_argument("--batches", default="1,8,32", help="concurrent requests")
+    ap.add_argument("--repeats", type=int, default=3, help="median of N")
+    ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cmc-bench-serve")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--only", help=argparse.SUPPRESS)  # one variant, in a child process: prints its JSON
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    import torch
+
+    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    user, delta = build(args.workdir, args.shape)
+    if args.only:
+        fn, with_delta = VARIANTS[args.only]
+        print("RESULT " + json.dumps(fn(user, delta if with_delta else None, batches, args.new, args.repeats, dtype)))
+        return
+    ucfg, dcfg = (json.loads((p / "config.json").read_text()) for p in (user, delta))
+    share = macs_per_token(dcfg) / macs_per_token(ucfg)
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    print(f"{dev}, {os.cpu_count()} cores, torch {torch.__version__}, dtype {dtype}")
+    print(f"user {macs_per_token(ucfg) / 1e6:.0f}M MACs/token (Llama-2 vocab), delta {macs_per_token(dcfg) / 1e6:.1f}M "
+          f"(GPT-2 vocab): the delta is {share:.1%} of the user's compute; {args.new} new tokens per request, median of "
+          f"{args.repeats}")
+    rates = {}
+    for name in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--only", name, "--shape", args.shape, "--new", str(args.new), "--batches",
+               args.batches, "--repeats", str(args.repeats), "--workdir", str(args.workdir)]
+        t = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if res.returncode != 0 or line is None:
+            raise SystemExit(f"{name} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        rates[name] = {int(k): v for k, v in json.loads(line[7:]).items()}
+        print(f"  {name}: done in {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"{'concurrent':>10} " + " ".join(f"{n:>9}" for n in rates) + "   vllm+cmc/vllm  cmc/user")
+    for B in batches:
+        row = " ".join(f"{rates[n][B]:9.1f}" for n in rates)
+        r1 = rates.get("vllm+cmc", {}).get(B, float("nan")) / rates.get("vllm", {}).get(B, float("nan"))
+        r2 = rates.get("cmc", {}).get(B, float("nan")) / rates.get("user", {}).get(B, float("nan"))
+        print(f"{B:>10} {row}   {r1:13.2f}  {r2:8.2f}")
+    print("(tokens/s: generated tokens of all requests / wall time)")
+
+
+if __name__ == "__main__":
+    main()
