@@ -13,6 +13,7 @@ choice and exits 1 on any difference.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -33,7 +34,7 @@ def read_prompts(path: str | None, limit: int) -> list[str]:
 
     rows = read_records(Path(path).expanduser())
     out = []
-    for r in rows:
+    for _, r in rows:
         q = r.get("question") or r.get("prompt") or r.get("instruction")
         if q:
             out.append(f"Question: {q}\nAnswer:")
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--vllm-args", default="--gpu-memory-utilization 0.2 --max-model-len 1024 --seed 0")
+    ap.add_argument("--vllm-args", default="--gpu-memory-utilization 0.1 --max-model-len 1024 --seed 0")
     args = ap.parse_args()
 
     from cmc_cli.engine.decode import Decoder
@@ -79,7 +80,12 @@ def main() -> None:
             alphas[n] = float(a) if a else served[n][1]
         deltas = [load_delta(served[n][0], user, alpha=a) for n, a in alphas.items()]
         want.append(Decoder(user, deltas, user_format="raw").generate([p], GenerationConfig(max_new_tokens=args.new))[0].token_ids)
+    plain = Decoder(user, [], user_format="raw")
+    with_d = [(p, w) for (p, x), w in zip(jobs, want) if x["cmc_deltas"]]
+    moved = sum(w != plain.generate([p], GenerationConfig(max_new_tokens=args.new))[0].token_ids for p, w in with_d)
     ref_s = time.perf_counter() - t
+    del user, deltas, plain  # the server needs the memory
+    gc.collect()
 
     log = Path(tempfile.mkdtemp()) / "serve.log"
     serve_args = [args.user] + sum((["-d", f"{n}={pa}:{a}"] for n, (pa, a) in served.items()), [])
@@ -101,9 +107,6 @@ def main() -> None:
             print(f"  DIFFERS {x['cmc_deltas']} {p[:50]!r}: serve {g[:12]}... generate {w[:12]}...")
     for k, v in by_choice.items():
         print(f"  cmc_deltas {k}: {sum(v)}/{len(v)} equal token for token")
-    plain = Decoder(user, [], user_format="raw")
-    with_d = [(p, w) for (p, x), w in zip(jobs, want) if x["cmc_deltas"]]
-    moved = sum(w != plain.generate([p], GenerationConfig(max_new_tokens=args.new))[0].token_ids for p, w in with_d)
     print(f"  answers the deltas changed (against the user alone): {moved}/{len(with_d)}")
     sys.exit(0 if all(all(v) for v in by_choice.values()) else 1)
 
