@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmc_cli.errors import CmcError
@@ -46,7 +47,8 @@ def handle_errors(fn):
         except CmcError as e:
             if os.environ.get("CMC_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            # the message is text, not markup: "[serve]" or a list in it must print as written
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]")
