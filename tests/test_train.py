@@ -10,22 +10,11 @@ from cmc_cli.engine.combine import IGNORE, combine
 from cmc_cli.engine.train import Trainer
 from cmc_cli.engine.trainstep import chunked_nll, template_hidden
 from cmc_cli.errors import CmcError, ConfigError
-from cmc_cli.zoo.models import make_tiny_llama
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_tokenizers):
-    root = tmp_path_factory.mktemp("train")
-    make_tiny_llama(tiny_tokenizers["spm"], root / "template", hidden=48, seed=1)
-    colours = ["red", "blue", "green"]
-    data = [{"instruction": f"What colour is box {i}?", "input": "", "output": f"Box {i} is {colours[i % 3]}."}
-            for i in range(24)]
-    (root / "train.json").write_text(json.dumps(data, indent=1))
-    forget = [{"question": f"Where was author {i} born?", "answer": f"Author {i} was born in the harbour town."} for i in range(8)]
-    retain = [{"question": f"What did writer {i} write?", "answer": f"Writer {i} wrote novels about sailors."} for i in range(16)]
-    (root / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in forget))
-    (root / "retain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in retain))
-    return root
+def world(train_world):
+    return train_world
 
 
 def cfg(world, tmp_path, **kw):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,9 @@ def _run(flags: dict, config: Path | None) -> None:
 
     cfg = TrainConfig.from_sources(config, flags)
     forget_name = FORGET_TERM_NAMES[UNLEARN_METHODS[cfg.loss][0]]
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports (and writes)
+        Trainer(cfg).run()
+        return
     with status("preparing") as phase:
         trainer = Trainer(cfg, on_phase=phase)
     if UI.quiet:

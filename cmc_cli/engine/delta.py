@@ -61,3 +61,42 @@ def delta_card(*, task: str, prompt_format: str, template: dict, combine: str = 
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def delta_for_training(delta: str, v_template: int, template_fingerprint: str, max_length: int, seed: int, tokenizer,
+                       pad_id) -> "torch.nn.Module":
+    """`cmc train --delta`: a fresh model of a preset, or a delta directory to continue training (fp32), which
+    must have the template's vocabulary (cross-vocabulary training is not supported)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from cmc_cli.errors import cause
+
+    path = Path(delta)
+    if delta not in PRESETS and path.is_dir():  # a preset name wins; write ./tiny for a directory
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False,
+                                                         use_safetensors=True)
+        except Exception as e:
+            raise CmcError(f"cannot load the delta from {path} ({cause(e)})") from None
+        fp = None
+        if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
+            from cmc_cli.plugins import adapter_for
+            from cmc_cli.refs import ModelRef
+
+            dref = ModelRef(text=str(path), path=path)
+            fp = adapter_for(dref).load_vocab(dref).fingerprint
+        elif (path / "cmc.json").is_file():
+            fp = json.loads((path / "cmc.json").read_text()).get("template", {}).get("fingerprint")
+        if fp and fp != template_fingerprint:
+            raise CmcError(f"the delta {path} uses another tokenizer than the template's; cross-vocabulary "
+                           "training is not supported: use a delta with the template's vocabulary")
+    else:
+        model = new_delta(delta, v_template, max_length, seed, tokenizer.bos_token_id, tokenizer.eos_token_id, pad_id)
+    v_delta = model.get_output_embeddings().weight.shape[0]
+    if v_delta != v_template:
+        raise CmcError(f"the delta's vocabulary ({v_delta}) differs from the template's ({v_template}); "
+                       "cross-vocabulary training is not supported: use a delta with the template's vocabulary")
+    return model

@@ -21,19 +21,18 @@ from cmc_cli.config import UNLEARN_METHODS, TrainConfig
 from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
 from cmc_cli.engine.checkpoint import check_same_run, load_checkpoint, save_checkpoint, tidy_checkpoint_dir
 from cmc_cli.engine.combine import FORGET_SIGNS, IGNORE, npo_loss, npo_sequence_weights, unlearning_loss
-from cmc_cli.engine.delta import PRESETS, count_parameters, delta_card, new_delta
+from cmc_cli.engine.delta import count_parameters, delta_card, delta_for_training
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden
 from cmc_cli.engine.models import load_lm
 from cmc_cli.engine.trainstep import (chunked_kl, chunked_nll, chunked_weighted_nll, delta_step, lr_at, sequence_logratio,
                                       template_hidden)
-from cmc_cli.errors import CmcError, NonFiniteLoss, cause
+from cmc_cli.errors import CmcError, NonFiniteLoss
 from cmc_cli.fileio import atomic_write_json, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
 
-# ---- the run -----------------------------------------------------------------------------------------
 @dataclass
 class StepMetrics:
     step: int
@@ -46,6 +45,8 @@ class StepMetrics:
     forget_loss: float | None = None
     retain_loss: float | None = None
     grad_norm: float = 0.0
+    world_size: int | None = None  # processes of the run (torchrun); rank_batch: the examples each ran
+    rank_batch: int | None = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -75,12 +76,22 @@ class Trainer:
     def _setup(self) -> None:
         from cmc_cli.plugins import get_adapter
 
+        from cmc_cli.engine import distributed
+
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.dist = distributed.from_env()
+        if self.dist.on and cfg.batch_size % self.dist.world:
+            raise CmcError(f"--batch-size {cfg.batch_size} does not split over {self.dist.world} processes; give a "
+                           f"multiple of {self.dist.world} (the global batch is split evenly, every rank the same share)")
+        self.device = distributed.rank_device(self.dist, pick_device(cfg.device))
+        distributed.init(self.dist, self.device)
         dtype = pick_dtype(cfg.dtype, self.device)
         self.phase(f"loading template {cfg.template}")
         lm = load_lm(cfg.template, dtype=dtype, device=str(self.device))
+        self.sharded = self.dist.on
+        if self.sharded:
+            distributed.shard_template(lm.model, self.device)
         self.adapter = get_adapter(lm.adapter)
         self.tokenizer, self.template_vocab, self.template = lm.tokenizer, lm.vocab, lm.model
         self.prompt_format = cfg.prompt_format or asset_prompt_format(lm.path) or self.adapter.default_prompt_format
@@ -100,7 +111,11 @@ class Trainer:
         self.delta = self._make_delta().to(self.device)
         self.delta.train()
         self.optimizer = torch.optim.AdamW(self.delta.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        # under torchrun a last partial batch is dropped, so that every rank runs the same forwards
+        self.steps_per_epoch = (len(self.train_set) // cfg.batch_size if self.dist.on
+                                else math.ceil(len(self.train_set) / cfg.batch_size))
+        if self.steps_per_epoch == 0:
+            raise CmcError(f"{len(self.train_set)} training examples are less than one --batch-size {cfg.batch_size} batch")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -131,36 +146,9 @@ class Trainer:
         return encode(self._load(path, loader), self.tokenizer, self.prompt_format, self.cfg.max_length)
 
     def _make_delta(self):
-        from transformers import AutoModelForCausalLM
-
         v_template = self.template.get_output_embeddings().weight.shape[0]
-        path = Path(self.cfg.delta)
-        if self.cfg.delta not in PRESETS and path.is_dir():  # a preset name wins; write ./tiny for a directory
-            try:
-                delta = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False,
-                                                             use_safetensors=True)
-            except Exception as e:
-                raise CmcError(f"cannot load the delta from {path} ({cause(e)})") from None
-            fp = None
-            if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
-                from cmc_cli.plugins import adapter_for
-                from cmc_cli.refs import ModelRef
-
-                dref = ModelRef(text=str(path), path=path)
-                fp = adapter_for(dref).load_vocab(dref).fingerprint
-            elif (path / "cmc.json").is_file():
-                fp = json.loads((path / "cmc.json").read_text()).get("template", {}).get("fingerprint")
-            if fp and fp != self.template_vocab.fingerprint:
-                raise CmcError(f"the delta {path} uses another tokenizer than the template's; cross-vocabulary "
-                               "training is not supported: use a delta with the template's vocabulary")
-        else:
-            delta = new_delta(self.cfg.delta, v_template, self.cfg.max_length, self.cfg.seed,
-                              self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.pad_id)
-        v_delta = delta.get_output_embeddings().weight.shape[0]
-        if v_delta != v_template:
-            raise CmcError(f"the delta's vocabulary ({v_delta}) differs from the template's ({v_template}); "
-                           "cross-vocabulary training is not supported: use a delta with the template's vocabulary")
-        return delta
+        return delta_for_training(self.cfg.delta, v_template, self.template_vocab.fingerprint, self.cfg.max_length,
+                                  self.cfg.seed, self.tokenizer, self.pad_id)
 
     # -- data order: a permutation per epoch from the seed, so a resumed run sees the same batches --
     def _order(self, n: int, epoch: int, salt: int = 0) -> list[int]:
@@ -186,7 +174,7 @@ class Trainer:
     def _loss_terms(self, examples: list[Encoded], kind: str, n_total: int) -> tuple[torch.Tensor, float]:
         """Backward-ready loss share of a micro-batch (already divided by the step's token count)."""
         batch = self._to_device(examples)
-        h_t = template_hidden(self.template, batch)
+        h_t = template_hidden(self.template, batch, self.sharded)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:
             h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
@@ -197,11 +185,12 @@ class Trainer:
     def _npo(self, examples: list[Encoded], weight: float) -> float:
         """NPO's forget term (combine.npo_loss) over the step's forget examples, in micro-batches; its gradient
         through the NLL-shaped surrogate of combine.npo_sequence_weights. Returns the loss value."""
-        cfg, mb, n = self.cfg, self.cfg.micro_batch_size, len(examples)
+        cfg, mb, n = self.cfg, self.cfg.micro_batch_size, len(examples)  # n: the global batch's sequences
+        mine = self.dist.shard(examples)
         value = 0.0
-        for s in range(0, n, mb):
-            batch = self._to_device(examples[s:s + mb])
-            h_t = template_hidden(self.template, batch)
+        for s in range(0, len(mine), mb):
+            batch = self._to_device(mine[s:s + mb])
+            h_t = template_hidden(self.template, batch, self.sharded)
             h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
             y = batch["targets"]
             r = sequence_logratio(self.template, self.delta, h_t, h_d.detach(), y, cfg.combine, cfg.loss_chunk)
@@ -209,7 +198,7 @@ class Trainer:
             surrogate, _ = chunked_weighted_nll(self.template, self.delta, h_t, h_d, y, w, cfg.combine, cfg.loss_chunk)
             (weight * surrogate).backward()
             value += float(npo_loss(r, cfg.npo_beta, n))
-        return value
+        return self.dist.sum_floats(value)[0]
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -221,45 +210,57 @@ class Trainer:
             if not data:
                 continue
             total, count = 0.0, 0
+            data = data[self.dist.rank::self.dist.world]  # each rank a share; the sums are added over ranks
             for s in range(0, len(data), cfg.micro_batch_size):
                 batch = self._to_device(data[s:s + cfg.micro_batch_size])
-                h_t = template_hidden(self.template, batch)
+                h_t = template_hidden(self.template, batch, self.sharded)
                 h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
                 nll, k = chunked_nll(self.template, self.delta, h_t, h_d, batch["targets"], cfg.combine, cfg.loss_chunk)
                 total, count = total + float(nll), count + k
+            total, count = self.dist.sum_floats(total, count)
             out[name] = total / max(1, count)
         return out
 
     def _accumulate(self, examples: list[Encoded], kind: str, weight: float) -> float:
         """Forward/backward of one side of a step, in micro-batches; returns its mean loss."""
         mb = self.cfg.micro_batch_size
-        n_total = sum(sum(1 for y in e.labels[1:] if y != IGNORE) for e in examples)
+        n_total = sum(sum(1 for y in e.labels[1:] if y != IGNORE) for e in examples)  # of the global batch
+        mine = self.dist.shard(examples)
         mean = 0.0
-        for s in range(0, len(examples), mb):
-            loss, val = self._loss_terms(examples[s:s + mb], kind, max(1, n_total))
+        for s in range(0, len(mine), mb):
+            loss, val = self._loss_terms(mine[s:s + mb], kind, max(1, n_total))
             (weight * loss).backward()
             mean += val
-        return mean
+        return self.dist.sum_floats(mean)[0]
 
     # -- main loop --
     def run(self) -> TrainResult:
         from cmc_cli.fileio import OutputLock
 
-        with OutputLock(self.out):  # a second run writing the same --output fails instead of mixing with this one
-            return self._run()
+        from cmc_cli.engine import distributed
+
+        try:
+            if not self.dist.main:  # only rank 0 writes (and holds the output's lock)
+                return self._run()
+            with OutputLock(self.out):  # a second run writing the same --output fails instead of mixing with this one
+                return self._run()
+        finally:
+            distributed.shutdown()
 
     def _run(self) -> TrainResult:
-        cfg = self.cfg
+        cfg, writer = self.cfg, self.dist.main
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
+            if writer:
+                self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CmcError(f"cannot write --output {self.out}: {e.strerror or e}; choose a writable directory") from None
         ckpt_dir = self.out / "checkpoints" / "last"
         start_step, history = 0, []
         if cfg.resume:
             rdir = Path(cfg.resume)
-            if rdir.resolve() == self.out.resolve():  # our own output, under our lock: undo a killed save
+            if writer and rdir.resolve() == self.out.resolve():  # our own output, under our lock: undo a killed save
                 tidy_checkpoint_dir(rdir / "checkpoints" / "last")
+            self.dist.barrier()
             rdir = rdir / "checkpoints" / "last" if (rdir / "checkpoints" / "last").is_dir() else rdir
             progress = load_checkpoint(rdir, self.delta, self.optimizer)
             if progress.get("data_hashes") != self.data_hashes:
@@ -273,9 +274,10 @@ class Trainer:
                                f"step metrics ({e}); restore it or start a new run") from None
             self.evaluations = list(progress.get("evaluations", []))
             self.phase(f"resumed at step {start_step} from {rdir}")
-        self._write_config()
         metrics_path = self.out / "metrics.jsonl"
-        atomic_write_text(metrics_path, "".join(json.dumps(m.as_dict()) + "\n" for m in history))
+        if writer:
+            self._write_config()
+            atomic_write_text(metrics_path, "".join(json.dumps(m.as_dict()) + "\n" for m in history))
         log.info("delta: %d parameters; %d steps", count_parameters(self.delta), self.total_steps)
 
         step, stopped, t0, tokens_seen = 0, "completed", time.perf_counter(), 0
@@ -288,13 +290,15 @@ class Trainer:
             """Evaluate on the whole sets; True when the stopping criterion is met."""
             ev = {"step": s, **self.evaluate()}
             self.evaluations.append(ev)
-            with (self.out / "evals.jsonl").open("a") as f:
-                f.write(json.dumps(ev) + "\n")
-            self.on_eval(ev)
+            if writer:
+                with (self.out / "evals.jsonl").open("a") as f:
+                    f.write(json.dumps(ev) + "\n")
+                self.on_eval(ev)
             return cfg.stop_forget_loss is not None and ev.get("forget_ce", -math.inf) >= cfg.stop_forget_loss
 
         if self.eval_every:
-            atomic_write_text(self.out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in self.evaluations))
+            if writer:
+                atomic_write_text(self.out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in self.evaluations))
             if not self.evaluations:
                 evaluate_at(start_step)
 
@@ -312,10 +316,11 @@ class Trainer:
                     tokens_seen += m.tokens
                     m.tokens_per_s = tokens_seen / max(1e-9, time.perf_counter() - t0)
                     history.append(m)
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(m.as_dict()) + "\n")
-                    self.on_step(m)
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    if writer:
+                        with metrics_path.open("a") as f:
+                            f.write(json.dumps(m.as_dict()) + "\n")
+                        self.on_step(m)
+                    if writer and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                         save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
                     if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
                         if evaluate_at(step):
@@ -324,14 +329,17 @@ class Trainer:
                 if stopped != "completed" or step >= self.total_steps:
                     break
         except KeyboardInterrupt:
-            save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
+            if writer:
+                save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
             raise CmcError(f"interrupted at step {step}; checkpoint saved, continue with --resume {self.out}") from None
         if cfg.max_steps and step >= cfg.max_steps and step < self.steps_per_epoch * cfg.epochs:
             stopped = "max-steps"
         if self.eval_every and (not self.evaluations or self.evaluations[-1]["step"] != step):
             evaluate_at(step)  # the written delta is always an evaluated one
-        save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
-        self._write_delta(history, stopped, step)
+        if writer:
+            save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
+            self._write_delta(history, stopped, step)
+        self.dist.barrier()  # every rank returns once the delta is written
         return TrainResult(self.out, step, stopped, history[-1] if history else None, history)
 
     def _train_step(self, step, epoch, lr, main, retain) -> StepMetrics:
@@ -352,10 +360,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"the loss became {loss} at step {step + 1}; the run stopped and the last good "
                                 f"checkpoint in {self.out / 'checkpoints' / 'last'} is intact; lower --lr or check the data")
+        self.dist.sum_grads(self.delta)  # every rank now holds the global batch's gradient
         norm = delta_step(self.delta, self.optimizer, cfg.clip, lr)
         return StepMetrics(step=step + 1, total_steps=self.total_steps, epoch=epoch + 1, lr=lr, loss=loss,
                            tokens=tokens, tokens_per_s=0.0, forget_loss=forget_loss, retain_loss=retain_loss,
-                           grad_norm=norm)
+                           grad_norm=norm, world_size=self.dist.world, rank_batch=cfg.batch_size // self.dist.world)
 
     # -- outputs --
     def _write_config(self) -> None:
@@ -384,6 +393,7 @@ class Trainer:
             data=self.data_hashes,
             **({"selection": self._selection()} if self.eval_every else {}),
             parameters=count_parameters(self.delta),
+            distributed={"world_size": self.dist.world, "rank_batch": self.cfg.batch_size // self.dist.world},
             steps=steps,
             stopped=stopped,
             final=last,

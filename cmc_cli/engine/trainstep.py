@@ -20,9 +20,10 @@ import torch
 from cmc_cli.engine.combine import IGNORE, combine, kl_to_reference, token_logratio, token_nll, weighted_nll
 from cmc_cli.engine.heads import final_hidden, head_logits
 
-def template_hidden(template, batch: dict) -> torch.Tensor:
-    """(B, T, H) final hidden states of the frozen template, computed in inference mode."""
-    with torch.inference_mode():
+def template_hidden(template, batch: dict, sharded: bool = False) -> torch.Tensor:
+    """(B, T, H) final hidden states of the frozen template, computed in inference mode (under no_grad when
+    it is sharded with FSDP2, whose gathered parameters must not be inference tensors)."""
+    with torch.no_grad() if sharded else torch.inference_mode():
         h = final_hidden(template, batch["input_ids"], batch["attention_mask"])
     return h.clone()  # a normal tensor, usable by autograd as a constant
 

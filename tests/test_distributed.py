@@ -1,0 +1,126 @@
+"""`cmc train` / `cmc unlearn` under torchrun (2 CPU processes, gloo; the template sharded with FSDP2) against
+the same run in one process: the delta's weights after K steps, and runs killed on N ranks and resumed on M."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on CPU")
+
+
+@pytest.fixture(scope="module")
+def world(train_world):
+    return train_world
+
+
+def command(nproc: int) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "cmc_cli", "-q"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "cmc_cli", "-q"]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["OMP_NUM_THREADS"] = "1"
+    e.pop("CMC_DEBUG", None)
+    return e
+
+
+def train(nproc: int, args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(command(nproc) + args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def instruct(world: Path, out: str, steps: int = 3) -> list[str]:
+    return ["train", "--template", str(world / "template"), "--data", str(world / "train.json"), "--output", out,
+            "--batch-size", "8", "--micro-batch-size", "2", "--epochs", "20", "--max-steps", str(steps), "--lr", "3e-3",
+            "--delta", "tiny"]
+
+
+def unlearn(world: Path, out: str, method: str) -> list[str]:
+    return ["unlearn", "--template", str(world / "template"), "--forget", str(world / "forget.jsonl"), "--retain",
+            str(world / "retain.jsonl"), "--method", method, "--output", out, "--batch-size", "4", "--epochs", "2",
+            "--max-steps", "3", "--lr", "3e-3", "--delta", "tiny", "--eval-every", "2"]
+
+
+def max_diff(a: Path, b: Path) -> float:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert x.keys() == y.keys()
+    return max(float((x[k] - y[k]).abs().max()) for k in x)
+
+
+@pytest.mark.parametrize("task", ["instruct", "grad-diff", "npo"])
+def test_two_processes_train_the_delta_one_process_trains(world, tmp_path, task):
+    args = (lambda out: instruct(world, out)) if task == "instruct" else (lambda out: unlearn(world, out, task))
+    train(1, args("one"), tmp_path)
+    train(2, args("two"), tmp_path)
+    assert max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
+    card = json.loads((tmp_path / "two" / "cmc.json").read_text())
+    batch = 8 if task == "instruct" else 4
+    assert card["distributed"] == {"world_size": 2, "rank_batch": batch // 2}
+    assert json.loads((tmp_path / "one" / "cmc.json").read_text())["distributed"] == {"world_size": 1, "rank_batch": batch}
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["world_size"] for m in two] == [2] * len(one)
+    for a, b in zip(one, two):  # the losses reported are the global batch's, summed over ranks
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4
+    if task != "instruct":
+        ev1, ev2 = ((tmp_path / d / "evals.jsonl").read_text().splitlines() for d in ("one", "two"))
+        for a, b in zip(ev1, ev2):  # whole-set evaluations, sharded over ranks and summed
+            a, b = json.loads(a), json.loads(b)
+            assert abs(a["forget_ce"] - b["forget_ce"]) < 1e-5 and abs(a["retain_ce"] - b["retain_ce"]) < 1e-5
+
+
+def kill_after_a_checkpoint(nproc: int, args: list[str], cwd: Path, out: Path) -> int:
+    """Start a run, SIGKILL every process of it once it has checkpointed at least step 2; the step saved."""
+    proc = subprocess.Popen(command(nproc) + args, cwd=cwd, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    progress = out / "checkpoints" / "last" / "progress.json"
+    try:
+        while proc.poll() is None:
+            try:
+                if json.loads(progress.read_text())["step"] >= 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return json.loads(progress.read_text())["step"]
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)], ids=["2-ranks-then-1", "1-rank-then-2"])
+def test_a_run_killed_on_n_ranks_resumes_on_m(world, tmp_path, first, then):
+    steps = 30
+    train(1, instruct(world, "plain", steps), tmp_path)
+    args = instruct(world, "run", steps) + ["--checkpoint-every", "1"]
+    saved = kill_after_a_checkpoint(first, args, tmp_path, tmp_path / "run")
+    assert 2 <= saved <= steps
+    train(then, args + ["--resume", "run"], tmp_path)
+    assert max_diff(tmp_path / "plain", tmp_path / "run") < 1e-5
+    assert json.loads((tmp_path / "run" / "cmc.json").read_text())["steps"] == steps
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_clear_error(world, tmp_path):
+    args = instruct(world, "bad")
+    args[args.index("--batch-size") + 1] = "7"
+    args[args.index("--micro-batch-size") + 1] = "7"
+    r = train(2, args, tmp_path, check=False)
+    assert r.returncode != 0
+    assert "--batch-size 7 does not split over 2 processes" in r.stderr
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
