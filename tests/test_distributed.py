@@ -124,3 +124,46 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_clear_error(world, tm
     assert r.returncode != 0
     assert "--batch-size 7 does not split over 2 processes" in r.stderr
     assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_ctrl_c_under_torchrun_saves_one_checkpoint_and_leaves_no_rank_running(world, tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C: torchrun and its workers get it, and torchrun
+    then sends its workers SIGTERM): rank 0 saves the checkpoint of the last completed step, every process
+    ends, and the run resumes to the weights of an uninterrupted one."""
+    steps = 400
+    args = instruct(world, "run", steps)
+    proc = subprocess.Popen(command(2) + args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "checkpoint saved, continue with --resume" in err
+    for _ in range(100):
+        try:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    else:
+        raise AssertionError("a rank is still running")
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "last" / "progress.json").read_text())["step"]
+    assert 3 <= saved < steps
+    train(1, instruct(world, "plain", steps), tmp_path)
+    train(2, args + ["--resume", "run"], tmp_path)
+    assert max_diff(tmp_path / "plain", tmp_path / "run") < 1e-5
+
+
+def test_nproc_relaunches_under_torchrun(world, tmp_path):
+    train(1, instruct(world, "one"), tmp_path)
+    train(1, instruct(world, "flag") + ["--nproc", "2"], tmp_path)
+    assert json.loads((tmp_path / "flag" / "cmc.json").read_text())["distributed"]["world_size"] == 2
+    assert max_diff(tmp_path / "one", tmp_path / "flag") < 1e-5
+    r = train(1, instruct(world, "zero") + ["--nproc", "0"], tmp_path, check=False)
+    assert r.returncode == 1 and "--nproc must be at least 1" in r.stderr

@@ -60,6 +60,36 @@ def _run(flags: dict, config: Path | None) -> None:
         print(result.output)
 
 
+def _relaunch(nproc: int | None) -> None:
+    """--nproc N: become `torchrun --standalone --nproc-per-node N -m cmc_cli <the same arguments>` (exec, so
+    signals reach torchrun, which stops its workers)."""
+    import sys
+
+    from cmc_cli.errors import ConfigError
+
+    if nproc is None:
+        return
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise ConfigError("--nproc is for a plain shell; under torchrun already, leave it out")
+    if nproc == 1:
+        return
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m",
+            "cmc_cli", *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+
+
 @handle_errors
 def train(
     task: Annotated[str, Opt(help="instruct (Alpaca/chat data) or unlearn (TOFU forget/retain).")] = None,
@@ -96,10 +126,12 @@ def train(
     checkpoint_every: Annotated[int, Opt(help="Checkpoint every N steps (0: at the end and on Ctrl-C). (default: 0)")] = None,
     resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")] = None,
+    nproc: Annotated[int, Opt(help="Run on N processes: relaunches itself under `torchrun --standalone --nproc-per-node N` (one machine; several: run torchrun yourself).")] = None,
     config: O.CONFIG = None,
 ) -> None:
     """Train a delta model alongside a frozen template LLM (instruction tuning or unlearning)."""
-    flags = {k: v for k, v in locals().items() if k != "config"}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
+    _relaunch(nproc)
     _run(flags, config)
 
 
@@ -128,9 +160,11 @@ def unlearn(
     device: O.DEVICE = None,
     resume: Annotated[str, Opt(help="Continue from an output or checkpoint directory.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")] = None,
+    nproc: Annotated[int, Opt(help="Run on N processes: relaunches itself under `torchrun --standalone --nproc-per-node N` (one machine; several: run torchrun yourself).")] = None,
     config: Annotated[Path, Opt("--config", "-c", help="YAML file of options (any of `cmc train`'s); flags override it.")] = None,
 ) -> None:
     """Unlearning: the same as `cmc train --task unlearn` (gradient difference by default)."""
-    flags = {k: v for k, v in locals().items() if k != "config"}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
+    _relaunch(nproc)
     flags["task"] = "unlearn"
     _run(flags, config)

@@ -12,8 +12,11 @@ Only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +104,28 @@ def init(dist_info: Dist, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=timeout)
+
+
+@contextlib.contextmanager
+def interrupts(dist_info: Dist):
+    """Around a run: under torchrun, SIGTERM (what torchrun sends its workers when it is stopped or a rank
+    fails) raises KeyboardInterrupt as Ctrl-C does, so rank 0 saves its checkpoint; the signal handlers and
+    the process group are restored and left at the end."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) if main_thread else None
+    if dist_info.on and main_thread:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old[0])
+            signal.signal(signal.SIGINT, old[1])
+        shutdown()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def shutdown() -> None:

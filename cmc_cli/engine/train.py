@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,17 +236,14 @@ class Trainer:
 
     # -- main loop --
     def run(self) -> TrainResult:
+        from cmc_cli.engine import distributed
         from cmc_cli.fileio import OutputLock
 
-        from cmc_cli.engine import distributed
-
-        try:
+        with distributed.interrupts(self.dist):  # under torchrun SIGTERM stops a rank as Ctrl-C does
             if not self.dist.main:  # only rank 0 writes (and holds the output's lock)
                 return self._run()
             with OutputLock(self.out):  # a second run writing the same --output fails instead of mixing with this one
                 return self._run()
-        finally:
-            distributed.shutdown()
 
     def _run(self) -> TrainResult:
         cfg, writer = self.cfg, self.dist.main
@@ -329,9 +327,11 @@ class Trainer:
                 if stopped != "completed" or step >= self.total_steps:
                     break
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not cut the save short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if writer:
                 save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
-            raise CmcError(f"interrupted at step {step}; checkpoint saved, continue with --resume {self.out}") from None
+            raise CmcError(f"interrupted at step {step}" + (f"; checkpoint saved, continue with --resume {self.out}" if writer else "")) from None
         if cfg.max_steps and step >= cfg.max_steps and step < self.steps_per_epoch * cfg.epochs:
             stopped = "max-steps"
         if self.eval_every and (not self.evaluations or self.evaluations[-1]["step"] != step):
