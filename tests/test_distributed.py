@@ -167,3 +167,62 @@ def test_nproc_relaunches_under_torchrun(world, tmp_path):
     assert max_diff(tmp_path / "one", tmp_path / "flag") < 1e-5
     r = train(1, instruct(world, "zero") + ["--nproc", "0"], tmp_path, check=False)
     assert r.returncode == 1 and "--nproc must be at least 1" in r.stderr
+
+
+SHARD_CHECK = """
+import sys, torch
+from torch.distributed.tensor import DTensor
+from cmc_cli.engine import distributed
+from cmc_cli.engine.models import load_lm
+d = distributed.from_env()
+dev = torch.device("cpu")
+distributed.init(d, dev)
+read = distributed.load_template_sharded(sys.argv[1], torch.float32, dev)
+assert read is not None, "not read shard by shard"
+whole = load_lm(sys.argv[1]).model
+distributed.shard_template(whole, dev)
+a, b = dict(read.named_parameters()), dict(whole.named_parameters())
+assert a.keys() == b.keys()
+for k in a:
+    x, y = a[k], b[k]
+    assert isinstance(x, DTensor) == isinstance(y, DTensor), k
+    lx, ly = (x.to_local(), y.to_local()) if isinstance(x, DTensor) else (x, y)
+    assert lx.shape == ly.shape and torch.equal(lx, ly), k
+for (k, x), (_, y) in zip(read.named_buffers(), whole.named_buffers()):
+    assert torch.equal(x, y), k
+ids = torch.randint(5, 300, (2, 9))
+from cmc_cli.engine.trainstep import template_hidden
+from cmc_cli.engine.heads import head_logits
+batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+h1, h2 = template_hidden(read, batch, True), template_hidden(whole, batch, True)
+assert torch.equal(h1, h2) and torch.equal(head_logits(read, h1), head_logits(whole, h2))
+held = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in read.parameters())
+import pathlib
+# one file per rank: lines the ranks print at the same moment interleave on the shared pipe
+(pathlib.Path(sys.argv[2]) / f"ok-{d.rank}").write_text(f"{held} {sum(p.numel() for p in whole.parameters())}")
+distributed.shutdown()
+"""
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_the_template_is_read_shard_by_shard_as_loading_it_whole_then_sharding(world, tmp_path, tiny_tokenizers, tied):
+    from cmc_cli.engine.delta import random_lm
+    from transformers import AutoTokenizer
+
+    path = world / "template"
+    if tied:
+        tok = AutoTokenizer.from_pretrained(str(tiny_tokenizers["spm"]))
+        path = tmp_path / "tied"
+        random_lm("llama", 4, vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True).save_pretrained(path)
+        tok.save_pretrained(path)
+    script = tmp_path / "check.py"
+    script.write_text(SHARD_CHECK)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(script), str(path), str(tmp_path)], env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = [(tmp_path / f"ok-{k}").read_text().split() for k in range(2)]
+    held = [int(x[0]) for x in rows]
+    total = int(rows[0][1])
+    if not tied:  # every weight sharded: the two ranks hold the template once between them
+        assert sum(held) == total and max(held) < 0.6 * total

@@ -173,3 +173,75 @@ def is_sharded(model) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def load_template_sharded(path, dtype, device: torch.device):
+    """The template of a Hugging Face safetensors directory, sharded with FSDP2 without ever being whole on a
+    rank: the model is built with its parameters on the meta device (buffers real), sharded, then each
+    rank reads only its rows of each weight from the safetensors files. None when the directory is not
+    such a checkpoint or its tensor names do not match the model's (the caller loads it whole, then shards)."""
+    from pathlib import Path
+
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not (path / "config.json").is_file() or not files:
+        return None
+    index = {}
+    for f in files:
+        with safe_open(str(f), "pt") as sf:
+            index.update({k: f for k in sf.keys()})
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    model.tie_weights()  # as from_pretrained does: a tied head is the embeddings' matrix, saved once
+    names = [n for n, _ in model.named_parameters()]
+    if any(n not in index for n in names):
+        return None
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    shard_template(model, device)
+    model.to_empty(device=device)
+    model.tie_weights()  # to_empty gave the head and the embeddings a tensor each
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            with safe_open(str(index[name]), "pt") as sf:
+                sl = sf.get_slice(name)
+                if isinstance(p, DTensor):  # FSDP2 shards dim 0 as torch.chunk does
+                    local = p.to_local()
+                    rows = -(-p.shape[0] // p.device_mesh.size())
+                    start = min(p.shape[0], p.device_mesh.get_local_rank() * rows)
+                    if local.shape[0]:
+                        local.copy_(sl[start:start + local.shape[0]].to(local.dtype))
+                else:
+                    p.copy_(sl[:].to(p.dtype))
+        for name, b in model.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name].to(b.device))
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def load_template(text: str, dtype, device: torch.device, dist_info: Dist):
+    """The frozen template as a LoadedModel: in one process load_lm's; under torchrun sharded, read shard by
+    shard (load_template_sharded) when it is a safetensors directory, else loaded whole, then sharded."""
+    import logging
+
+    from cmc_cli.engine.models import load_lm, load_vocab_only
+
+    if not dist_info.on:
+        return load_lm(text, dtype=dtype, device=str(device))
+    lm = load_vocab_only(text, 0)
+    model = load_template_sharded(lm.path, dtype, device) if lm.path is not None and lm.path.is_dir() else None
+    if model is None:
+        logging.getLogger(__name__).warning("template %s: not a safetensors checkpoint whose names match its model; "
+                                            "loading it whole on every rank, then sharding it", text)
+        lm = load_lm(text, dtype=dtype, device=str(device))
+        shard_template(lm.model, device)
+        return lm
+    lm.model, lm.n_logits = model, None
+    return lm

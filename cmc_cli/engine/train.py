@@ -1,6 +1,6 @@
 """Train a delta beside a frozen template (DESIGN.md): instruction tuning and unlearning.
 
-The Trainer builds the run from a TrainConfig (template through engine/models.load_lm), orders the
+The Trainer builds the run from a TrainConfig (template through engine/distributed.load_template), orders the
 data, checkpoints and resumes; the step's seams (template forward, chunked combined losses, optimizer
 step) are engine/trainstep.py's.
 """
@@ -25,7 +25,6 @@ from cmc_cli.engine.combine import FORGET_SIGNS, IGNORE, npo_loss, npo_sequence_
 from cmc_cli.engine.delta import count_parameters, delta_card, delta_for_training
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden
-from cmc_cli.engine.models import load_lm
 from cmc_cli.engine.trainstep import (chunked_kl, chunked_nll, chunked_weighted_nll, delta_step, lr_at, sequence_logratio,
                                       template_hidden)
 from cmc_cli.errors import CmcError, NonFiniteLoss
@@ -89,10 +88,8 @@ class Trainer:
         distributed.init(self.dist, self.device)
         dtype = pick_dtype(cfg.dtype, self.device)
         self.phase(f"loading template {cfg.template}")
-        lm = load_lm(cfg.template, dtype=dtype, device=str(self.device))
+        lm = distributed.load_template(cfg.template, dtype, self.device, self.dist)  # under torchrun: sharded
         self.sharded = self.dist.on
-        if self.sharded:
-            distributed.shard_template(lm.model, self.device)
         self.adapter = get_adapter(lm.adapter)
         self.tokenizer, self.template_vocab, self.template = lm.tokenizer, lm.vocab, lm.model
         self.prompt_format = cfg.prompt_format or asset_prompt_format(lm.path) or self.adapter.default_prompt_format
