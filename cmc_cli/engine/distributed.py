@@ -50,7 +50,9 @@ class Dist:
             return list(values)
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64)
+        # nccl reduces only CUDA tensors; gloo CPU ones
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=dev)
         dist.all_reduce(t)
         return t.tolist()
 
