@@ -99,6 +99,9 @@ def init(dist_info: Dist, device: torch.device) -> None:
         return
     import torch.distributed as dist
 
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):
+        raise CmcError(f"training under torchrun needs torch >= 2.6 (FSDP2's public fully_shard); this is {torch.__version__}")
     if dist.is_initialized():
         return
     timeout = datetime.timedelta(seconds=float(os.environ.get("CMC_DIST_TIMEOUT", "600")))
