@@ -15,9 +15,8 @@ import torch
 
 from cmc_cli.engine.decode import DeltaRunner
 from cmc_cli.engine.models import Delta
-from cmc_cli.engine.streams import ResyncLM, context_length
+from cmc_cli.engine.streams import ResyncLM
 from cmc_cli.engine.textsync import DeltaText
-from cmc_cli.errors import CmcError
 
 
 class _Row:
@@ -36,15 +35,18 @@ class DeltaPool:
         self.delta = delta
         self.same_vocab = same_vocab
         self.lm = ResyncLM(delta.lm.model, 0, delta.lm.pad_id)
-        self.limit = context_length(delta.lm.model)
         self.keys: list = []  # the stream row of each key, in the stream's order
         self.rows: dict = {}  # key -> _Row
-        self._runner = DeltaRunner(delta, same_vocab)  # for its look-ahead, over this pool's stream
+        self._runner = DeltaRunner(delta, same_vocab)  # its prompt check and look-ahead, over this pool's stream
         self._runner.lm = self.lm
+        self.limit = self._runner.limit
+        self._unallocated = 0  # keys added since the stream last grew: their rows are added together
         self._step_rows: dict[int, int] = {}  # batch row -> stream row, of the last step
 
-    def __contains__(self, key) -> bool:
-        return key in self.rows
+    def _allocate(self) -> None:
+        if self._unallocated:
+            self.lm.add_rows(self._unallocated)  # one copy of the cache for all the requests that joined
+            self._unallocated = 0
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -59,19 +61,17 @@ class DeltaPool:
             row = _Row(None, lm.bos + list(lm.tokenizer(head, add_special_tokens=False)["input_ids"]))
         else:
             row = _Row(DeltaText(lm.tokenizer, head, lm.bos), None)
-        n = len(row.ids if row.ids is not None else row.text.ids)
-        if self.limit and n >= self.limit:
-            raise CmcError(f"the prompt '{prompt[:40]}…' is {n} tokens in the format of delta {lm.name}, which has a "
-                           f"context window of {self.limit}; shorten it")
+        self._runner._check_prompts([row.ids if row.ids is not None else row.text.ids], [prompt])
         self.rows[key] = row
         self.keys.append(key)
-        self.lm.add_rows(1)
+        self._unallocated += 1
 
     def remove(self, keys) -> None:
         """Drop these requests and their cache rows."""
         gone = {k for k in keys if k in self.rows}
         if not gone:
             return
+        self._allocate()
         for k in gone:
             del self.rows[k]
         keep = [i for i, k in enumerate(self.keys) if k not in gone]
@@ -82,6 +82,7 @@ class DeltaPool:
         """The delta's logits (len(keys), V_delta) after each request's text so far: texts[i] is request
         keys[i]'s generated text, user_ids[i] its generated user ids (what a same-vocabulary delta reads),
         batch_rows[i] its row in the step's batch (for the look-ahead)."""
+        self._allocate()
         at = {k: i for i, k in enumerate(self.keys)}
         lm_rows = [at[k] for k in keys]
         keep = self.lm.lengths()
@@ -103,6 +104,7 @@ class DeltaPool:
         return out.index_select(0, torch.tensor(lm_rows, device=out.device))
 
     def over_limit(self, keys: list) -> list[bool]:
+        self._allocate()
         n = self.lm.lengths()
         at = {k: i for i, k in enumerate(self.keys)}
         return [bool(self.limit) and n[at[k]] >= self.limit for k in keys]

@@ -73,10 +73,9 @@ class ServeState:
     def update(self, removed=(), added=(), moved=()) -> None:
         """Apply one batch update, in the engine's order: removed rows, added (row, extra_args,
         prompt_ids, live output ids), moved (i, j, swap)."""
-        for b in removed:
-            self._drop(self.rows.pop(b, None))
+        gone = [self.rows.pop(b, None) for b in removed]
         for b, extra_args, prompt_ids, out in added:
-            self._drop(self.rows.pop(b, None))  # an added request may take an occupied row
+            gone.append(self.rows.pop(b, None))  # an added request may take an occupied row
             self.rows[b] = self._new(extra_args, list(prompt_ids or []), out)
         for i, j, swap in moved:
             a, c = self.rows.pop(i, None), self.rows.pop(j, None)
@@ -84,9 +83,10 @@ class ServeState:
                 if c is not None:
                     self.rows[i] = c
             else:
-                self._drop(c)  # a one-way move replaces what was at j
+                gone.append(c)  # a one-way move replaces what was at j
             if a is not None:
                 self.rows[j] = a
+        self._drop([r for r in gone if r is not None])
 
     def _new(self, extra_args, prompt_ids: list[int], out: list[int]) -> Request:
         alphas, prompt = self.config.selection(extra_args)
@@ -104,10 +104,10 @@ class ServeState:
                     break
         return req
 
-    def _drop(self, req: Request | None) -> None:
-        if req is not None:
-            for name in req.alphas:
-                self.pools[name].remove([req.key])
+    def _drop(self, reqs: list[Request]) -> None:
+        """Drop these requests from every pool, one cache copy per pool."""
+        for name, pool in self.pools.items():
+            pool.remove([r.key for r in reqs if name in r.alphas])
 
     def prompt_text(self, prompt_ids: list[int]) -> str:
         """The prompt as text, for the deltas: the user's ids decoded without its specials (its BOS)."""
