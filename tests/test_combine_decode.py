@@ -24,9 +24,11 @@ def test_two_deltas_equal_the_hand_summed_formula():
     got = decode_scores(user, [(0.5, d1, index), (2.0, d2, None)])
     for b in range(2):
         lse = math.log(sum(math.exp(x) for x in user[b].tolist()))
+        m1, m2 = sum(d1[b].tolist()) / 3, sum(d2[b].tolist()) / 5  # each delta centred on its mean (centre_delta)
         for u in range(5):
             j = index[u].item()
-            expected = user[b, u].item() - lse + (0.5 * d1[b, j].item() if j >= 0 else 0.0) + 2.0 * d2[b, u].item()
+            expected = (user[b, u].item() - lse + (0.5 * (d1[b, j].item() - m1) if j >= 0 else 0.0)
+                        + 2.0 * (d2[b, u].item() - m2))
             assert got[b, u].item() == pytest.approx(expected, abs=1e-5)
 
 
@@ -39,7 +41,8 @@ def test_alpha_zero_is_the_user_model_alone():
 
 def test_every_combine_mode_gives_the_same_distribution():
     """softmax ignores a per-position constant, and LogSoftmax only subtracts one: the paper's 'no
-    LogSoftmax' ablation and log-softmaxing the delta too leave softmax(final) unchanged."""
+    LogSoftmax' ablation and log-softmaxing the delta too leave softmax(final) unchanged (across
+    vocabularies: tests/test_centring.py)."""
     torch.manual_seed(1)
     user, delta = torch.randn(4, 9) * 3, torch.randn(4, 9)
     a = torch.log_softmax(decode_scores(user, [(0.7, delta, None)]), -1)

@@ -159,6 +159,7 @@ def test_decoder_and_scorer_apply_the_suppress_rule(tmp_path, tiny_tokenizers):
     index, cap = torch.from_numpy(tm.index), torch.from_numpy(tm.kind == PREFIX)
     for st in dec.trace:
         d = st["delta"][0][0]
+        d = d - d.double().mean().float()  # centred on its mean (combine.centre_delta)
         mapped = d[index.clamp(min=0)]
         mapped = torch.where(cap, torch.minimum(mapped, d.median()), mapped).masked_fill(index < 0, 0.0)
         want = F.log_softmax(st["user"][0].float(), -1)

@@ -56,6 +56,7 @@ def test_every_step_equals_a_from_scratch_recompute(setup, k):
             ctx = _context_ids(delta, st["texts"][0])  # the generated text so far
             z0 = _scratch_logits(delta, ctx)
             assert torch.allclose(z0, st["delta"][0][0], atol=1e-4)
+            z0 = z0 - z0.double().mean().float()  # centred on its mean (combine.centre_delta)
             mapped = z0[index.clamp(min=0)]
             value = torch.where(kind == PREFIX, torch.minimum(mapped, z0.median()), mapped)
             top = st["user"][0][:index.shape[0]].topk(min(k, index.shape[0])).indices.tolist()

@@ -3,9 +3,17 @@
 Training (template frozen, delta trainable, same text):
     final = LogSoftmax(template_logits) + delta_logits          (mode "log-softmax-template")
 Paper ablations: "sum" (no LogSoftmax), "log-softmax-both" (delta log-softmaxed too).
-The combined distribution is softmax(final); losses take `final` as logits. softmax is invariant to a
-per-position constant and LogSoftmax only subtracts one, so all three modes give the same distribution
-(and the same CE and KL): the ablations are exact no-ops (tests/test_combine_decode.py).
+The combined distribution is softmax(final); losses take `final` as logits. In training (one vocabulary)
+softmax is invariant to a per-position constant and LogSoftmax only subtracts one, so all three modes
+give the same distribution, CE and KL.
+
+Decoding another vocabulary breaks that invariance: a token map leaves some user tokens unmapped (they
+get 0), so the delta's per-position level, which training never fixes, would move probability between
+mapped and unmapped tokens. decode_scores therefore centres each delta's logits per position
+(centre_delta: minus their mean over the delta's vocabulary) before mapping: a delta whose logits are
+any per-position constant adds exactly nothing to every user token, through every map, and since
+log-softmaxing the delta only subtracts a per-position constant, the three modes give the same decode
+distribution across vocabularies too (tests/test_combine_decode.py, tests/test_centring.py).
 """
 
 from __future__ import annotations
@@ -94,6 +102,26 @@ def kl_to_reference(final: torch.Tensor, reference_logits: torch.Tensor, targets
     return (logp_ref.exp() * (logp_ref - logp)).sum()
 
 
+def centre_delta(delta_logits: torch.Tensor) -> torch.Tensor:
+    """(..., V_delta) -> (..., V_delta) float32: the delta's logits minus their mean over its vocabulary, per
+    position. The mean is the neutral value: a flat delta (any per-position constant) becomes exactly 0, so an
+    unmapped user token (0) and a token whose delta value is the position's typical one get the same
+    nothing; it is a linear function of the delta's last hidden state (h . mean of the head rows), so a
+    head restricted to the mapped rows can still compute it exactly; and it is the centre the silence
+    term (silence_penalty) trains the delta to stay at off-target. A handful of boosted tokens moves it by
+    their boost / |V_delta| (49k ids: ~1e-4 per unit)."""
+    d = delta_logits.float()
+    return d - d.mean(dim=-1, keepdim=True)
+
+
+def silence_penalty(delta_logits: torch.Tensor) -> torch.Tensor:
+    """Summed over positions: sum_v (z_v - mean_v z)^2, the squared norm of the centred delta logits
+    (= |V_delta| x their variance). Zero exactly when the delta is flat at a position, which is when it
+    changes no user model through any map (centre_delta); the sum over the vocabulary (not a mean) makes
+    one token moved by s cost s^2 whatever the vocabulary size. (N, V_delta) -> ()."""
+    return centre_delta(delta_logits).pow(2).sum()
+
+
 def neutral_baseline(delta_logits: torch.Tensor) -> torch.Tensor:
     """(..., V_delta) -> (..., 1): the value of a token the delta does not care about at this position, the
     median of its logits. The delta's head starts at zero, so every logit starts at the same value and
@@ -166,8 +194,11 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
     deltas: (alpha, delta_logits (..., V_delta), token-map index or None for the same vocabulary[, cap
     [, lookahead]]) with cap and lookahead as in map_delta_logits (Delta.term builds these); alpha is a
     float or a (B, 1) tensor, one strength per row (a server's requests choose their own).
-    mode (the delta's training combine mode): "sum" leaves the user logits raw (the paper's ablation),
-    "log-softmax-both" log-softmaxes each delta's logits too.
+    Each delta's logits are centred first (centre_delta), so a flat delta adds exactly 0 to every user token.
+    mode (the delta's training combine mode): "sum" leaves the user logits raw (the paper's ablation: a
+    per-position constant off LogSoftmax); "log-softmax-both" would log-softmax each delta's logits, which
+    only subtracts a per-position constant that the centring removes: across vocabularies too, the three
+    modes give the same distribution.
     proxy: (alpha_p, expert_logits, anti_expert_logits) for the proxy-tuning baseline, or None.
     """
     if mode not in COMBINE_MODES:
@@ -175,9 +206,7 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
     final = user_logits.float() if mode == "sum" else F.log_softmax(user_logits.float(), dim=-1)
     width = user_logits.shape[-1]
     for alpha, d_logits, index, *rest in deltas:
-        d = d_logits.float()
-        if mode == "log-softmax-both":
-            d = F.log_softmax(d, dim=-1)
+        d = centre_delta(d_logits)  # log-softmax-both's LogSoftmax is a per-position constant: centred away
         if index is None:
             if d.shape[-1] != width:
                 raise ValueError(f"same-vocabulary delta has {d.shape[-1]} logits, the user model {width}")

@@ -35,9 +35,11 @@ def make_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, hidden: int 
 
 def make_random_delta(tokenizer_dir: str | Path, out_dir: str | Path, prompt_format: str = "{prompt}\n",
                       hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0, head_std: float = 1.0,
-                      max_positions: int = 256) -> Path:
+                      max_positions: int = 256, flat: bool = False, combine: str = "log-softmax-template") -> Path:
     """A delta directory (weights, tokenizer, cmc.json) with random weights and a non-zero output layer,
-    as if trained on a template with this tokenizer: for tests and benchmarks of decoding."""
+    as if trained on a template with this tokenizer: for tests and benchmarks of decoding. flat: every
+    output row the same random vector, so the logits are one value per position (a different one at
+    each position): a delta that must change nothing through any map."""
     from cmc_cli.adapters.base import HFAdapter
     from cmc_cli.engine.delta import delta_card
     from cmc_cli.fileio import atomic_write_json
@@ -48,10 +50,13 @@ def make_random_delta(tokenizer_dir: str | Path, out_dir: str | Path, prompt_for
     model = AutoModelForCausalLM.from_pretrained(str(out))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        torch.nn.init.normal_(model.get_output_embeddings().weight, std=head_std)
+        w = model.get_output_embeddings().weight
+        torch.nn.init.normal_(w, std=head_std)
+        if flat:
+            w.data.copy_(w.data[:1].expand_as(w))
     model.save_pretrained(str(out), safe_serialization=True)
     vocab = HFAdapter().token_surfaces(AutoTokenizer.from_pretrained(str(out)), name=Path(tokenizer_dir).name)
     atomic_write_json(out / "cmc.json", delta_card(
-        task="instruct", prompt_format=prompt_format,
+        task="instruct", prompt_format=prompt_format, combine=combine,
         template={"ref": str(tokenizer_dir), "adapter": "llama", "fingerprint": vocab.fingerprint, "vocab_size": vocab.size}))
     return out
