@@ -67,7 +67,10 @@ def test_two_processes_train_the_delta_one_process_trains(world, tmp_path, task)
     args = (lambda out: instruct(world, out)) if task == "instruct" else (lambda out: unlearn(world, out, task))
     train(1, args("one"), tmp_path)
     train(2, args("two"), tmp_path)
-    assert max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
+    # AdamW turns float noise in near-zero gradient entries (g ~ 1e-8, of the order of its eps) into steps of
+    # up to lr/2: the weights agree to 1e-4 (measured 7e-5 with the silence term); the per-step losses, gradient
+    # norms and silence values below agree to float precision
+    assert max_diff(tmp_path / "one", tmp_path / "two") < 2e-4
     card = json.loads((tmp_path / "two" / "cmc.json").read_text())
     batch = 8 if task == "instruct" else 4
     assert card["distributed"] == {"world_size": 2, "rank_batch": batch // 2}
@@ -77,6 +80,8 @@ def test_two_processes_train_the_delta_one_process_trains(world, tmp_path, task)
     assert [m["world_size"] for m in two] == [2] * len(one)
     for a, b in zip(one, two):  # the losses reported are the global batch's, summed over ranks
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4
+        assert abs(a["silence"] - b["silence"]) < 1e-5 * max(1.0, a["silence"])
+    assert one[-1]["silence"] > 0  # the silence term ran (on general text sampled by the template, on every rank)
     if task != "instruct":
         ev1, ev2 = ((tmp_path / d / "evals.jsonl").read_text().splitlines() for d in ("one", "two"))
         for a, b in zip(ev1, ev2):  # whole-set evaluations, sharded over ranks and summed

@@ -84,8 +84,9 @@ def test_the_token_map_in_tokenmaps_is_chosen_when_it_fits(tiny_tokenizers, work
 
 @pytest.mark.parametrize("task", ["instruct", "unlearn"])
 def test_gradient_accumulation_equals_one_large_batch(tiny_tokenizers, tmp_path, monkeypatch, task):
-    """Micro-batches of 1 give the gradients (and losses) of one batch of 4, at every step. Compared before the
-    optimizer (AdamW would hide a wrong scale: its update does not change when the gradient is scaled)."""
+    """Micro-batches of 1 give the gradients (and losses) of one batch of 4, at every step, the silence term (on
+    by default, with its general text) included. Compared before the optimizer (AdamW would hide a wrong scale:
+    its update does not change when the gradient is scaled), from the same weights at every step."""
     import cmc_cli.engine.train as train_mod
     from cmc_cli.config import TrainConfig
     from cmc_cli.engine.train import Trainer
@@ -107,6 +108,9 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_tokenizers, tmp_path,
 
         def recording_step(delta, optimizer, clip, lr):
             grads.append({n: p.grad.detach().clone() for n, p in delta.named_parameters()})
+            if micro == 1:  # step with the batch-of-4 run's gradients, so both compare at the same weights (AdamW
+                for n, p in delta.named_parameters():  # turns float noise in near-zero gradients into +-lr steps)
+                    p.grad.copy_(runs[4][0][len(grads) - 1][n])
             return real_step(delta, optimizer, clip, lr)
 
         monkeypatch.setattr(train_mod, "delta_step", recording_step)
@@ -120,7 +124,11 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_tokenizers, tmp_path,
     assert loss4 == pytest.approx(loss1, abs=1e-5)  # grad-diff: -CE + CE cancels to ~0.006, float32 keeps ~1e-7
     for step4, step1 in zip(g4, g1):
         for name in step4:
-            assert torch.allclose(step4[name], step1[name], rtol=1e-4, atol=1e-6), (name, float((step4[name] - step1[name]).abs().max()))
+            # float noise of padded micro-batches, relative to the gradient's own scale (the silence term's
+            # gradients reach 0.3 where CE's stay near 1e-3)
+            scale = float(step4[name].abs().max())
+            assert torch.allclose(step4[name], step1[name], rtol=1e-4, atol=max(1e-6, 1e-4 * scale)), \
+                (name, float((step4[name] - step1[name]).abs().max()), scale)
     assert max(float(g.abs().max()) for g in g4[0].values()) > 1e-3  # the gradients are not trivially zero
 
 

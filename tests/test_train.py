@@ -63,7 +63,7 @@ def test_chunked_loss_and_gradients_equal_full_computation(world, tmp_path, chun
 
 def test_instruct_training_learns_and_leaves_template_untouched(world, tmp_path):
     before = load_file(str(world / "template" / "model.safetensors"))
-    tr = Trainer(cfg(world, tmp_path))
+    tr = Trainer(cfg(world, tmp_path, silence=0.0))  # the plain objective (the silence term: tests/test_silence.py)
     batch = tr._to_device(tr.train_set)
     h_t = template_hidden(tr.template, batch)
 
@@ -98,8 +98,8 @@ def test_instruct_training_learns_and_leaves_template_untouched(world, tmp_path)
 
 def test_unlearning_raises_forget_loss_and_keeps_retain(world, tmp_path):
     tr = Trainer(cfg(world, tmp_path, task="unlearn", data=None, forget=str(world / "forget.jsonl"),
-                     retain=str(world / "retain.jsonl"), batch_size=4, micro_batch_size=2, epochs=8))
-    result = tr.run()
+                     retain=str(world / "retain.jsonl"), batch_size=4, micro_batch_size=2, epochs=8, silence=0.0))
+    result = tr.run()  # the gradient difference alone (the silence term: tests/test_silence.py)
     first, last = result.history[0], result.history[-1]
     assert last.forget_loss > first.forget_loss + 1.0  # forget CE rises
     assert last.retain_loss < first.retain_loss + 0.25  # retain CE stays within a bound (here it falls)
@@ -138,15 +138,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(world, tmp_path, monkey
     import cmc_cli.engine.train as train_mod
 
     tr = Trainer(cfg(world, tmp_path, checkpoint_every=1))
-    real = train_mod.chunked_nll
+    real = train_mod.chunked_terms
     calls = {"n": 0}
 
     def flaky(*a, **k):
         calls["n"] += 1
-        total, n = real(*a, **k)
-        return (total * float("nan"), n) if calls["n"] > 4 else (total, n)  # 2 micro-batches per step
+        total, parts = real(*a, **k)
+        nan = float("nan")
+        return (total * nan, {k: v * nan for k, v in parts.items()}) if calls["n"] > 8 else (total, parts)  # 4 per step
 
-    monkeypatch.setattr(train_mod, "chunked_nll", flaky)
+    monkeypatch.setattr(train_mod, "chunked_terms", flaky)
     with pytest.raises(train_mod.NonFiniteLoss, match="at step 3.*checkpoint.*intact"):
         tr.run()
     progress = json.loads((tmp_path / "out" / "checkpoints" / "last" / "progress.json").read_text())

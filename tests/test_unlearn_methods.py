@@ -129,7 +129,7 @@ def test_idk_trains_forget_questions_toward_refusals(world, tmp_path):
 
 
 def test_npo_runs_and_lowers_forget_likelihood(world, tmp_path):
-    tr = Trainer(ucfg(world, tmp_path, loss="npo", epochs=6, lr=1e-2, npo_beta=0.5))
+    tr = Trainer(ucfg(world, tmp_path, loss="npo", epochs=6, lr=1e-2, npo_beta=0.5, silence=0.0))
     result = tr.run()
     # a fresh delta equals the reference: r = 0, so the first step's NPO loss is (2/beta) log 2
     assert result.history[0].forget_loss == pytest.approx((2 / 0.5) * math.log(2), rel=1e-5)

@@ -20,6 +20,7 @@ def demo(
     method: Annotated[str, Opt(help="Unlearning method of the unlearning delta (see `cmc unlearn --help`).")] = "idk",
     alpha: Annotated[float, Opt(help="Strength of the unlearning delta.")] = 2.0,
     instruct_alpha: Annotated[float, Opt(help="Strength of the instruction delta (and of its proxy-tuning row).")] = 1.0,
+    silence: Annotated[float, Opt(help="Silence weight of both deltas (see `cmc train --help`). (default: cmc train's)")] = None,
     maps: Annotated[str, Opt(help="Token maps applied to `other`, comma-separated, besides cmc's default (exact-ext), the paper's pm-mined and the shuffled control: exact, pm-suppress, min-ed.")] = "",
     eval_limit: Annotated[int, Opt(help="Items per evaluation set.")] = 40,
     jobs: Annotated[int, Opt(help="Models trained in parallel while building the world.")] = None,
@@ -30,7 +31,7 @@ def demo(
     from cmc_cli.zoo.demo import INSTRUCT_HEADER, UNLEARN_HEADER, DemoConfig, headline, instruct_table, run_demo, unlearn_table
 
     cfg = DemoConfig(size=size, root=root, out=out, seeds=seeds, method=method, alpha=alpha, instruct_alpha=instruct_alpha,
-                     eval_limit=eval_limit, jobs=jobs, seed=seed, maps=tuple(m.strip() for m in maps.split(",") if m.strip()))
+                     silence=silence, eval_limit=eval_limit, jobs=jobs, seed=seed, maps=tuple(m.strip() for m in maps.split(",") if m.strip()))
 
     def on_event(kind, name, detail=None):
         if not UI.quiet and kind in ("start", "done"):

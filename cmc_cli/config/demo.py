@@ -32,6 +32,7 @@ class DemoConfig:
     delta: str = "tiny"  # the instruction delta's preset
     unlearn_delta: str = "mini"  # the unlearning delta's preset
     method: str = "idk"  # cmc unlearn --method
+    silence: float | None = None  # both deltas' silence weight (None: cmc train's default)
     # unlearning: None = the world size's setting (UNLEARN_SETTINGS)
     unlearn_lr: float | None = None
     unlearn_batch: int | None = None

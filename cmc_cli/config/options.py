@@ -36,8 +36,8 @@ DELTA_PRESETS = ("tiny", "mini", "small", "15m", "42m", "110m")  # engine/delta.
 TASKS = ("instruct", "unlearn")
 TASK_DEFAULTS = {
     # the paper's settings
-    "instruct": {"lr": 2e-4, "batch_size": 64, "epochs": 4},
-    "unlearn": {"lr": 1e-4, "batch_size": 16, "epochs": 20},
+    "instruct": {"lr": 2e-4, "batch_size": 64, "epochs": 4, "silence": 1.0},
+    "unlearn": {"lr": 1e-4, "batch_size": 16, "epochs": 20, "silence": 1.0},
 }
 # The presets sized for the model world (engine/delta.py) need a larger step to move a confident template:
 # at the paper's 1e-4 a `tiny` idk delta learned nothing in 140 steps on template-tofu (refusal CE 11.05 -> 11.05);

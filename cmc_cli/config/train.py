@@ -28,6 +28,13 @@ class TrainConfig:
     npo_beta: float = 0.1
     forget_weight: float = 1.0
     retain_weight: float = 1.0
+    # the silence term (docs/training.md): silence * sum_v (z_v - mean z)^2 of the delta's logits z, per position
+    # of the retain answers and of general text (--general FILE, else `general_samples` texts the template
+    # samples, `general_length` tokens each); 0 turns it off. Default: the task's (TASK_DEFAULTS)
+    silence: float | None = None
+    general: str | None = None
+    general_samples: int = 64
+    general_length: int = 64
     # unlearn: evaluate forget / retain CE on the whole sets every `eval_every` steps (default: a fifth of
     # the run), stop at the first evaluation whose forget CE reaches `stop_forget_loss`; the delta written
     # is the one evaluated there (or at the end)
@@ -99,6 +106,7 @@ class TrainConfig:
                 if not Path(val).is_file():
                     what = "a directory, not a data file" if Path(val).is_dir() else "no such file"
                     raise ConfigError(f"--{opt} {val}: {what}; give the path of a JSON/JSONL data file")
+        check_silence(self.silence, self.general, self.general_samples, self.general_length)
         if self.refusals is not None and not Path(self.refusals).is_file():
             raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
         if self.prompt_format is not None and "{prompt}" not in self.prompt_format:
@@ -141,3 +149,18 @@ class TrainConfig:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def check_silence(weight, general, samples: int, length: int) -> None:
+    """The silence term's options, checked once (TrainConfig calls this)."""
+    import math
+
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ConfigError(f"--silence must be a finite number >= 0 (0: off), got {weight}")
+    if general is not None and not Path(general).is_file():
+        what = "a directory, not a text file" if Path(general).is_dir() else "no such file"
+        raise ConfigError(f"--general {general}: {what}; give a plain UTF-8 text file (or leave it out: the template's "
+                          "own samples are used)")
+    for name, val in (("general-samples", samples), ("general-length", length)):
+        if not isinstance(val, int) or val <= 0:
+            raise ConfigError(f"--{name} must be a positive whole number, got {val}")

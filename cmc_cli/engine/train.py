@@ -22,13 +22,14 @@ from cmc_cli.config import UNLEARN_METHODS, TrainConfig
 from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
 from cmc_cli.engine.checkpoint import check_same_run, load_checkpoint, save_checkpoint, tidy_checkpoint_dir
 from cmc_cli.engine.combine import FORGET_SIGNS, IGNORE, npo_loss, npo_sequence_weights, unlearning_loss
-from cmc_cli.engine.delta import count_parameters, delta_card, delta_for_training
+from cmc_cli.engine import trainout
+from cmc_cli.engine.delta import count_parameters, delta_for_training
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden
-from cmc_cli.engine.trainstep import (chunked_kl, chunked_nll, chunked_weighted_nll, delta_step, lr_at, sequence_logratio,
-                                      template_hidden)
+from cmc_cli.engine.trainstep import (chunked_nll, chunked_terms, chunked_weighted_nll, delta_step, lr_at,
+                                      sequence_logratio, template_hidden)
 from cmc_cli.errors import CmcError, NonFiniteLoss
-from cmc_cli.fileio import atomic_write_json, atomic_write_text, sha256_file
+from cmc_cli.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class StepMetrics:
     forget_loss: float | None = None
     retain_loss: float | None = None
     grad_norm: float = 0.0
+    silence: float | None = None  # the silence term's value (retain + general text), before its weight
     world_size: int | None = None  # processes of the run (torchrun); rank_batch: the examples each ran
     rank_batch: int | None = None
 
@@ -106,6 +108,10 @@ class Trainer:
             self.train_set = self._refusal_set(forget) if cfg.loss == "idk" else self.forget_eval
             self.retain_set = self._encode(cfg.retain, load_tofu) if cfg.retain and cfg.retain_term() else []
             self.retain_eval = self.retain_set or (self._encode(cfg.retain, load_tofu) if cfg.retain else [])
+            if cfg.silence and not self.retain_set:  # silent on the retain answers even without a retain term
+                self.retain_set = self.retain_eval
+        self.bos = bos_ids(self.tokenizer)
+        self.general_set = self._general(lm) if cfg.silence else []
         self.delta = self._make_delta().to(self.device)
         self.delta.train()
         self.optimizer = torch.optim.AdamW(self.delta.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -120,6 +126,20 @@ class Trainer:
         self.warmup = int(cfg.warmup_ratio * self.total_steps)
         self.eval_every = (cfg.eval_every or max(1, self.total_steps // 5)) if cfg.task == "unlearn" else 0
         self.evaluations: list[dict] = []  # the last one is the delta written (selection)
+
+    def _general(self, lm) -> list[Encoded]:
+        """The silence term's general text: --general's paragraphs, else the template's own samples."""
+        from cmc_cli.data.general import encode_general, read_plain_text
+        from cmc_cli.engine.general import template_samples
+
+        cfg = self.cfg
+        if cfg.general:
+            return encode_general(self._load(cfg.general, read_plain_text), self.tokenizer, cfg.general_length,
+                                  str(cfg.general))
+        self.phase(f"sampling {cfg.general_samples} general texts from the template")
+        out, digest = template_samples(lm, cfg.general_samples, cfg.general_length, cfg.seed, self.device, self.dist)
+        self.data_hashes["general:template-samples"] = digest
+        return out
 
     def _refusal_set(self, forget: list) -> list[Encoded]:
         """idk: each forget question paired with a refusal answer (drawn from the list by the seed)."""
@@ -154,31 +174,35 @@ class Trainer:
         return torch.randperm(n, generator=g).tolist()
 
     def _batches(self, epoch: int):
+        """Per step: the training examples, and as many retain and general-text examples (cycled)."""
         cfg = self.cfg
         order = self._order(len(self.train_set), epoch)
-        retain_order = self._order(len(self.retain_set), epoch, salt=1) if self.retain_set else []
+        others = [(pool, self._order(len(pool), epoch, salt=salt)) for salt, pool in ((1, self.retain_set),
+                                                                                   (2, self.general_set))]
         for b in range(self.steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             main = [self.train_set[i] for i in idx]
-            retain = []
-            if retain_order:
-                start = b * cfg.batch_size
-                retain = [self.retain_set[retain_order[(start + k) % len(retain_order)]] for k in range(len(idx))]
-            yield main, retain
+            start = b * cfg.batch_size
+            retain, general = ([pool[o[(start + k) % len(o)]] for k in range(len(idx))] if o else [] for pool, o in others)
+            yield main, retain, general
 
     def _to_device(self, examples: list[Encoded]) -> dict:
         return {k: v.to(self.device) for k, v in collate(examples, self.pad_id).items()}
 
-    def _loss_terms(self, examples: list[Encoded], kind: str, n_total: int) -> tuple[torch.Tensor, float]:
-        """Backward-ready loss share of a micro-batch (already divided by the step's token count)."""
+    def _loss_terms(self, examples: list[Encoded], kind: str, n_total: int, weight: float,
+                    silence: float) -> tuple[torch.Tensor, dict]:
+        """Backward-ready loss share of a micro-batch (already divided by the step's token count) and its
+        parts' sums; kind nll | kl | silence (the delta alone: no template forward)."""
         batch = self._to_device(examples)
-        h_t = template_hidden(self.template, batch, self.sharded)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
+        h_t = template_hidden(self.template, batch, self.sharded) if kind != "silence" else None
+        with self._autocast():
             h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
-        fn = chunked_kl if kind == "kl" else chunked_nll
-        total, _ = fn(self.template, self.delta, h_t, h_d, batch["targets"], self.cfg.combine, self.cfg.loss_chunk)
-        return total / n_total, float(total.detach()) / n_total
+        total, parts = chunked_terms(self.template, self.delta, h_t, h_d, batch["targets"], kind, weight, silence,
+                                     self.cfg.combine, self.cfg.loss_chunk)
+        return total / n_total, parts
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def _npo(self, examples: list[Encoded], weight: float) -> float:
         """NPO's forget term (combine.npo_loss) over the step's forget examples, in micro-batches; its gradient
@@ -219,17 +243,19 @@ class Trainer:
             out[name] = total / max(1, count)
         return out
 
-    def _accumulate(self, examples: list[Encoded], kind: str, weight: float) -> float:
-        """Forward/backward of one side of a step, in micro-batches; returns its mean loss."""
+    def _accumulate(self, examples: list[Encoded], kind: str, weight: float, silence: float = 0.0) -> dict[str, float]:
+        """Forward/backward of one side of a step (weight * its loss + silence * the silence term), in
+        micro-batches; returns each part's mean per counted token over the global batch."""
         mb = self.cfg.micro_batch_size
-        n_total = sum(sum(1 for y in e.labels[1:] if y != IGNORE) for e in examples)  # of the global batch
+        n_total = max(1, sum(sum(1 for y in e.labels[1:] if y != IGNORE) for e in examples))  # of the global batch
         mine = self.dist.shard(examples)
-        mean = 0.0
+        sums = [0.0, 0.0]
         for s in range(0, len(mine), mb):
-            loss, val = self._loss_terms(mine[s:s + mb], kind, max(1, n_total))
-            (weight * loss).backward()
-            mean += val
-        return self.dist.sum_floats(mean)[0]
+            loss, parts = self._loss_terms(mine[s:s + mb], kind, n_total, weight, silence)
+            loss.backward()
+            sums = [sums[0] + parts["main"], sums[1] + parts["silence"]]
+        main, sil = self.dist.sum_floats(*sums)
+        return {"main": main / n_total, "silence": sil / n_total}
 
     # -- main loop --
     def run(self) -> TrainResult:
@@ -258,9 +284,9 @@ class Trainer:
             self.dist.barrier()
             rdir = rdir / "checkpoints" / "last" if (rdir / "checkpoints" / "last").is_dir() else rdir
             progress = load_checkpoint(rdir, self.delta, self.optimizer)
+            check_same_run(progress.get("config"), cfg.to_dict(), rdir)  # options first: they explain data changes
             if progress.get("data_hashes") != self.data_hashes:
                 raise CmcError(f"cannot resume from {rdir}: the data files differ from the run that wrote it")
-            check_same_run(progress.get("config"), cfg.to_dict(), rdir)
             start_step = progress["step"]
             try:
                 history = [StepMetrics(**m) for m in progress.get("history", [])]
@@ -271,7 +297,7 @@ class Trainer:
             self.phase(f"resumed at step {start_step} from {rdir}")
         metrics_path = self.out / "metrics.jsonl"
         if writer:
-            self._write_config()
+            trainout.write_config(self)
             atomic_write_text(metrics_path, "".join(json.dumps(m.as_dict()) + "\n" for m in history))
         log.info("delta: %d parameters; %d steps", count_parameters(self.delta), self.total_steps)
 
@@ -299,14 +325,14 @@ class Trainer:
 
         try:
             for epoch in range(cfg.epochs):
-                for main, retain in self._batches(epoch):
+                for main, retain, general in self._batches(epoch):
                     if step >= self.total_steps:
                         break
                     if step < start_step:  # already done before the interruption
                         step += 1
                         continue
                     lr = lr_at(step, self.total_steps, cfg.lr, self.warmup)
-                    m = self._train_step(step, epoch, lr, main, retain)
+                    m = self._train_step(step, epoch, lr, main, retain, general)
                     step += 1  # the optimizer has stepped: from here on a checkpoint is at `step`
                     tokens_seen += m.tokens
                     m.tokens_per_s = tokens_seen / max(1e-9, time.perf_counter() - t0)
@@ -335,24 +361,28 @@ class Trainer:
             evaluate_at(step)  # the written delta is always an evaluated one
         if writer:
             save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
-            self._write_delta(history, stopped, step)
+            trainout.write_delta(self, history, stopped, step)
         self.dist.barrier()  # every rank returns once the delta is written
         return TrainResult(self.out, step, stopped, history[-1] if history else None, history)
 
-    def _train_step(self, step, epoch, lr, main, retain) -> StepMetrics:
+    def _train_step(self, step, epoch, lr, main, retain, general) -> StepMetrics:
         cfg = self.cfg
-        tokens = sum(len(e.input_ids) for e in main + retain)
+        tokens = sum(len(e.input_ids) for e in main + retain + general)
         forget_loss = retain_loss = None
+        silence = self._accumulate(general, "silence", 0.0, cfg.silence)["silence"] if general else 0.0
         if cfg.task == "instruct":
-            loss = self._accumulate(main, "nll", 1.0)
-        else:  # config.UNLEARN_METHODS: the method's forget term, then its retain term
+            loss = self._accumulate(main, "nll", 1.0)["main"]
+        else:  # config.UNLEARN_METHODS: the method's forget term, then its retain term (and the silence term there)
             # each side backpropagates with its weight in combine.unlearning_loss, which then gives the step's loss
             term = UNLEARN_METHODS[cfg.loss][0]  # ascent: -CE(forget answers); refusal: CE(-> refusals); npo
             fw = FORGET_SIGNS[term] * cfg.forget_weight
-            forget_loss = self._npo(main, fw) if term == "npo" else self._accumulate(main, "nll", fw)
-            if cfg.retain_term() is not None:
-                retain_loss = self._accumulate(retain, cfg.retain_term(), cfg.retain_weight)
+            forget_loss = self._npo(main, fw) if term == "npo" else self._accumulate(main, "nll", fw)["main"]
+            if retain:
+                r = self._accumulate(retain, cfg.retain_term() or "silence", cfg.retain_weight, cfg.silence)
+                retain_loss = r["main"] if cfg.retain_term() is not None else None
+                silence += r["silence"]
             loss = unlearning_loss(term, forget_loss, retain_loss, cfg.forget_weight, cfg.retain_weight)
+        loss += cfg.silence * silence
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"the loss became {loss} at step {step + 1}; the run stopped and the last good "
@@ -361,37 +391,5 @@ class Trainer:
         norm = delta_step(self.delta, self.optimizer, cfg.clip, lr)
         return StepMetrics(step=step + 1, total_steps=self.total_steps, epoch=epoch + 1, lr=lr, loss=loss,
                            tokens=tokens, tokens_per_s=0.0, forget_loss=forget_loss, retain_loss=retain_loss,
-                           grad_norm=norm, world_size=self.dist.world, rank_batch=cfg.batch_size // self.dist.world)
-
-    # -- outputs --
-    def _write_config(self) -> None:
-        import yaml
-
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-
-    def _selection(self) -> dict:
-        """cmc.json's record of which whole-set evaluation the written weights come from."""
-        stop = self.cfg.stop_forget_loss
-        criterion = f"first evaluation with forget CE >= {stop}" if stop is not None else "the last evaluation"
-        return {"criterion": criterion, "every": self.eval_every, "evaluated": self.evaluations[-1]}
-
-    def _write_delta(self, history: list[StepMetrics], stopped: str, steps: int) -> None:
-        self.delta.save_pretrained(str(self.out), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(self.out))
-        last = history[-1].as_dict() if history else {}
-        atomic_write_json(self.out / "cmc.json", delta_card(
-            task=self.cfg.task,
-            loss=self.cfg.loss if self.cfg.task == "unlearn" else "ce",
-            combine=self.cfg.combine,
-            prompt_format=self.prompt_format,
-            bos=bos_ids(self.tokenizer),
-            template={"ref": self.cfg.template, "adapter": self.adapter.name,
-                      "fingerprint": self.template_vocab.fingerprint, "vocab_size": self.template_vocab.size},
-            data=self.data_hashes,
-            **({"selection": self._selection()} if self.eval_every else {}),
-            parameters=count_parameters(self.delta),
-            distributed={"world_size": self.dist.world, "rank_batch": self.cfg.batch_size // self.dist.world},
-            steps=steps,
-            stopped=stopped,
-            final=last,
-        ))
+                           grad_norm=norm, world_size=self.dist.world, rank_batch=cfg.batch_size // self.dist.world,
+                           silence=silence if cfg.silence else None)

@@ -17,7 +17,8 @@ import math
 
 import torch
 
-from cmc_cli.engine.combine import IGNORE, combine, kl_to_reference, token_logratio, token_nll, weighted_nll
+from cmc_cli.engine.combine import (IGNORE, combine, kl_to_reference, silence_penalty, token_logratio, token_nll,
+                                    weighted_nll)
 from cmc_cli.engine.heads import final_hidden, head_logits
 
 def template_hidden(template, batch: dict, sharded: bool = False) -> torch.Tensor:
@@ -67,7 +68,7 @@ def _chunked(template, delta, h_t, h_d, targets, chunk: int, loss_of, weights=No
     weights: (B, T) per-position weights handed to loss_of (None: loss_of takes three arguments)."""
     keep = targets != IGNORE
     w = weights[keep] if weights is not None else None
-    h_t, h_d, y = _select(h_t, h_d, targets)
+    h_t, h_d, y = _select(h_t if h_t is not None else h_d, h_d, targets)
     n = int(y.shape[0])
     head = delta.get_output_embeddings()
     params = [p for p in head.parameters() if p.requires_grad]
@@ -76,7 +77,7 @@ def _chunked(template, delta, h_t, h_d, targets, chunk: int, loss_of, weights=No
     def chunk_loss(hd_all, c):
         s, e = bounds[c]
         with torch.no_grad():
-            t_logits = head_logits(template, h_t[s:e])  # (n, V)
+            t_logits = head_logits(template, h_t[s:e]) if template is not None else None  # (n, V)
         hd = hd_all[s:e].to(head.weight.dtype)
         if w is not None:
             return loss_of(t_logits, head_logits(delta, hd), y[s:e], w[s:e])
@@ -100,6 +101,30 @@ def chunked_kl(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tup
     """Summed KL(template || combined) over target positions, and the token count."""
     return _chunked(template, delta, h_t, h_d, targets, chunk,
                     lambda t, d, y: kl_to_reference(combine(t, d, mode), t, y))
+
+
+def chunked_terms(template, delta, h_t, h_d, targets, kind: str, weight: float, silence: float, mode: str,
+                  chunk: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """weight * (summed NLL or KL(template || combined) of the targets) + silence * (summed silence_penalty
+    of the delta's logits there), in one pass over the chunks; kind "silence": the silence term alone (no
+    template forward: h_t and template may be None). Returns the total and its two parts' sums, unweighted."""
+    parts = {"main": 0.0, "silence": 0.0}
+
+    def loss_of(t, d, y):
+        loss = d.new_zeros((), dtype=torch.float32)
+        if kind in ("nll", "kl"):
+            final = combine(t, d, mode)
+            main = kl_to_reference(final, t, y) if kind == "kl" else token_nll(final, y)[0]
+            parts["main"] += float(main.detach())
+            loss = loss + weight * main
+        if silence or kind == "silence":
+            sil = silence_penalty(d)
+            parts["silence"] += float(sil.detach())
+            loss = loss + silence * sil
+        return loss
+
+    total, _ = _chunked(template if kind != "silence" else None, delta, h_t, h_d, targets, chunk, loss_of)
+    return total, parts
 
 
 def chunked_weighted_nll(template, delta, h_t, h_d, targets, weights, mode: str, chunk: int) -> tuple[torch.Tensor, int]:

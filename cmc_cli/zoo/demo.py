@@ -150,6 +150,7 @@ def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget
                          retain=str(retain), output=str(output), delta=cfg.unlearn_delta, prompt_format=QA_FORMAT,
                          lr=cfg.unlearn_lr, batch_size=cfg.unlearn_batch, epochs=1000, max_steps=cfg.unlearn_max_steps,
                          retain_weight=cfg.unlearn_retain_weight, seed=seed, max_length=128, device="cpu",
+                         silence=cfg.silence,
                          # idk trains toward refusals and needs no stopping rule; the methods that push the
                          # forget answers down stop on the whole forget set's CE, evaluated every 20 steps
                          **({"eval_every": cfg.unlearn_max_steps} if cfg.method == "idk" else
@@ -158,7 +159,7 @@ def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget
         tc = TrainConfig(task="instruct", template=str(zoo.model("template-base")), data=str(zoo.data("instruct_train")),
                          output=str(output), delta=cfg.delta, prompt_format=QA_FORMAT, lr=cfg.instruct_lr,
                          batch_size=cfg.instruct_batch, epochs=cfg.instruct_epochs, max_steps=cfg.instruct_max_steps,
-                         seed=seed, max_length=128, device="cpu")
+                         seed=seed, max_length=128, device="cpu", silence=cfg.silence)
     Trainer(tc).run()
     return output
 
