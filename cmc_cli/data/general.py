@@ -9,19 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmc_cli.data.instruct import Encoded, bos_ids
+from cmc_cli.data.records import read_utf8
 from cmc_cli.errors import DataError
 
 
 def read_plain_text(path: str | Path) -> list[str]:
     """The non-empty paragraphs of a UTF-8 text file; errors name the file (and the line)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text; --general takes a plain UTF-8 text file") from None
-    except OSError as e:
-        raise DataError(f"cannot read --general {path}: {e.strerror or e}") from None
+    text = read_utf8(path)
     paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
     paragraphs = [p for p in paragraphs if p]
     if not paragraphs:

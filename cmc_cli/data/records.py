@@ -7,7 +7,18 @@ from pathlib import Path
 
 from cmc_cli.errors import DataError
 
-__all__ = ["DataError", "read_records", "require_text"]
+__all__ = ["DataError", "read_records", "read_utf8", "require_text"]
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's contents; one-line errors name the file (and the line of a byte that is not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict]]:
@@ -15,13 +26,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); save the file as UTF-8") from None
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    text = read_utf8(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
