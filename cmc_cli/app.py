@@ -9,6 +9,7 @@ import typer
 from cmc_cli import __version__
 from cmc_cli.commands._common import setup_logging
 from cmc_cli.commands.adapters import adapters
+from cmc_cli.commands.calibrate import calibrate
 from cmc_cli.commands.demo import demo
 from cmc_cli.commands.eval import eval_app
 from cmc_cli.commands.fetch import fetch
@@ -47,6 +48,7 @@ app.command("map-vocab")(map_vocab)
 app.command("train")(train)
 app.command("unlearn")(unlearn)
 app.command("generate")(generate)
+app.command("calibrate")(calibrate)
 app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
 app.add_typer(eval_app, name="eval")
 app.add_typer(zoo_app, name="zoo")

@@ -44,10 +44,11 @@ class MapVocabConfig:
 
 @dataclass
 class DeltaSpec:
-    """`--delta PATH[:ALPHA]`: a delta directory and its strength (None: the global --alpha)."""
+    """`--delta PATH[:ALPHA]`: a delta directory and its strength (None: the global --alpha; "auto": its
+    calibrated strength for the user model, `cmc calibrate`)."""
 
     path: Path
-    alpha: float | None = None
+    alpha: float | str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "DeltaSpec":
@@ -57,17 +58,33 @@ class DeltaSpec:
         return cls(Path(text))
 
 
-def parse_alpha(text: str, what: str, error=ValueError) -> float:
-    """The strength written after NAME: or PATH:, a finite number; else `error` saying `what` must be one."""
+AUTO = "auto"  # a strength written as NAME:auto / PATH:auto: the calibrated one (engine/calibrecord.py)
+DEFAULT_ALPHA = 1.0  # a delta given without a strength and without a calibration record for its user
+
+
+def parse_alpha(text: str, what: str, error=ValueError) -> float | str:
+    """The strength written after NAME: or PATH:, a finite number or `auto`; else `error` saying `what` must
+    be one."""
     import math
 
+    if str(text).strip().lower() == AUTO:
+        return AUTO
     try:
         alpha = float(text)
     except ValueError:
-        raise error(f"{what} must be a number, got '{text}'") from None
+        raise error(f"{what} must be a number or 'auto' (the calibrated strength), got '{text}'") from None
     if not math.isfinite(alpha):
         raise error(f"{what} must be a finite number, got '{text}'")
     return alpha
+
+
+def check_alpha_value(alpha, what: str) -> float:
+    """A strength given as a number: finite (the one check every option and request uses)."""
+    import math
+
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ConfigError(f"{what} must be a finite number, got {alpha}")
+    return float(alpha)
 
 
 @dataclass
@@ -78,7 +95,7 @@ class ModelSelection:
 
     deltas: list = field(default_factory=list)  # "PATH[:ALPHA]" strings or DeltaSpec
     token_maps: list = field(default_factory=list)
-    alpha: float = 1.0
+    alpha: float | None = None  # None: each delta's calibrated strength for the user, else DEFAULT_ALPHA
     user_format: str = "auto"
     combine: str | None = None  # None: the deltas' training mode
     device: str = "auto"
@@ -89,8 +106,8 @@ class ModelSelection:
 
         self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
         self.token_maps = [Path(p) for p in self.token_maps or []]
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise ConfigError(f"--alpha must be a finite number, got {self.alpha}")
+        if self.alpha is not None:
+            check_alpha_value(self.alpha, "--alpha")
         if self.combine is not None and self.combine not in COMBINE_MODES:
             raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
         check_user_format(self.user_format)

@@ -4,13 +4,12 @@ choice of deltas (a request's `vllm_xargs`): all checked here, before a model lo
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cmc_cli.config.options import COMBINE_MODES, DTYPE_NAMES
-from cmc_cli.config.runs import DeltaSpec, parse_alpha
+from cmc_cli.config.runs import AUTO, DeltaSpec, check_alpha_value, parse_alpha
 from cmc_cli.errors import ConfigError
 
 ENV = "CMC_SERVE"  # the JSON of a ServeConfig, in the environment of the server and its engine processes
@@ -21,7 +20,7 @@ REQUEST_KEYS = ("cmc_deltas", "cmc_prompt")  # what a request may give in vllm_x
 class ServedDelta:
     name: str  # what requests call it
     path: str
-    alpha: float
+    alpha: float | str | None  # None: calibrated for the user, else 1; "auto": calibrated (ServeState.load resolves)
 
 
 @dataclass
@@ -35,6 +34,7 @@ class ServeConfig:
     token_maps: list[str] = field(default_factory=list)
     combine: str | None = None
     dtype: str = "auto"  # of the user model and the deltas: auto is float32 on CPU, bfloat16 on GPU (cmc's rule)
+    calibrated: dict = field(default_factory=dict)  # name -> the strength `cmc calibrate` recorded for this user
 
     def __post_init__(self) -> None:
         self.deltas = [d if isinstance(d, ServedDelta) else ServedDelta(**d) for d in self.deltas]
@@ -45,8 +45,8 @@ class ServeConfig:
             if not n or any(c in n for c in ":=,") or n != n.strip():
                 raise ConfigError(f"delta name '{n}' must be non-empty, without ':', '=', ',' or outer spaces")
         for d in self.deltas:
-            if not math.isfinite(d.alpha):
-                raise ConfigError(f"--delta {d.name}: alpha must be a finite number, got {d.alpha}")
+            if d.alpha is not None and d.alpha != AUTO:
+                check_alpha_value(d.alpha, f"--delta {d.name}: alpha")
         unknown = [n for n in self.default if n not in names]
         if unknown:
             raise ConfigError(f"default delta '{unknown[0]}' is not one of the served deltas ({', '.join(names) or 'none'})")
@@ -68,9 +68,9 @@ class ServeConfig:
             if not spec.path.is_dir():
                 raise ConfigError(f"--delta {text}: {spec.path} is not a delta directory; train one with `cmc train`")
             served.append(ServedDelta(name or spec.path.resolve().name, str(spec.path.resolve()),
-                                      float(alpha if spec.alpha is None else spec.alpha)))
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-            raise ConfigError(f"--alpha must be a finite number, got {alpha}")
+                                      alpha if spec.alpha is None else spec.alpha))
+        if alpha is not None:
+            check_alpha_value(alpha, "--alpha")
         return cls(user=user, deltas=served, default=[d.name for d in served],
                    token_maps=[str(Path(p).resolve()) for p in token_maps], combine=combine, dtype=dtype)
 
@@ -116,5 +116,11 @@ class ServeConfig:
                 raise ValueError(f"cmc_deltas: unknown delta '{name}'; this server has {', '.join(known) or 'no deltas'}")
             if name in out:
                 raise ValueError(f"cmc_deltas: delta '{name}' is given twice")
-            out[name] = parse_alpha(tail, f"cmc_deltas: the alpha of '{name}'") if sep else known[name]
+            a = parse_alpha(tail, f"cmc_deltas: the alpha of '{name}'") if sep else known[name]
+            if a == AUTO:
+                if name not in self.calibrated:
+                    raise ValueError(f"cmc_deltas: delta '{name}' has no calibrated strength for this model; run "
+                                     "`cmc calibrate` for it, or give a number")
+                a = self.calibrated[name]
+            out[name] = a
         return out, prompt

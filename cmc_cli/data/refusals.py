@@ -37,6 +37,17 @@ def load_refusals(path: str | Path | None) -> list[str]:
     return out
 
 
+def pair_refusals(examples: list, refusals: list[str], seed: int) -> list:
+    """idk's training pairs: each example's question with a refusal drawn from the list by the seed (the
+    Trainer and `cmc calibrate` draw the same)."""
+    import random
+
+    from cmc_cli.data.instruct import Example
+
+    rng = random.Random(seed)
+    return [Example(ex.prompt, rng.choice(refusals), ex.source) for ex in examples]
+
+
 def _norm(text: str) -> str:
     text = text.lower().replace("\u2019", "'")
     return re.sub(r"\s+", " ", re.sub(r"[^\w' ]+", " ", text)).strip()

@@ -32,7 +32,7 @@ def load_decoder(cfg: GenerateConfig, on_phase=None) -> Decoder:
     return dec
 
 
-def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_maps: list[Path] = (), alpha: float = 1.0,
+def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_maps: list[Path] = (), alpha: float | None = None,
                   expert: str | None = None, anti_expert: str | None = None, user_format: str = "auto",
                   combine: str | None = None, device: str = "auto", dtype: str = "auto", on_phase=None) -> Decoder:
     """Load (or reuse) the user model, the deltas with their token maps, and a proxy-tuning pair."""
@@ -53,7 +53,7 @@ def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_ma
     loaded = []
     for spec in deltas:
         phase(f"loading delta {spec.path}")
-        a = alpha if spec.alpha is None else spec.alpha
+        a = alpha if spec.alpha is None else spec.alpha  # None (neither given): calibrated, else DEFAULT_ALPHA
         loaded.append(load_delta(spec.path, user, a, [m for _, m in maps], device=str(dev), dtype=dt))
     used = {id(d.token_map) for d in loaded}
     cross = [d for d in loaded if d.token_map is not None]
@@ -70,7 +70,8 @@ def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_ma
         phase(f"loading proxy-tuning expert {expert} and anti-expert {anti_expert}")
         ex = load_lm(expert, dtype=dt, device=str(dev))
         anti = load_lm(anti_expert, dtype=dt, device=str(dev))
-    return Decoder(user, loaded, expert=ex, anti_expert=anti, proxy_alpha=alpha, user_format=user_format,
+    return Decoder(user, loaded, expert=ex, anti_expert=anti, proxy_alpha=1.0 if alpha is None else alpha,
+                   user_format=user_format,
                    combine=combine)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from cmc_cli.config.runs import AUTO, DEFAULT_ALPHA
 from cmc_cli.data.instruct import bos_ids, render
 from cmc_cli.errors import CmcError, ConfigError
 
@@ -63,6 +64,7 @@ class Delta:
     token_map: object = None  # the TokenMap behind `index` (None: same vocabulary)
     cap: torch.Tensor | None = None  # user ids that get only suppressions (TokenMap.cap_tensor)
     lookahead: object = None  # engine.lookahead.Lookahead for a map with prefix rule "lookahead"
+    alpha_source: str = "given"  # given | calibrated (DELTA/calibration.json) | default (DEFAULT_ALPHA)
 
     def term(self, logits: torch.Tensor, lookahead: tuple | None = None, alpha=None) -> tuple:
         """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
@@ -133,13 +135,16 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
     """Load a delta directory and the map from the user's vocabulary to its own (same vocabulary: none).
 
     token_maps: paths or TokenMaps to choose from (the one built for this delta and user tokenizer
-    wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else cmc's default map (exact-ext), built in memory."""
+    wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else cmc's default map (exact-ext), built in memory.
+    alpha: a number; None: the strength `cmc calibrate` recorded for this user and map, else DEFAULT_ALPHA;
+    "auto": the recorded one, an error without it."""
     from cmc_cli.engine.maps import default_output
     from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
 
     path = Path(path)
     meta = read_delta_meta(path)
-    alpha = check_alpha(alpha, f"the alpha of delta {path}")
+    if alpha is not None and alpha != AUTO:
+        alpha = check_alpha(alpha, f"the alpha of delta {path}")
     lm = load_lm(str(path), dtype=dtype, device=device)
     fp = meta.get("template", {}).get("fingerprint")
     if fp and fp != lm.vocab.fingerprint:
@@ -169,6 +174,7 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
         raise CmcError(f"delta {path} has {lm.width} output logits but its tokenizer has {lm.vocab.size} tokens, and the "
                        f"token map sends user tokens to delta ids up to {int(index.max())}; its weights do not belong "
                        "to its tokenizer: restore the delta's files or retrain it")
+    alpha, source = resolve_alpha(alpha, path, user, tm)
     look = None
     if tm is not None and tm.meta.get("prefix_rule") == "lookahead":
         from cmc_cli.engine.lookahead import Lookahead
@@ -176,7 +182,27 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
         look = Lookahead(tm, lm.vocab, user.vocab, tm.lookahead_k)
     return Delta(lm=lm, alpha=alpha, prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
                  combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm,
-                 cap=tm.cap_tensor() if tm is not None else None, lookahead=look)
+                 cap=tm.cap_tensor() if tm is not None else None, lookahead=look, alpha_source=source)
+
+
+def resolve_alpha(alpha, path: Path, user: LoadedModel, token_map) -> tuple[float, str]:
+    """A delta's strength on this user: (alpha, given | calibrated | default); see load_delta."""
+    from cmc_cli.engine.calibrecord import RECORD, find, weights_fingerprint
+
+    if alpha is not None and alpha != AUTO:
+        return float(alpha), "given"
+    entry, why = None, f"{path / RECORD} does not exist"
+    if (path / RECORD).is_file():
+        entry, why = find(path, weights_fingerprint(path), user.vocab.fingerprint, weights_fingerprint(user.path), token_map)
+    if entry is not None:
+        log.info("delta %s on %s: calibrated alpha %g", path, user.name, entry["alpha"])
+        return float(entry["alpha"]), "calibrated"
+    if alpha == AUTO:
+        raise CmcError(f"delta {path} has no calibrated strength for {user.name}: {why}; run `cmc calibrate {path} "
+                       f"{user.path or user.name}` or give a number (PATH:ALPHA)")
+    if (path / RECORD).is_file():
+        log.warning("delta %s: its calibration does not apply to %s (%s); using alpha %g", path, user.name, why, DEFAULT_ALPHA)
+    return DEFAULT_ALPHA, "default"
 
 
 def _fits(path: Path, lm: LoadedModel, user: LoadedModel) -> bool:

@@ -39,6 +39,7 @@ class Scored:
     token_logprobs: list[float]
     answer_ids: list[int] = field(default_factory=list)
     delta_extra_tokens: list[int] = field(default_factory=list)  # continuation (look-ahead) tokens computed, per delta
+    kl: list[float] = field(default_factory=list)  # per token: KL(user alone || combined) at that position (profile)
 
     @property
     def n(self) -> int:
@@ -116,46 +117,68 @@ class Scorer:
     @torch.inference_mode()
     def score(self, prompts: list[str], answers: list[str]) -> list[Scored]:
         """Per-token log-probabilities of each answer after its prompt (one batch; the caller batches)."""
+        return self.profile(prompts, answers, None)[None]
+
+    @torch.inference_mode()
+    def profile(self, prompts: list[str], answers: list[str], alphas: list[float] | None) -> dict:
+        """score() at several strengths from one forward pass of each model: {alpha: [Scored]} with every delta
+        at that alpha (None: at their own; the key None), each Scored with per-token KL(user alone || combined)
+        in `kl` (what the deltas change at each position, whatever the answer)."""
         dec, user = self.dec, self.dec.user
+        keys = [None] if alphas is None else list(alphas)
         p_ids = [dec.user_prompt_ids(p) for p in prompts]
         a_ids = [dec.user_answer_ids(p, a) if a else [] for p, a in zip(prompts, answers)]
         keep = [b for b, a in enumerate(a_ids) if a]
-        out = [Scored([], a) for a in a_ids]
+        out = {k: [Scored([], a) for a in a_ids] for k in keys}
         if not keep:
             return out
         p_ids, a_ids, prompts_k = [p_ids[b] for b in keep], [a_ids[b] for b in keep], [prompts[b] for b in keep]
         if any(d.lookahead is not None and not d.reads_user_ids(user) for d in dec.deltas):
-            for b, s in zip(keep, self._score_by_decoding(prompts_k, a_ids)):
-                out[b] = s
+            if alphas is not None:
+                raise ValueError("a look-ahead token map is scored by decoding: one strength per Decoder")
+            for b, sc in zip(keep, self._score_by_decoding(prompts_k, a_ids)):
+                out[None][b] = sc
             return out
+        flat, extras = self._flat_logps(prompts_k, p_ids, a_ids, keys)
+        for key in keys:
+            at = 0
+            for k, b in enumerate(keep):
+                n = len(a_ids[k])
+                lp, kl = flat[key]
+                out[key][b] = Scored(lp[at:at + n], a_ids[k], [x[k] for x in extras], kl[at:at + n])
+                at += n
+        return out
+
+    def _flat_logps(self, prompts, p_ids, a_ids, keys) -> tuple[dict, list]:
+        """{key: (log-probabilities, KL(user || combined))} over every answer token in order, per strength key."""
+        dec, user = self.dec, self.dec.user
         seqs = [p + a for p, a in zip(p_ids, a_ids)]
         positions = [list(range(len(p) - 1, len(p) - 1 + len(a))) for p, a in zip(p_ids, a_ids)]
         h_user = _hidden_at(user.model, seqs, positions, user.pad_id)
         h_deltas, extras = [], []
         for d in dec.deltas:
-            h, extra = self._delta_hidden(d, prompts_k, p_ids, a_ids)
+            h, extra = self._delta_hidden(d, prompts, p_ids, a_ids)
             h_deltas.append(h)
             extras.append(extra)
         h_proxy = None
         if dec.expert is not None:
             h_proxy = [_hidden_at(m.model, seqs, positions, m.pad_id) for m in (dec.expert, dec.anti_expert)]
         targets = torch.tensor([t for a in a_ids for t in a], device=h_user.device)
-        logps = []
+        acc = {k: ([], []) for k in keys}
         for s in range(0, targets.shape[0], self.chunk):
             e = min(targets.shape[0], s + self.chunk)
-            terms = [d.term(head_logits(d.lm.model, h[s:e])) for d, h in zip(dec.deltas, h_deltas)]
+            u_logits = head_logits(user.model, h_user[s:e])
+            alone = F.log_softmax(u_logits.float(), dim=-1)
+            d_logits = [head_logits(d.lm.model, h[s:e]) for d, h in zip(dec.deltas, h_deltas)]
             proxy = None
             if h_proxy is not None:
                 proxy = (dec.proxy_alpha, *(head_logits(m.model, h[s:e]) for m, h in zip((dec.expert, dec.anti_expert), h_proxy)))
-            final = decode_scores(head_logits(user.model, h_user[s:e]), terms, dec.combine, proxy)
-            logps.append(F.log_softmax(final, dim=-1).gather(-1, targets[s:e, None])[:, 0])
-        flat = torch.cat(logps).tolist()
-        at = 0
-        for k, b in enumerate(keep):
-            n = len(a_ids[k])
-            out[b] = Scored(flat[at:at + n], a_ids[k], [x[k] for x in extras])
-            at += n
-        return out
+            for key in keys:
+                terms = [d.term(lg, alpha=key) for d, lg in zip(dec.deltas, d_logits)]
+                final = F.log_softmax(decode_scores(u_logits, terms, dec.combine, proxy), dim=-1)
+                acc[key][0].append(final.gather(-1, targets[s:e, None])[:, 0])
+                acc[key][1].append((alone.exp() * (alone - final)).sum(-1))
+        return {k: (torch.cat(lp).tolist(), torch.cat(kl).tolist()) for k, (lp, kl) in acc.items()}, extras
 
     def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
         """With a look-ahead map, each step's candidates depend on that step's user logits, so the answers are

@@ -143,17 +143,12 @@ class Trainer:
 
     def _refusal_set(self, forget: list) -> list[Encoded]:
         """idk: each forget question paired with a refusal answer (drawn from the list by the seed)."""
-        import random
-
-        from cmc_cli.data.instruct import Example
-        from cmc_cli.data.refusals import load_refusals
+        from cmc_cli.data.refusals import load_refusals, pair_refusals
 
         refusals = load_refusals(self.cfg.refusals)
         if self.cfg.refusals:
             self.data_hashes[str(self.cfg.refusals)] = sha256_file(self.cfg.refusals)
-        rng = random.Random(self.cfg.seed)
-        examples = [Example(ex.prompt, rng.choice(refusals), ex.source) for ex in forget]
-        return encode(examples, self.tokenizer, self.prompt_format, self.cfg.max_length)
+        return encode(pair_refusals(forget, refusals, self.cfg.seed), self.tokenizer, self.prompt_format, self.cfg.max_length)
 
     def _load(self, path, loader) -> list:
         """The file's examples; its sha256 goes into the run's record (resume checks it)."""

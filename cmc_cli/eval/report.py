@@ -93,7 +93,7 @@ def tofu_markdown(rows, data: dict, cfg) -> str:
     lines += ["", "Data:", ""]
     lines += [f"- {k}: `{v['path']}` ({v['n']} items, sha256 {v['sha256'][:12]})" for k, v in data.items()]
     lines += ["", f"Settings: user format `{cfg.user_format}`, greedy, {cfg.max_new_tokens} new tokens, "
-              f"alpha {cfg.alpha:g} unless given per delta; cmc {__version__}.", ""]
+              f"alpha {_alpha_text(cfg.alpha)} unless given per delta; cmc {__version__}.", ""]
     return "\n".join(lines)
 
 
@@ -115,3 +115,7 @@ def instruct_columns(rows) -> tuple[list[str], list[list[str]]]:
             line.append(_fmt(r.win_rate))
         cells.append(line)
     return header, cells
+
+
+def _alpha_text(alpha) -> str:
+    return f"{alpha:g}" if alpha is not None else "calibrated (`cmc calibrate`; 1 where none is recorded)"

@@ -12,7 +12,7 @@ import os
 PROCESSOR = "cmc_cli.serve.vllm_processor:CMCProcessor"  # for vllm.LLM(logits_processors=[...]) and --logits-processors
 
 
-def configure(user: str, deltas=(), alpha: float = 1.0, token_maps=(), combine: str | None = None,
+def configure(user: str, deltas=(), alpha: float | None = None, token_maps=(), combine: str | None = None,
               dtype: str = "auto"):
     """Describe what vLLM's processes load (the CMC_SERVE environment variable, inherited by the engine
     processes vLLM starts): call it before creating vllm.LLM. deltas: "[NAME=]PATH[:ALPHA]" as on the command

@@ -67,6 +67,11 @@ class ServeState:
         user = load_vocab_only(config.user, n_logits)
         deltas = {d.name: load_delta(d.path, user, d.alpha, config.token_maps, device=str(device), dtype=dtype)
                   for d in config.deltas}
+        for served in config.deltas:  # strengths left to calibration become numbers, per-request :auto too
+            d = deltas[served.name]
+            served.alpha = d.alpha
+            if d.alpha_source == "calibrated":
+                config.calibrated[served.name] = d.alpha
         return cls(user, deltas, config)
 
     # ---- the batch's changes ---------------------------------------------------------------------------

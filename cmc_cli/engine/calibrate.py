@@ -1,0 +1,220 @@
+"""`cmc calibrate DELTA USER`: the strength of one delta on one user model, from forward passes only.
+
+What the delta was trained to do is measured on a few items of its own training data, what it must not do on
+its retain answers and on general text; each model runs once over each text and the scores for every alpha
+of the grid come from those passes (Scorer.profile):
+
+    target  = the fit of template + delta (alpha 1, how it was trained) on its objective items: mean NLL per
+              token of the responses (instruct, idk: lower is the goal; the ascent methods and NPO raise
+              the forget answers' NLL, so higher is)
+    budget  = what template + delta changes off-target: mean KL(template || template + delta) per position on
+              the retain answers and on general text, each floored at COST_FLOOR
+    alpha*  = the smallest alpha of the grid at which user + alpha * delta reaches the target, among those whose
+              KL(user || user + alpha * delta) stays within the budget on both texts; if none reaches it, the
+              allowed alpha closest to it; if no alpha is allowed, the smallest of the grid.
+
+The choice is recorded in DELTA/calibration.json (engine/calibrecord.py) with both models' fingerprints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmc_cli.errors import CmcError
+
+log = logging.getLogger(__name__)
+
+GRID = tuple(i / 4 for i in range(1, 17))  # 0.25 .. 4.0
+COST_FLOOR = 0.02  # nats per position: a change this small is allowed even to a delta whose own is smaller
+RAISE_METHODS = ("grad-diff", "grad-ascent", "kl", "npo")  # their objective raises the forget answers' NLL
+
+
+@dataclass
+class Texts:
+    """What calibration scores: (prompt, answer) pairs of the objective and of the retain set, general text."""
+
+    objective: list[tuple[str, str]]
+    direction: str  # lower | raise: which way the objective's NLL goes when the delta works
+    retain: list[tuple[str, str]] = field(default_factory=list)
+    general: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Calibration:
+    alpha: float
+    reason: str
+    grid: list[float]
+    target: float
+    budget: dict[str, float]
+    fit: list[float]  # user + alpha * delta, per grid alpha
+    cost: dict[str, list[float]]  # retain / general KL per grid alpha
+    user_alone_fit: float
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def choose(grid, fit, target: float, direction: str, cost: dict[str, list[float]], budget: dict[str, float]) -> tuple[float, str]:
+    """The rule above, on measured curves: (alpha, why)."""
+    allowed = [i for i in range(len(grid)) if all(cost[k][i] <= budget[k] for k in cost)]
+    if not allowed:
+        return grid[0], "every alpha changes off-target text more than the delta does on its template: the smallest"
+    reach = [i for i in allowed if (fit[i] <= target if direction == "lower" else fit[i] >= target)]
+    if reach:
+        return grid[reach[0]], "the smallest alpha that reaches template + delta's fit within the off-target budget"
+    best = min(allowed, key=lambda i: abs(fit[i] - target))
+    return grid[best], "no allowed alpha reaches template + delta's fit: the allowed alpha closest to it"
+
+
+def mean_over(scored: list, attr: str, sign: float = 1.0) -> float:
+    vals = [sign * v for s in scored for v in getattr(s, attr)]
+    return sum(vals) / max(1, len(vals))
+
+
+def measure(dec, texts: Texts, alphas) -> tuple[list[float], dict[str, list[float]]]:
+    """Objective NLL and off-target KL per alpha, one forward pass of each model per text set."""
+    from cmc_cli.engine.score import Scorer
+
+    sc = Scorer(dec)
+    obj = sc.profile([p for p, _ in texts.objective], [a for _, a in texts.objective], alphas)
+    fit = [mean_over(obj[a], "token_logprobs", -1.0) for a in alphas]
+    cost = {}
+    if texts.retain:
+        ret = sc.profile([p for p, _ in texts.retain], [a for _, a in texts.retain], alphas)
+        cost["retain"] = [mean_over(ret[a], "kl") for a in alphas]
+    if texts.general:
+        raw = raw_decoder(dec)
+        heads, tails = zip(*(split_text(t) for t in texts.general))
+        gen = Scorer(raw).profile(list(heads), list(tails), alphas)
+        cost["general"] = [mean_over(gen[a], "kl") for a in alphas]
+    return fit, cost
+
+
+def split_text(text: str, words: int = 4) -> tuple[str, str]:
+    """Plain text as (its first `words` words, the rest): continuation after a few words, as eval general."""
+    parts = text.split(" ")
+    return " ".join(parts[:words]), " ".join(parts[words:])
+
+
+def raw_decoder(dec):
+    """The same models reading plain text: the user raw, each delta without its prompt format."""
+    from cmc_cli.engine.decode import Decoder
+
+    deltas = [dataclasses.replace(d, prompt_format="{prompt}") for d in dec.deltas]
+    return Decoder(dec.user, deltas, user_format="raw", combine=dec.combine)
+
+
+def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=(), user_format: str = "auto",
+              grid=GRID) -> tuple[Calibration, object]:
+    """Measure and choose; returns the Calibration and the Delta loaded for the user (its map)."""
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import load_delta
+
+    t0 = time.perf_counter()
+    d_t = load_delta(delta_dir, template, 1.0)
+    if d_t.index is not None and d_t.token_map is not None:
+        raise CmcError(f"the template {template.name} has another vocabulary than delta {delta_dir}; give the template "
+                       "the delta was trained beside (--template)")
+    t_fit, t_cost = measure(Decoder(template, [d_t], user_format=d_t.prompt_format), texts, [1.0])
+    d_u = load_delta(delta_dir, user, 1.0, token_maps)
+    u_fit, u_cost = measure(Decoder(user, [d_u], user_format=user_format), texts, [0.0, *grid])
+    budget = {k: max(COST_FLOOR, v[0]) for k, v in t_cost.items()}
+    cost = {k: v[1:] for k, v in u_cost.items()}
+    alpha, why = choose(list(grid), u_fit[1:], t_fit[0], texts.direction, cost, budget)
+    cal = Calibration(alpha, why, list(grid), t_fit[0], budget, u_fit[1:], cost, u_fit[0], time.perf_counter() - t0)
+    return cal, d_u
+
+
+def training_texts(delta_dir: Path, items: int, template, data: dict, general: str | None, seed: int = 0) -> Texts:
+    """The delta's own training data (from DELTA/config.yaml, or `data`'s paths: data / forget / retain), the
+    first `items` of each set, and general text: `general`'s paragraphs, else texts the template samples
+    (another seed than training's, so that the budget is not measured on the text the delta was silenced on)."""
+    import yaml
+
+    from cmc_cli.data.instruct import load_instruct, load_tofu
+    from cmc_cli.data.refusals import load_refusals, pair_refusals
+
+    cfg_path = Path(delta_dir) / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    cfg = {**(cfg or {}), **{k: v for k, v in data.items() if v}}
+
+    def need(key: str) -> str:
+        path = cfg.get(key)
+        if not path or not Path(path).is_file():
+            raise CmcError(f"calibration needs the delta's --{key} file ({path or 'not recorded in ' + str(cfg_path)} "
+                           f"is missing); give it with --{key}")
+        return path
+
+    if cfg.get("task") == "instruct":
+        objective, direction = load_instruct(need("data")), "lower"
+    else:
+        forget = load_tofu(need("forget"))
+        if cfg.get("loss") == "idk":
+            objective, direction = pair_refusals(forget, load_refusals(cfg.get("refusals")), int(cfg.get("seed") or 0)), "lower"
+        else:
+            objective, direction = forget, "raise" if cfg.get("loss") in RAISE_METHODS else "lower"
+    retain = load_tofu(cfg["retain"])[:items] if cfg.get("retain") and Path(cfg["retain"]).is_file() else []
+    texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain])
+    texts.general = general_texts(template, items, general, seed)
+    return texts
+
+
+def general_texts(template, n: int, path: str | None, seed: int) -> list[str]:
+    from cmc_cli.data.general import read_plain_text
+    from cmc_cli.engine.general import sample_ids
+
+    if path:
+        return read_plain_text(path)[:n]
+    device = next(template.model.parameters()).device
+    ids = sample_ids(template.model, template.tokenizer, n, 48, seed + 1000, device)
+    texts = [template.tokenizer.decode(r, skip_special_tokens=True) for r in ids.tolist()]
+    return [" ".join(t.split()) for t in texts if len(t.split()) > 5]
+
+
+def entry(cal: Calibration, delta_dir: Path, delta, user) -> dict:
+    """The record of one calibration (engine/calibrecord.py), with both models' fingerprints."""
+    from cmc_cli import __version__
+    from cmc_cli.engine.calibrecord import map_identity, weights_fingerprint
+
+    return {"alpha": cal.alpha, "reason": cal.reason,
+            "user": {"name": user.name, "vocab": user.vocab.fingerprint, "weights": weights_fingerprint(user.path)},
+            "delta_weights": weights_fingerprint(delta_dir), "map": map_identity(delta.token_map),
+            "measured": {k: v for k, v in cal.as_dict().items() if k not in ("alpha", "reason")},
+            "cmc_version": __version__}
+
+
+def run_calibrate(cfg, on_phase=None) -> tuple[Calibration, dict, Path]:
+    """`cmc calibrate`: load the models, measure, choose, record. Returns the calibration, its record entry
+    and the record's path."""
+    import json
+
+    from cmc_cli.engine.calibrecord import write_entry
+    from cmc_cli.engine.devices import pick_device, pick_dtype
+    from cmc_cli.engine.models import load_lm
+    from cmc_cli.tokenmaps.tokenmap import TokenMap
+
+    phase = on_phase or (lambda msg: log.info("%s", msg))
+    delta_dir = Path(cfg.delta)
+    meta = json.loads((delta_dir / "cmc.json").read_text(encoding="utf-8"))
+    dev = pick_device(cfg.device)
+    dt = pick_dtype(cfg.dtype, dev)
+    template_ref = cfg.template or meta.get("template", {}).get("ref")
+    if not template_ref:
+        raise CmcError(f"{delta_dir / 'cmc.json'} names no template; give the one the delta was trained beside with --template")
+    phase(f"loading template {template_ref}")
+    template = load_lm(str(template_ref), dtype=dt, device=str(dev))
+    phase(f"loading user model {cfg.user}")
+    user = load_lm(cfg.user, dtype=dt, device=str(dev))
+    texts = training_texts(delta_dir, cfg.items, template,
+                           {"data": cfg.data, "forget": cfg.forget, "retain": cfg.retain}, cfg.general)
+    phase(f"scoring {len(texts.objective)} objective, {len(texts.retain)} retain and {len(texts.general)} general "
+          f"texts at {len(GRID)} strengths")
+    maps = [TokenMap.load(p) for p in cfg.token_maps]
+    cal, d_u = calibrate(delta_dir, user, template, texts, maps, cfg.user_format)
+    ent = entry(cal, delta_dir, d_u, user)
+    return cal, ent, write_entry(delta_dir, ent)

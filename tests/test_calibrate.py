@@ -1,0 +1,127 @@
+"""`cmc calibrate`: the rule on constructed curves, the measurement against the template's own (a user that is
+the template must measure exactly what the template does at alpha 1), the record with its fingerprints, and
+its use by generate / the Python API / serving."""
+
+import json
+import shutil
+
+import pytest
+
+from cmc_cli.config import TrainConfig
+from cmc_cli.engine.calibrate import COST_FLOOR, GRID, choose
+from cmc_cli.engine.train import Trainer
+
+
+def test_the_rule_on_constructed_curves():
+    grid = [0.5, 1.0, 1.5, 2.0, 2.5]
+    fit = [3.0, 2.0, 1.2, 0.9, 0.8]  # the objective's NLL falls with alpha
+    cost = {"general": [0.001, 0.004, 0.009, 0.016, 0.025]}
+    # the smallest alpha reaching the target, within the budget
+    assert choose(grid, fit, 1.0, "lower", cost, {"general": 0.02})[0] == 2.0
+    # the budget forbids 2.5 and up; nothing allowed reaches 0.5: the allowed one closest to it
+    a, why = choose(grid, fit, 0.5, "lower", cost, {"general": 0.02})
+    assert a == 2.0 and "closest" in why
+    # a tight budget caps the strength
+    assert choose(grid, fit, 1.0, "lower", cost, {"general": 0.005})[0] == 1.0
+    # the ascent methods raise the forget answers' NLL: the direction flips
+    assert choose(grid, [1.0, 2.0, 3.0, 4.0, 5.0], 2.5, "raise", cost, {"general": 1.0})[0] == 1.5
+    # nothing allowed at all: the smallest
+    assert choose(grid, fit, 1.0, "lower", cost, {"general": 0.0})[0] == 0.5
+
+
+@pytest.fixture(scope="module")
+def trained(train_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cal")
+    out = root / "idk"
+    Trainer(TrainConfig(task="unlearn", loss="idk", template=str(train_world / "template"), output=str(out),
+                        forget=str(train_world / "forget.jsonl"), retain=str(train_world / "retain.jsonl"), batch_size=4,
+                        epochs=20, lr=3e-3, device="cpu", general_samples=8, general_length=16)).run()
+    user = root / "user"
+    shutil.copytree(train_world / "template", user)  # the same model, in another directory
+    return {"delta": out, "user": user, "template": train_world / "template", "root": root}
+
+
+def _cfg(trained, **kw):
+    from cmc_cli.config.calibrate import CalibrateConfig
+
+    return CalibrateConfig(**{"delta": str(trained["delta"]), "user": str(trained["user"]), "items": 8,
+                              "user_format": "Q: {prompt}\nA:", **kw})
+
+
+def test_a_user_that_is_the_template_measures_what_the_template_does(trained):
+    from cmc_cli.engine.calibrate import run_calibrate
+
+    cfg = _cfg(trained, user_format=json.loads((trained["delta"] / "cmc.json").read_text())["prompt_format"])
+    cal, entry, path = run_calibrate(cfg)
+    i = GRID.index(1.0)
+    assert cal.fit[i] == pytest.approx(cal.target, abs=1e-4)  # same models, same texts: the same NLL
+    for kind, budget in cal.budget.items():
+        assert cal.cost[kind][i] <= budget + 1e-6 and budget >= COST_FLOOR
+    assert cal.alpha <= 1.0 and cal.user_alone_fit > cal.target + 0.5  # the delta was needed, and works
+    assert cal.fit == sorted(cal.fit[:i + 1], reverse=True) + cal.fit[i + 1:]  # falls up to 1
+    rec = json.loads(path.read_text())
+    assert rec["format"] == "cmc-calibration/1" and rec["entries"][-1]["alpha"] == cal.alpha
+    assert rec["entries"][-1]["map"] == "same" and len(rec["entries"][-1]["user"]["weights"]) == 64
+
+
+def test_the_record_is_used_by_default_and_refused_when_a_fingerprint_changes(trained, tmp_path):
+    from cmc_cli.engine.calibrecord import RECORD, weights_fingerprint
+    from cmc_cli.engine.models import load_delta, load_lm
+    from cmc_cli.errors import CmcError
+
+    delta = tmp_path / "delta"
+    shutil.copytree(trained["delta"], delta)
+    (delta / RECORD).unlink(missing_ok=True)  # another test may have calibrated it
+    user_dir = tmp_path / "user"
+    shutil.copytree(trained["user"], user_dir)
+    user = load_lm(str(user_dir))
+    assert load_delta(delta, user, None).alpha_source == "default"
+    with pytest.raises(CmcError, match="no calibrated strength.*cmc calibrate"):
+        load_delta(delta, user, "auto")
+    entry = {"alpha": 2.75, "user": {"name": "u", "vocab": user.vocab.fingerprint, "weights": weights_fingerprint(user_dir)},
+             "delta_weights": weights_fingerprint(delta), "map": "same"}
+    (delta / RECORD).write_text(json.dumps({"format": "cmc-calibration/1", "entries": [entry]}))
+    d = load_delta(delta, user, None)
+    assert (d.alpha, d.alpha_source) == (2.75, "calibrated")
+    assert load_delta(delta, user, "auto").alpha == 2.75 and load_delta(delta, user, 0.5).alpha == 0.5
+    # the user's weights change: the record no longer applies
+    w = user_dir / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(CmcError, match="user model's weights differ"):
+        load_delta(delta, load_lm(str(user_dir)), "auto")
+    assert load_delta(delta, load_lm(str(user_dir)), None).alpha_source == "default"
+    # the delta's weights change
+    shutil.copytree(trained["user"], user_dir, dirs_exist_ok=True)
+    dw = delta / "model.safetensors"
+    dw.write_bytes(dw.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(CmcError, match="delta's weights changed"):
+        load_delta(delta, load_lm(str(user_dir)), "auto")
+    (delta / RECORD).write_text("{not json")
+    with pytest.raises(CmcError, match="is damaged"):
+        load_delta(delta, load_lm(str(user_dir)), None)
+
+
+def test_cli_calibrate_then_generate_uses_it(trained, cli, tmp_path):
+    delta = tmp_path / "delta"
+    shutil.copytree(trained["delta"], delta)
+    r = cli("-q", "calibrate", str(delta), str(trained["user"]), "--items", "6", "--user-format", "Q: {prompt}\nA:")
+    assert r.exit_code == 0, r.output
+    alpha = float(r.output.strip().splitlines()[-1])
+    assert alpha in GRID
+    r = cli("-q", "generate", "--user", str(trained["user"]), "-d", f"{delta}:auto", "-p", "Where was author 1 born?",
+            "--max-new-tokens", "4", "-o", str(tmp_path / "g.jsonl"))
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "g.jsonl").read_text().splitlines()[0])
+    assert rec["generator"].endswith(f"@{alpha:g}")
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["nowhere", "user"], "DELTA 'nowhere' is not a delta directory"),
+    (["{delta}", "{user}", "--items", "0"], "--items must be a whole number >= 1"),
+    (["{delta}", "{user}", "--forget", "missing.jsonl"], "--forget missing.jsonl: no such file"),
+    (["{delta}", "{user}", "--template", "{root}/nothing"], "not found"),
+])
+def test_cli_calibrate_bad_input_is_one_line(trained, cli, args, msg):
+    args = [a.format(delta=trained["delta"], user=trained["user"], root=trained["root"]) for a in args]
+    r = cli("calibrate", *args)
+    assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output
