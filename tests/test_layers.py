@@ -28,7 +28,7 @@ LAYERS = [
 WITHIN = {
     "adapters": ["cmc_cli.assets", "cmc_cli.adapters.gguf_meta", "cmc_cli.refs", "cmc_cli.adapters", "cmc_cli.plugins",
                  "cmc_cli.fetch"],
-    "eval": ["cmc_cli.eval.metrics", "cmc_cli.eval.report", "cmc_cli.eval.models", "cmc_cli.eval.tofu",
+    "eval": ["cmc_cli.eval.metrics", "cmc_cli.eval.report", "cmc_cli.eval.models", "cmc_cli.eval.general", "cmc_cli.eval.tofu",
              "cmc_cli.eval.instruct", "cmc_cli.eval.shift"],
 }
 

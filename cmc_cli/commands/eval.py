@@ -91,6 +91,39 @@ def instruct(
         info(f"[green]wrote[/green] {cfg.out}/results.json, {cfg.out}/report.md and AlpacaEval inputs in {cfg.out}/alpaca_eval/")
 
 
+@eval_app.command("general")
+@handle_errors
+def general(
+    user: O.USERS = None,
+    delta: O.DELTAS = None,
+    token_map: O.TOKEN_MAPS = None,
+    alpha: O.ALPHA = None,
+    text: Annotated[str, Opt(help="Plain UTF-8 text, paragraphs apart by blank lines. (default: the Brown corpus, `cmc fetch text`)")] = None,
+    words: Annotated[int, Opt(help="Score each text after its first N words. (default: 4)")] = None,
+    limit: Annotated[int, Opt(help="Texts scored, spread evenly over the file. (default: 150)")] = None,
+    alone: Annotated[bool, Opt("--alone/--no-alone", help="Also score each user without deltas. (default: on)")] = None,
+    combine: O.COMBINE = None,
+    batch_size: Annotated[int, Opt(help="(default: 16)")] = None,
+    out: Annotated[str, Opt("-o", "--out", help="Directory for results.json (per-text values) and report.md.")] = None,
+    device: O.DEVICE = None,
+    dtype: O.DTYPE = None,
+    config: O.CONFIG = None,
+) -> None:
+    """What deltas do to text nobody chose for them: NLL, perplexity and KL to the user alone, paired CI."""
+    from cmc_cli.commands.tables import rich_table
+    from cmc_cli.config import EvalGeneralConfig
+    from cmc_cli.eval.general import run_general_eval, table
+
+    flags = {k: v for k, v in locals().items()
+             if k not in ("config", "EvalGeneralConfig", "run_general_eval", "table", "rich_table")}
+    flags = O.model_flags(flags)
+    cfg = EvalGeneralConfig.from_sources(config, flags)
+    rows = _with_progress(lambda on_progress: run_general_eval(cfg, on_progress=on_progress), "texts")
+    console.print(rich_table("General text: what the deltas change where they have nothing to do", *table(rows)))
+    if cfg.out:
+        info(f"[green]wrote[/green] {cfg.out}/results.json and {cfg.out}/report.md")
+
+
 def _with_progress(run, unit: str):
     """run(on_progress) with one progress bar per evaluated model (none under --quiet)."""
     if UI.quiet:

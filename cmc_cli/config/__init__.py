@@ -11,11 +11,11 @@ from cmc_cli.config.options import (COMBINE_MODES, DEFAULT_EVAL_LIMIT, DEFAULT_S
                                     UNLEARN_METHODS, USER_FORMATS, check_device, check_prompt_text, check_sampling,
                                     check_user_format)
 from cmc_cli.config.project import PROJECT_FILE, ModelEntry, ProjectConfig, load_project_config, project_file_path
-from cmc_cli.config.runs import (DeltaSpec, EvalInstructConfig, EvalTofuConfig, GenerateConfig, MapVocabConfig,
+from cmc_cli.config.runs import (DeltaSpec, EvalGeneralConfig, EvalInstructConfig, EvalTofuConfig, GenerateConfig, MapVocabConfig,
                                  ModelSelection, ShiftConfig)
 from cmc_cli.config.train import TrainConfig
 
-__all__ = ["COMBINE_MODES", "DEFAULT_EVAL_LIMIT", "DEFAULT_STRATEGY", "DemoConfig", "DELTA_PRESETS", "DTYPE_NAMES", "FALLBACKS", "METHOD_DEFAULTS", "PROJECT_FILE",
+__all__ = ["COMBINE_MODES", "DEFAULT_EVAL_LIMIT", "DEFAULT_STRATEGY", "DemoConfig", "EvalGeneralConfig", "DELTA_PRESETS", "DTYPE_NAMES", "FALLBACKS", "METHOD_DEFAULTS", "PROJECT_FILE",
            "RETAIN_TERMS", "SMALL_PRESET_LR", "STRATEGIES", "TASK_DEFAULTS", "TASKS", "UNLEARN_LOSSES", "UNLEARN_METHODS", "USER_FORMATS",
            "DeltaSpec", "EvalInstructConfig", "EvalTofuConfig", "GenerateConfig", "MapVocabConfig", "ModelEntry", "ModelSelection", "ShiftConfig",
            "ProjectConfig", "TrainConfig", "check_device", "check_prompt_text", "check_sampling", "check_user_format", "load_project_config",

@@ -225,6 +225,31 @@ class EvalInstructConfig(ModelSelection):
         return _merge_sources(cls, yaml_path, flags, "evaluation")
 
 
+@dataclass
+class EvalGeneralConfig(ModelSelection):
+    """Options of `cmc eval general`: what the deltas do to plain text nobody chose for them."""
+
+    users: list = field(default_factory=list)
+    text: str | None = None  # plain UTF-8 text (paragraphs apart by blank lines); default: the fetched Brown corpus
+    words: int = 4  # each text is scored after its first `words` words
+    alone: bool = True
+    max_new_tokens: int = 1  # (unused: scoring only; kept for the shared checks)
+    batch_size: int = 16
+    limit: int | None = 150  # texts, spread evenly over the file
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_eval_models(self)
+        if self.text is not None and not Path(self.text).is_file():
+            raise ConfigError(f"--text {self.text}: no such file; give a plain UTF-8 text file")
+        if not isinstance(self.words, int) or self.words < 1:
+            raise ConfigError(f"--words must be a whole number >= 1, got {self.words}")
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, flags: dict) -> "EvalGeneralConfig":
+        return _merge_sources(cls, yaml_path, flags, "evaluation")
+
+
 def _check_eval_models(cfg) -> None:
     """What every `cmc eval` command checks: users, the model selection, sizes."""
     cfg.users = [str(u) for u in (cfg.users or [])]
