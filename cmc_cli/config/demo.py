@@ -24,11 +24,10 @@ class DemoConfig:
     jobs: int | None = None
     seeds: int = 3  # deltas trained per task, seeds seed .. seed + seeds - 1
     seed: int = 0
-    # the unlearning delta's strength. Measured on the full world (one seed, 40 items): a `mini` idk delta at
-    # alpha 1 makes the template refuse 0.95 of forget questions but `other` only 0.35 through the exact-ext
-    # map; at 2 `other` refuses 1.00 with retain key accuracy 0.97 (docs/world.md)
-    alpha: float = 2.0
-    instruct_alpha: float = 1.0  # the instruction delta's (and its proxy-tuning row's)
+    # the deltas' strengths: None = calibrated for each model, map and seed (engine/calibrate.py); a number
+    # fixes it for every model (before calibration the demo used 2.0 for unlearning and 1.0 for instruction)
+    alpha: float | None = None
+    instruct_alpha: float | None = None  # the instruction delta's (and its proxy-tuning row's; 1 when calibrated)
     delta: str = "tiny"  # the instruction delta's preset
     unlearn_delta: str = "mini"  # the unlearning delta's preset
     method: str = "idk"  # cmc unlearn --method
@@ -50,7 +49,7 @@ class DemoConfig:
 
     def __post_init__(self):
         for name, a in (("--alpha", self.alpha), ("--instruct-alpha", self.instruct_alpha)):
-            if not math.isfinite(a):
+            if a is not None and not math.isfinite(a):
                 raise ConfigError(f"{name} must be a finite number, got {a}")
         for name in ("seeds", "eval_limit", "max_new_tokens"):
             if getattr(self, name) <= 0:

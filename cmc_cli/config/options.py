@@ -36,9 +36,12 @@ DELTA_PRESETS = ("tiny", "mini", "small", "15m", "42m", "110m")  # engine/delta.
 TASKS = ("instruct", "unlearn")
 TASK_DEFAULTS = {
     # the paper's settings
-    "instruct": {"lr": 2e-4, "batch_size": 64, "epochs": 4, "silence": 1.0},
-    "unlearn": {"lr": 1e-4, "batch_size": 16, "epochs": 20, "silence": 1.0},
+    "instruct": {"lr": 2e-4, "batch_size": 64, "epochs": 4, "silence": 0.0},
+    "unlearn": {"lr": 1e-4, "batch_size": 16, "epochs": 20, "silence": 0.1},
 }
+# silence (docs/training.md): measured on the world, 3 seeds, idk at alpha 2: weight 0 keeps held-out key accuracy
+# at 0.86-0.91, 0.1 at 1.00 with forget refusal 0.93 on `other` (0: 0.96), 1.0 halves the refusals (0.54); for the
+# instruction delta any weight tried cost the template's gain (ROUGE-L 0.31 -> 0.18 at 0.1), so it is off there
 # The presets sized for the model world (engine/delta.py) need a larger step to move a confident template:
 # at the paper's 1e-4 a `tiny` idk delta learned nothing in 140 steps on template-tofu (refusal CE 11.05 -> 11.05);
 # at 3e-3 it refuses (docs/training.md)

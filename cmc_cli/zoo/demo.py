@@ -41,6 +41,14 @@ class Row:
     kind: str  # alone | delta | baseline
     map: str = ""  # the token map's strategy for `other`, "" for the same vocabulary
     per_seed: list = field(default_factory=list)  # [{set: SetResult}]
+    alphas: list = field(default_factory=list)  # the delta's strength per seed (calibrated unless given)
+
+    def shown(self) -> str:
+        """The label with the strength used (the mean over seeds when calibrated ones differ)."""
+        if not self.alphas:
+            return self.label
+        lo, hi = min(self.alphas), max(self.alphas)
+        return f"{self.label} a={lo:g}" if lo == hi else f"{self.label} a={lo:g}-{hi:g}"
 
     def values(self, kind: str, metric: str) -> list[float]:
         """The metric's value for each seed."""
@@ -193,21 +201,44 @@ def _decoder(row: Row, models: dict, prefix: str, zoo: Zoo, delta_dir: Path, alp
         return Decoder(user, [load_delta(delta_dir, user, alpha, tms)], user_format=QA_FORMAT)
     tuned = lambda k: load_lm(str(zoo.model(f"{k}-{task}-ft")))  # noqa: E731
     if row.label.startswith("large + proxy"):
-        return Decoder(user, expert=tuned("template"), anti_expert=models[f"template-{prefix}"], proxy_alpha=alpha,
-                       user_format=QA_FORMAT)
+        return Decoder(user, expert=tuned("template"), anti_expert=models[f"template-{prefix}"],
+                       proxy_alpha=1.0 if alpha is None else alpha, user_format=QA_FORMAT)
     return Decoder(tuned(row.model), user_format=QA_FORMAT)
 
 
-def _evaluate(rows: list[Row], models: dict, zoo: Zoo, prefix: str, delta_dir: Path, alpha: float, maps: dict,
+def _strength(row: Row, models: dict, prefix: str, delta_dir: Path, given, maps: dict, chosen: dict) -> float | None:
+    """The delta's strength on this row's model: the one given, else `cmc calibrate`'s choice for this model and
+    map (the shuffled control gets the default map's, so that only the map differs)."""
+    from cmc_cli.engine.calibrate import calibrate, training_texts
+    from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY
+
+    if row.kind != "delta":
+        return given
+    if given is not None:
+        return given
+    key = (row.model, DEFAULT_STRATEGY if row.map == CONTROL else row.map)
+    if key not in chosen:
+        template = models[f"template-{prefix}"]
+        texts = chosen.setdefault("texts", training_texts(delta_dir, 32, template, {}, None))
+        tms = [maps[key[1]]] if key[1] else []
+        chosen[key] = calibrate(delta_dir, models[f"{row.model}-{prefix}"], template, texts, tms, QA_FORMAT)[0].alpha
+    return chosen[key]
+
+
+def _evaluate(rows: list[Row], models: dict, zoo: Zoo, prefix: str, delta_dir: Path, alpha, maps: dict,
               sets: dict, cfg: DemoConfig, first: bool, phase, seed: int) -> None:
     from cmc_cli.eval.tofu import TofuEvaluator
 
     task = "unlearn" if prefix == "tofu" else "instruct"
+    chosen: dict = {}
     for row in rows:
         if row.kind != "delta" and not first:
             continue  # the same greedy answers for every seed
-        phase(f"seed {seed}: {task}: {row.label}")
-        dec = _decoder(row, models, prefix, zoo, delta_dir, alpha, maps, cfg, task)
+        a = _strength(row, models, prefix, delta_dir, alpha, maps, chosen)
+        phase(f"seed {seed}: {task}: {row.label}" + (f" (alpha {a:g})" if row.kind == "delta" else ""))
+        if row.kind == "delta":
+            row.alphas.append(a)
+        dec = _decoder(row, models, prefix, zoo, delta_dir, a, maps, cfg, task)
         row.per_seed.append(TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=16,
                                           truth_ratio=False).run())
 
@@ -252,7 +283,7 @@ def unlearn_table(res: DemoResult) -> list[list[str]]:
     out = []
     _, item = _behaviour(res.cfg)
     for r in res.unlearn:
-        out.append([r.label, _ci(r.values("forget", "refusal")), _ci(r.values("forget", "key_accuracy")),
+        out.append([r.shown(), _ci(r.values("forget", "refusal")), _ci(r.values("forget", "key_accuracy")),
                     _ci(r.values("retain", "refusal")), _ci(r.values("retain", "key_accuracy")),
                     _ci(r.values("heldout", "key_accuracy")), _ci(r.values("forget", "prob")),
                     _paired(r, alone.get(r.model), "forget", item, n),
@@ -266,7 +297,7 @@ def instruct_table(res: DemoResult) -> list[list[str]]:
     control = next((r for r in res.instruct if r.map == CONTROL), None)
     out = []
     for r in res.instruct:
-        out.append([r.label, _ci(r.values("retain", "key_accuracy")), _ci(r.values("retain", "rouge_l")),
+        out.append([r.shown(), _ci(r.values("retain", "key_accuracy")), _ci(r.values("retain", "rouge_l")),
                     _ci(r.values("retain", "loglik")), _paired(r, alone.get(r.model), "retain", "rouge_l", n),
                     _paired(r, control, "retain", "rouge_l", n) if r.model == "other" and r.map != CONTROL else ""])
     return out
@@ -305,14 +336,20 @@ def headline(res: DemoResult) -> str:
     return out
 
 
+def _given(alpha) -> str:
+    return "calibrated per model and seed (`cmc calibrate`'s rule; the shuffled control at the default map's)" \
+        if alpha is None else f"{alpha:g}"
+
+
 def _write(res: DemoResult) -> None:
     from cmc_cli.eval.report import md_table
     from cmc_cli.fileio import atomic_write_json, atomic_write_text
 
     cfg = res.cfg
     md = ["# cmc demo on the model world", "", headline(res), "",
-          f"World: {res.zoo.root} (size {cfg.size}); seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}; alpha {cfg.alpha} "
-          f"(unlearning), {cfg.instruct_alpha} (instruction); {cfg.eval_limit} items per set; greedy, "
+          f"World: {res.zoo.root} (size {cfg.size}); seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}; alpha "
+          f"{_given(cfg.alpha)} (unlearning), {_given(cfg.instruct_alpha)} (instruction), shown as a= per row; "
+          f"{cfg.eval_limit} items per set; greedy, "
           f"{cfg.max_new_tokens} new tokens. Cells: mean ± 95% CI over seeds (Student t); Δ: paired per-item "
           "difference pooled over seeds, [95% bootstrap CI].", "",
           f"## Unlearning ({cfg.method}) forget{cfg.forget_split:02d} — behaviour first, the likelihood beside it", ""]
@@ -323,7 +360,7 @@ def _write(res: DemoResult) -> None:
     atomic_write_text(res.out / "report.md", "\n".join(md))
 
     def dump(rows):
-        return [{"label": r.label, "model": r.model, "kind": r.kind, "map": r.map,
+        return [{"label": r.label, "model": r.model, "kind": r.kind, "map": r.map, "alphas": r.alphas,
                  "per_seed": [{k: s.as_dict() for k, s in sets.items()} for sets in r.per_seed]} for r in rows]
 
     atomic_write_json(res.out / "results.json", {"format": "cmc-demo/2", "config": asdict(cfg), "seconds": res.seconds,
