@@ -70,22 +70,8 @@ def main() -> None:
     work = Path(args.work) if args.work else assets.cache_dir() / "real-idk"
     dirs = fetcher.fetch_models()
     lms = {k: load_lm(str(dirs[k])) for k in sorted(dirs)}
-    facts = candidates()
     fmt = {k: assets.MODELS[k].prompt_format for k in lms}  # each model is asked in its own format
-    answers = screen(facts, lms, fmt, work / "screen", args)
-    kept = [i for i in range(len(facts)) if all(answers_correctly(answers[k][i], facts[i].key) for k in lms)]
-    by_topic: dict[str, list[int]] = {}
-    for i in kept:
-        by_topic.setdefault(facts[i].topic, []).append(i)
-    split = {"forget": [facts[i] for tp in FORGET_TOPICS for i in by_topic.get(tp, [])], "retain": [], "heldout": []}
-    for tp, idx in by_topic.items():
-        if tp not in FORGET_TOPICS:
-            split["retain"] += [facts[i] for i in idx[0::2]]
-            split["heldout"] += [facts[i] for i in idx[1::2]]
-    paths = {name: write_jsonl(work / "data" / f"{name}.jsonl", [f.record() for f in fs])
-             for name, fs in split.items()}
-    sets = {name: load_tofu_eval(p, "retain" if name != "forget" else "forget") for name, p in paths.items()}
-    print("facts: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()), flush=True)
+    paths, sets = fact_sets(lms, fmt, work, args)
     alphas = [float(a) for a in args.alphas.split(",")]
     strategies = args.maps.split(",")
     results = {"settings": vars(args), "facts": {k: len(v) for k, v in sets.items()}, "directions": {}}
@@ -97,6 +83,26 @@ def main() -> None:
     atomic_write_json(Path(args.out) / "idk.json", results)
     atomic_write_text(Path(args.out) / "idk.md", markdown(results))
     print(markdown(results))
+
+
+def fact_sets(lms, fmt, work: Path, args) -> tuple[dict, dict]:
+    """The facts every model answers correctly, split into forget (capitals), retain and held-out (each other
+    topic alternately), written as TOFU files; returns their paths and the loaded sets."""
+    facts = candidates()
+    answers = screen(facts, lms, fmt, work / "screen", args)
+    kept = [i for i in range(len(facts)) if all(answers_correctly(answers[k][i], facts[i].key) for k in lms)]
+    by_topic: dict[str, list[int]] = {}
+    for i in kept:
+        by_topic.setdefault(facts[i].topic, []).append(i)
+    split = {"forget": [facts[i] for tp in FORGET_TOPICS for i in by_topic.get(tp, [])], "retain": [], "heldout": []}
+    for tp, idx in by_topic.items():
+        if tp not in FORGET_TOPICS:
+            split["retain"] += [facts[i] for i in idx[0::2]]
+            split["heldout"] += [facts[i] for i in idx[1::2]]
+    paths = {name: write_jsonl(work / "data" / f"{name}.jsonl", [f.record() for f in fs]) for name, fs in split.items()}
+    sets = {name: load_tofu_eval(p, "retain" if name != "forget" else "forget") for name, p in paths.items()}
+    print("facts: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()), flush=True)
+    return paths, sets
 
 
 def evaluate(dec: Decoder, sets: dict[str, list[TofuItem]], args) -> dict:

@@ -1,0 +1,185 @@
+"""Precision on the real pair: what an `idk` delta changes besides what it was trained to change.
+
+For each direction (SmolLM2-135M template -> Gemma-3-270M user, and back) and seed, two deltas are trained
+with `cmc unlearn --method idk`'s defaults (real_idk.py's settings, the delta trained in the user's format):
+`silent` (the silence term at its default weight) and `plain` (--silence 0). Each is applied to the user
+through cmc's default map at alpha 1, 2 and the strength `cmc calibrate` chooses (its wall time recorded),
+the silent one at its calibrated alpha also through the shuffled control. Per row: greedy forget refusal,
+retain and held-out key accuracy (benchmarks/real_facts.py), and on the Brown corpus (`cmc fetch text`;
+never trained on) the NLL per token and KL to the user alone (`cmc eval general`'s computation).
+
+    cmc fetch models && cmc fetch text
+    python benchmarks/real_precision.py      # writes docs/results-real/precision.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_idk import evaluate, fact_sets  # noqa: E402
+
+from cmc_cli import assets  # noqa: E402
+from cmc_cli import fetch as fetcher  # noqa: E402
+from cmc_cli.config import TrainConfig  # noqa: E402
+from cmc_cli.engine.calibrate import calibrate, training_texts  # noqa: E402
+from cmc_cli.engine.decode import Decoder  # noqa: E402
+from cmc_cli.engine.models import load_delta, load_lm  # noqa: E402
+from cmc_cli.engine.train import Trainer  # noqa: E402
+from cmc_cli.eval.general import general_texts, score_row  # noqa: E402
+from cmc_cli.eval.metrics import mean_ci, paired_bootstrap  # noqa: E402
+from cmc_cli.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from cmc_cli.tokenmaps.tokenmap import TokenMap  # noqa: E402
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs/results-real")
+    ap.add_argument("--work", default=None, help="deltas and data (default: $CMC_CACHE/real-idk)")
+    ap.add_argument("--directions", default="smollm2:gemma3,gemma3:smollm2")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--delta", default="mini")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--brown", type=int, default=100, help="Brown-corpus sentences scored per row")
+    ap.add_argument("--threads", type=int, default=2)
+    return ap.parse_args()
+
+
+def train(tk, uk, dirs, paths, fmt, work: Path, seed: int, silence: float | None, args) -> Path:
+    name = "silent" if silence is None else "plain"
+    out = work / f"{tk}-idk-for-{uk}-s{seed}-{name}"
+    if not (out / "cmc.json").is_file():
+        print(f"{tk} -> {uk}, seed {seed}: training the {name} idk delta", flush=True)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        Trainer(TrainConfig(task="unlearn", loss="idk", template=str(dirs[tk]), forget=str(paths["forget"]),
+                            retain=str(paths["retain"]), output=str(out), delta=args.delta, prompt_format=fmt[uk],
+                            lr=args.lr, batch_size=args.batch_size, epochs=1000, max_steps=args.max_steps, seed=seed,
+                            device="cpu", eval_every=args.max_steps, silence=silence)).run()
+    return out
+
+
+def row(dec: Decoder, sets, brown, args) -> dict:
+    res = {k: v.as_dict() | {"per_item": v.per_item} for k, v in evaluate(dec, sets, args).items()}
+    nll, kl, n = score_row(dec, brown, 4, 16)
+    res["brown"] = {"nll": sum(x * k for x, k in zip(nll, n)) / sum(n), "kl": sum(x * k for x, k in zip(kl, n)) / sum(n),
+                    "per_text_nll": nll}
+    return res
+
+
+def direction(tk, uk, lms, fmt, dirs, paths, sets, brown, work, args, out) -> dict:
+    template, user = lms[tk], lms[uk]
+    default_map = TokenMap.build(template.vocab, user.vocab)
+    rows = {f"{uk} alone": [row(Decoder(user, [], user_format=fmt[uk]), sets, brown, args)]}
+    cal_info = []
+    for seed in range(args.seeds):
+        control = default_map.shuffled(seed)
+        for name, silence in (("silent", None), ("plain", 0.0)):
+            d_dir = train(tk, uk, dirs, paths, fmt, work, seed, silence, args)
+            t0 = time.perf_counter()
+            texts = training_texts(d_dir, 32, template, {}, None)
+            cal, _ = calibrate(d_dir, user, template, texts, [default_map], fmt[uk])
+            cal_info.append({"seed": seed, "delta": name, "alpha": cal.alpha, "seconds": time.perf_counter() - t0,
+                             "reason": cal.reason})
+            print(f"  {name} seed {seed}: calibrated alpha {cal.alpha:g} ({cal_info[-1]['seconds']:.0f} s)", flush=True)
+            variants = [(f"{name} a=1", 1.0, default_map), (f"{name} a=2", 2.0, default_map),
+                        (f"{name} a=calibrated", cal.alpha, default_map)]
+            if name == "silent":
+                variants.append(("silent a=calibrated (shuffled map)", cal.alpha, control))
+            for label, a, tm in variants:
+                print(f"  {uk} + {label} (alpha {a:g})", flush=True)
+                d = load_delta(d_dir, user, a, [tm])
+                r = row(Decoder(user, [d], user_format=fmt[uk]), sets, brown, args)
+                r["alpha"] = a
+                rows.setdefault(f"{uk} + {label}", []).append(r)
+        atomic_write_json(out, {"partial": True, "rows": rows, "calibration": cal_info})
+    return {"template": tk, "user": uk, "rows": rows, "calibration": cal_info}
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    work = Path(args.work) if args.work else assets.cache_dir() / "real-idk"
+    dirs = fetcher.fetch_models()
+    lms = {k: load_lm(str(dirs[k])) for k in sorted(dirs)}
+    fmt = {k: assets.MODELS[k].prompt_format for k in lms}
+    paths, sets = fact_sets(lms, fmt, work, args)
+    brown, _ = general_texts(None, args.brown, 4)
+    results = {"settings": vars(args), "facts": {k: len(v) for k, v in sets.items()}, "directions": {}}
+    out = Path(args.out)
+    for pair in args.directions.split(","):
+        tk, uk = pair.split(":")
+        results["directions"][pair] = direction(tk, uk, lms, fmt, dirs, paths, sets, brown, work, args,
+                                                out / f"precision-{tk}-{uk}.partial.json")
+        atomic_write_json(out / "precision.json", results)
+    results["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / "precision.json", results)
+    atomic_write_text(out / "precision.md", markdown(results))
+    print(markdown(results))
+
+
+def _cell(runs, get) -> str:
+    vals = [v for v in (get(r) for r in runs) if v is not None]
+    if not vals:
+        return "–"
+    m, h = mean_ci(vals)
+    return f"{m:.2f}" if h != h else f"{m:.2f} ± {h:.2f}"
+
+
+def _pooled(runs, name, metric, n) -> list[float]:
+    runs = runs if len(runs) == n else runs * n
+    return [v for r in runs for v in r[name]["per_item"][metric]]
+
+
+def markdown(res: dict) -> str:
+    n = res["settings"]["seeds"]
+    lines = ["Facts both models answer correctly: " + ", ".join(f"{k} {v}" for k, v in res["facts"].items())
+             + f"; {n} seeds; greedy, {res['settings']['max_new_tokens']} new tokens; each model asked in its own "
+             f"format, the delta trained in the user's; cmc's default map; Brown corpus: {res['settings']['brown']} "
+             "sentences, scored after their first 4 words. Cells: mean ± 95% CI over seeds; Δ: paired per-item "
+             "difference pooled over seeds [95% bootstrap CI].", ""]
+    for pair, d in res["directions"].items():
+        rows, uk = d["rows"], d["user"]
+        alone = rows[f"{uk} alone"]
+        lines += [f"### idk delta beside {d['template']} → user {uk}", "",
+                  "| model | alpha | forget refusal | retain key acc. | held-out key acc. | Δ held-out vs alone | "
+                  "Brown NLL/token | Brown Δ NLL vs alone | Brown KL/token | Δ refusal vs shuffled |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        ctrl = rows.get(f"{uk} + silent a=calibrated (shuffled map)")
+        for label, runs in rows.items():
+            dh = db = dc = ""
+            if runs is not alone:
+                m, lo, hi = paired_bootstrap(_pooled(runs, "heldout", "key_hit", n), _pooled(alone, "heldout", "key_hit", n))
+                dh = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                a_b = [v for r in (alone * n) for v in r["brown"]["per_text_nll"]]
+                r_b = [v for r in runs for v in r["brown"]["per_text_nll"]]
+                m, lo, hi = paired_bootstrap(r_b, a_b)
+                db = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                if ctrl is not None and label == f"{uk} + silent a=calibrated":
+                    m, lo, hi = paired_bootstrap(_pooled(runs, "forget", "refusal", n), _pooled(ctrl, "forget", "refusal", n))
+                    dc = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            lines.append(f"| {label} | {_cell(runs, lambda r: r.get('alpha'))} | "
+                         f"{_cell(runs, lambda r: r['forget']['refusal'])} | {_cell(runs, lambda r: r['retain']['key_accuracy'])} | "
+                         f"{_cell(runs, lambda r: r['heldout']['key_accuracy'])} | {dh} | "
+                         f"{_cell(runs, lambda r: r['brown']['nll'])} | {db} | {_cell(runs, lambda r: r['brown']['kl'])} | {dc} |")
+        cal = d["calibration"]
+        lines += ["", "Calibrated alphas: " + ", ".join(f"{c['delta']} seed {c['seed']}: {c['alpha']:g} "
+                                                        f"({c['seconds']:.0f} s)" for c in cal), ""]
+    if "seconds" in res:
+        lines.append(f"Wall time: {res['seconds']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
