@@ -221,6 +221,7 @@ def test_pool_rows_added_and_dropped_keep_each_requests_delta_logits(world, user
     ({"cmc_deltas": ["cross", "cross:1"]}, "given twice"),
     ({"cmc_delta": ["cross"]}, "unknown field cmc_delta"),
     ({"cmc_prompt": ""}, "cmc_prompt"),
+    ({"cmc_deltas": ["cross:auto"]}, "no calibrated strength for this model"),
 ])
 def test_bad_request_fields_are_one_line_errors(world, xargs, msg):
     with pytest.raises(ValueError, match=msg) as e:
@@ -234,6 +235,41 @@ def test_defaults_and_alphas(world):
     assert cfg.selection({"cmc_deltas": ["small:2.5"], "cmc_prompt": "Hi"}) == ({"small": 2.5}, "Hi")
     assert cfg.selection({"cmc_deltas": []}) == ({}, None)
     assert ServeConfig(**__import__("json").loads(cfg.to_env())) == cfg
+
+
+def test_calibrated_strengths_serve_by_default_and_as_name_auto(world, user):
+    """A delta served without a strength takes its calibration record for the user (engine/calibrecord.py); a
+    request asks for it with NAME:auto; the record travels to the engine processes in the config."""
+    import json
+
+    from cmc_cli.config.serve import ServedDelta
+    from cmc_cli.engine.calibrecord import RECORD, weights_fingerprint
+    from cmc_cli.engine.models import load_delta
+
+    d = load_delta(world["cross"], user, 1.0)
+    entry = {"alpha": 1.75, "user": {"name": "user", "vocab": user.vocab.fingerprint,
+                                     "weights": weights_fingerprint(world["user"])},
+             "delta_weights": weights_fingerprint(world["cross"]), "map": {
+                 "strategy": d.token_map.meta["strategy"], "delta": d.token_map.meta["delta"]["fingerprint"],
+                 "user": d.token_map.meta["user"]["fingerprint"]}}
+    (world["cross"] / RECORD).write_text(json.dumps({"format": "cmc-calibration/1", "entries": [entry]}))
+    try:
+        cfg = ServeConfig(user=str(world["user"]), deltas=[ServedDelta("cross", str(world["cross"]), None),
+                                                            ServedDelta("same", str(world["same"]), "auto")],
+                          default=["cross"])
+        with pytest.raises(Exception, match="no calibrated strength"):  # `same` has no record: refused at load
+            ServeState.load(cfg, user.width)
+        cfg.deltas[1].alpha = 0.8
+        state = ServeState.load(cfg, user.width)
+        assert cfg.deltas[0].alpha == 1.75 and cfg.calibrated == {"cross": 1.75}
+        assert cfg.selection(None) == ({"cross": 1.75}, None)
+        assert cfg.selection({"cmc_deltas": ["cross:auto", "same"]}) == ({"cross": 1.75, "same": 0.8}, None)
+        with pytest.raises(ValueError, match="'same' has no calibrated strength"):
+            cfg.selection({"cmc_deltas": ["same:auto"]})
+        assert ServeConfig(**json.loads(cfg.to_env())).calibrated == {"cross": 1.75}
+        assert state.deltas["cross"].alpha_source == "calibrated"
+    finally:
+        (world["cross"] / RECORD).unlink()
 
 
 def test_a_lookahead_token_map_serves_as_it_decodes(world, user, tmp_path, monkeypatch):
