@@ -55,6 +55,7 @@ def test_a_user_that_is_the_template_measures_what_the_template_does(trained):
     cal, entry, path = run_calibrate(cfg)
     i = GRID.index(1.0)
     assert cal.fit[i] == pytest.approx(cal.target, abs=1e-4)  # same models, same texts: the same NLL
+    assert cal.top1[i] == pytest.approx(cal.target_top1) and 0 < cal.target_top1 <= 1
     for kind, budget in cal.budget.items():
         assert cal.cost[kind][i] <= budget + 1e-6 and budget >= COST_FLOOR
     assert cal.alpha <= 1.0 and cal.user_alone_fit > cal.target + 0.5  # the delta was needed, and works

@@ -66,6 +66,29 @@ def test_scorer_equals_decoder_under_teacher_forcing(world, user_key, deltas):
         assert g.token_logprobs == pytest.approx(r, abs=2e-4)
 
 
+def test_profile_gives_every_alpha_from_one_pass_as_separate_decoders_do(world):
+    """Scorer.profile's per-alpha log-probabilities, KL to the user alone and argmax hits equal a Decoder built
+    at each alpha (teacher-forced), from one forward pass of each model."""
+    user = load_lm(str(world["user_bl"]))
+    prompts, answers = random_texts(4, 3), random_texts(4, 4)
+    prof = Scorer(Decoder(user, [load_delta(world["delta"], user, 1.0)]), chunk=5).profile(prompts, answers, [0.0, 0.5, 2.0])
+    for a in (0.0, 0.5, 2.0):
+        dec = Decoder(user, [load_delta(world["delta"], user, a)])
+        force = [dec.user_answer_ids(p, x) for p, x in zip(prompts, answers)]
+        dec.trace = []
+        dec.generate(prompts, GenerationConfig(max_new_tokens=max(len(f) for f in force)), force=force)
+        for r, (sc, f) in enumerate(zip(prof[a], force)):
+            steps = [dec.trace[t] for t in range(len(f))]
+            lp = [F.log_softmax(st["final"][r], -1) for st in steps]
+            alone = [F.log_softmax(st["user"][r].float(), -1) for st in steps]
+            assert sc.token_logprobs == pytest.approx([x[t].item() for x, t in zip(lp, f)], abs=2e-4)
+            kl = [(u.exp() * (u - x)).sum().item() for u, x in zip(alone, lp)]
+            assert sc.kl == pytest.approx(kl, abs=2e-4)
+            assert sc.top1 == [float(x.argmax().item() == t) for x, t in zip(lp, f)]
+            if a == 0.0:
+                assert max(sc.kl) < 1e-5
+
+
 def test_continuations_happen_and_stay_short(world):
     """SentencePiece user tokens that end inside byte-level delta tokens ('m' + 'e' vs 'me'): the delta's
     tokenization of a prefix is then not a prefix of the full one; the scorer computes only short

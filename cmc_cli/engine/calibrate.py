@@ -53,6 +53,8 @@ class Calibration:
     fit: list[float]  # user + alpha * delta, per grid alpha
     cost: dict[str, list[float]]  # retain / general KL per grid alpha
     user_alone_fit: float
+    top1: list[float] = field(default_factory=list)  # objective tokens that are user + alpha * delta's argmax
+    target_top1: float = 0.0  # the same for template + delta (reported beside the rule, not used by it)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -76,13 +78,15 @@ def mean_over(scored: list, attr: str, sign: float = 1.0) -> float:
     return sum(vals) / max(1, len(vals))
 
 
-def measure(dec, texts: Texts, alphas) -> tuple[list[float], dict[str, list[float]]]:
-    """Objective NLL and off-target KL per alpha, one forward pass of each model per text set."""
+def measure(dec, texts: Texts, alphas) -> tuple[list[float], dict[str, list[float]], list[float]]:
+    """Objective NLL, off-target KL and the objective's greedy hits per alpha, one forward pass of each model
+    per text set."""
     from cmc_cli.engine.score import Scorer
 
     sc = Scorer(dec)
     obj = sc.profile([p for p, _ in texts.objective], [a for _, a in texts.objective], alphas)
     fit = [mean_over(obj[a], "token_logprobs", -1.0) for a in alphas]
+    top1 = [mean_over(obj[a], "top1") for a in alphas]
     cost = {}
     if texts.retain:
         ret = sc.profile([p for p, _ in texts.retain], [a for _, a in texts.retain], alphas)
@@ -92,7 +96,7 @@ def measure(dec, texts: Texts, alphas) -> tuple[list[float], dict[str, list[floa
         heads, tails = zip(*(split_text(t) for t in texts.general))
         gen = Scorer(raw).profile(list(heads), list(tails), alphas)
         cost["general"] = [mean_over(gen[a], "kl") for a in alphas]
-    return fit, cost
+    return fit, cost, top1
 
 
 def split_text(text: str, words: int = 4) -> tuple[str, str]:
@@ -120,13 +124,14 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     if d_t.index is not None and d_t.token_map is not None:
         raise CmcError(f"the template {template.name} has another vocabulary than delta {delta_dir}; give the template "
                        "the delta was trained beside (--template)")
-    t_fit, t_cost = measure(Decoder(template, [d_t], user_format=d_t.prompt_format), texts, [1.0])
+    t_fit, t_cost, t_top = measure(Decoder(template, [d_t], user_format=d_t.prompt_format), texts, [1.0])
     d_u = load_delta(delta_dir, user, 1.0, token_maps)
-    u_fit, u_cost = measure(Decoder(user, [d_u], user_format=user_format), texts, [0.0, *grid])
+    u_fit, u_cost, u_top = measure(Decoder(user, [d_u], user_format=user_format), texts, [0.0, *grid])
     budget = {k: max(COST_FLOOR, v[0]) for k, v in t_cost.items()}
     cost = {k: v[1:] for k, v in u_cost.items()}
     alpha, why = choose(list(grid), u_fit[1:], t_fit[0], texts.direction, cost, budget)
-    cal = Calibration(alpha, why, list(grid), t_fit[0], budget, u_fit[1:], cost, u_fit[0], time.perf_counter() - t0)
+    cal = Calibration(alpha, why, list(grid), t_fit[0], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[0],
+                      time.perf_counter() - t0)
     return cal, d_u
 
 

@@ -40,6 +40,7 @@ class Scored:
     answer_ids: list[int] = field(default_factory=list)
     delta_extra_tokens: list[int] = field(default_factory=list)  # continuation (look-ahead) tokens computed, per delta
     kl: list[float] = field(default_factory=list)  # per token: KL(user alone || combined) at that position (profile)
+    top1: list[float] = field(default_factory=list)  # per token: 1 where it is the combined model's argmax (profile)
 
     @property
     def n(self) -> int:
@@ -144,13 +145,14 @@ class Scorer:
             at = 0
             for k, b in enumerate(keep):
                 n = len(a_ids[k])
-                lp, kl = flat[key]
-                out[key][b] = Scored(lp[at:at + n], a_ids[k], [x[k] for x in extras], kl[at:at + n])
+                lp, kl, top = flat[key]
+                out[key][b] = Scored(lp[at:at + n], a_ids[k], [x[k] for x in extras], kl[at:at + n], top[at:at + n])
                 at += n
         return out
 
     def _flat_logps(self, prompts, p_ids, a_ids, keys) -> tuple[dict, list]:
-        """{key: (log-probabilities, KL(user || combined))} over every answer token in order, per strength key."""
+        """{key: (log-probabilities, KL(user || combined), argmax hits)} over every answer token in order, per
+        strength key."""
         dec, user = self.dec, self.dec.user
         seqs = [p + a for p, a in zip(p_ids, a_ids)]
         positions = [list(range(len(p) - 1, len(p) - 1 + len(a))) for p, a in zip(p_ids, a_ids)]
@@ -164,7 +166,7 @@ class Scorer:
         if dec.expert is not None:
             h_proxy = [_hidden_at(m.model, seqs, positions, m.pad_id) for m in (dec.expert, dec.anti_expert)]
         targets = torch.tensor([t for a in a_ids for t in a], device=h_user.device)
-        acc = {k: ([], []) for k in keys}
+        acc = {k: ([], [], []) for k in keys}
         for s in range(0, targets.shape[0], self.chunk):
             e = min(targets.shape[0], s + self.chunk)
             u_logits = head_logits(user.model, h_user[s:e])
@@ -178,7 +180,8 @@ class Scorer:
                 final = F.log_softmax(decode_scores(u_logits, terms, dec.combine, proxy), dim=-1)
                 acc[key][0].append(final.gather(-1, targets[s:e, None])[:, 0])
                 acc[key][1].append((alone.exp() * (alone - final)).sum(-1))
-        return {k: (torch.cat(lp).tolist(), torch.cat(kl).tolist()) for k, (lp, kl) in acc.items()}, extras
+                acc[key][2].append((final.argmax(-1) == targets[s:e]).float())
+        return {k: tuple(torch.cat(x).tolist() for x in v) for k, v in acc.items()}, extras
 
     def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
         """With a look-ahead map, each step's candidates depend on that step's user logits, so the answers are
