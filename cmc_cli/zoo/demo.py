@@ -337,8 +337,7 @@ def headline(res: DemoResult) -> str:
 
 
 def _given(alpha) -> str:
-    return "calibrated per model and seed (`cmc calibrate`'s rule; the shuffled control at the default map's)" \
-        if alpha is None else f"{alpha:g}"
+    return "calibrated" if alpha is None else f"{alpha:g}"
 
 
 def _write(res: DemoResult) -> None:
@@ -348,7 +347,8 @@ def _write(res: DemoResult) -> None:
     cfg = res.cfg
     md = ["# cmc demo on the model world", "", headline(res), "",
           f"World: {res.zoo.root} (size {cfg.size}); seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}; alpha "
-          f"{_given(cfg.alpha)} (unlearning), {_given(cfg.instruct_alpha)} (instruction), shown as a= per row; "
+          f"{_given(cfg.alpha)} (unlearning), {_given(cfg.instruct_alpha)} (instruction), shown as a= per row "
+          "(calibrated: `cmc calibrate`'s choice per model, map and seed; the shuffled control at the default map's); "
           f"{cfg.eval_limit} items per set; greedy, "
           f"{cfg.max_new_tokens} new tokens. Cells: mean ± 95% CI over seeds (Student t); Δ: paired per-item "
           "difference pooled over seeds, [95% bootstrap CI].", "",
