@@ -118,13 +118,14 @@ class Scorer:
     @torch.inference_mode()
     def score(self, prompts: list[str], answers: list[str]) -> list[Scored]:
         """Per-token log-probabilities of each answer after its prompt (one batch; the caller batches)."""
-        return self.profile(prompts, answers, None)[None]
+        return self.profile(prompts, answers, None, details=False)[None]
 
     @torch.inference_mode()
-    def profile(self, prompts: list[str], answers: list[str], alphas: list[float] | None) -> dict:
+    def profile(self, prompts: list[str], answers: list[str], alphas: list[float] | None, details: bool = True) -> dict:
         """score() at several strengths from one forward pass of each model: {alpha: [Scored]} with every delta
         at that alpha (None: at their own; the key None), each Scored with per-token KL(user alone || combined)
-        in `kl` (what the deltas change at each position, whatever the answer)."""
+        in `kl` (what the deltas change at each position, whatever the answer) and argmax hits in `top1`
+        (`details`: score() skips both)."""
         dec, user = self.dec, self.dec.user
         keys = [None] if alphas is None else list(alphas)
         p_ids = [dec.user_prompt_ids(p) for p in prompts]
@@ -140,7 +141,7 @@ class Scorer:
             for b, sc in zip(keep, self._score_by_decoding(prompts_k, a_ids)):
                 out[None][b] = sc
             return out
-        flat, extras = self._flat_logps(prompts_k, p_ids, a_ids, keys)
+        flat, extras = self._flat_logps(prompts_k, p_ids, a_ids, keys, details)
         for key in keys:
             at = 0
             for k, b in enumerate(keep):
@@ -150,9 +151,9 @@ class Scorer:
                 at += n
         return out
 
-    def _flat_logps(self, prompts, p_ids, a_ids, keys) -> tuple[dict, list]:
+    def _flat_logps(self, prompts, p_ids, a_ids, keys, full: bool) -> tuple[dict, list]:
         """{key: (log-probabilities, KL(user || combined), argmax hits)} over every answer token in order, per
-        strength key."""
+        strength key (the last two only when `full`: score() needs neither)."""
         dec, user = self.dec, self.dec.user
         seqs = [p + a for p, a in zip(p_ids, a_ids)]
         positions = [list(range(len(p) - 1, len(p) - 1 + len(a))) for p, a in zip(p_ids, a_ids)]
@@ -170,7 +171,7 @@ class Scorer:
         for s in range(0, targets.shape[0], self.chunk):
             e = min(targets.shape[0], s + self.chunk)
             u_logits = head_logits(user.model, h_user[s:e])
-            alone = F.log_softmax(u_logits.float(), dim=-1)
+            alone = F.log_softmax(u_logits.float(), dim=-1) if full else None
             d_logits = [head_logits(d.lm.model, h[s:e]) for d, h in zip(dec.deltas, h_deltas)]
             proxy = None
             if h_proxy is not None:
@@ -179,9 +180,10 @@ class Scorer:
                 terms = [d.term(lg, alpha=key) for d, lg in zip(dec.deltas, d_logits)]
                 final = F.log_softmax(decode_scores(u_logits, terms, dec.combine, proxy), dim=-1)
                 acc[key][0].append(final.gather(-1, targets[s:e, None])[:, 0])
-                acc[key][1].append((alone.exp() * (alone - final)).sum(-1))
-                acc[key][2].append((final.argmax(-1) == targets[s:e]).float())
-        return {k: tuple(torch.cat(x).tolist() for x in v) for k, v in acc.items()}, extras
+                if full:
+                    acc[key][1].append((alone.exp() * (alone - final)).sum(-1))
+                    acc[key][2].append((final.argmax(-1) == targets[s:e]).float())
+        return {k: tuple(torch.cat(x).tolist() if x else [] for x in v) for k, v in acc.items()}, extras
 
     def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
         """With a look-ahead map, each step's candidates depend on that step's user logits, so the answers are
