@@ -49,6 +49,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--brown", type=int, default=100, help="Brown-corpus sentences scored per row")
+    ap.add_argument("--alphas", default="1,2", help="fixed strengths evaluated besides the calibrated one")
+    ap.add_argument("--variants", default="silent,plain", help="silent (cmc's default) and/or plain (--silence 0)")
     ap.add_argument("--threads", type=int, default=2)
     return ap.parse_args()
 
@@ -84,7 +86,7 @@ def direction(tk, uk, lms, fmt, dirs, paths, sets, brown, work, args, out) -> di
     cal_info = []
     for seed in range(args.seeds):
         control = default_map.shuffled(seed)
-        for name, silence in (("silent", None), ("plain", 0.0)):
+        for name, silence in [v for v in (("silent", None), ("plain", 0.0)) if v[0] in args.variants.split(",")]:
             d_dir = train(tk, uk, dirs, paths, fmt, work, seed, silence, args)
             t0 = time.perf_counter()
             texts = training_texts(d_dir, 32, template, {}, None)
@@ -92,8 +94,8 @@ def direction(tk, uk, lms, fmt, dirs, paths, sets, brown, work, args, out) -> di
             cal_info.append({"seed": seed, "delta": name, "alpha": cal.alpha, "seconds": time.perf_counter() - t0,
                              "reason": cal.reason})
             print(f"  {name} seed {seed}: calibrated alpha {cal.alpha:g} ({cal_info[-1]['seconds']:.0f} s)", flush=True)
-            variants = [(f"{name} a=1", 1.0, default_map), (f"{name} a=2", 2.0, default_map),
-                        (f"{name} a=calibrated", cal.alpha, default_map)]
+            variants = [(f"{name} a={a:g}", a, default_map) for a in (float(x) for x in args.alphas.split(",") if x)]
+            variants.append((f"{name} a=calibrated", cal.alpha, default_map))
             if name == "silent":
                 variants.append(("silent a=calibrated (shuffled map)", cal.alpha, control))
             for label, a, tm in variants:
