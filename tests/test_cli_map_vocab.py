@@ -131,7 +131,7 @@ def test_fetch_unknown_asset(cli, workdir):
     r = cli("fetch", "tokenizers", "--only", "llama9")
     assert r.exit_code == 1 and "unknown asset(s) llama9" in r.output
     r = cli("fetch", "weights")
-    assert r.exit_code == 1 and "available: tokenizers, models, all" in r.output
+    assert r.exit_code == 1 and "available: tokenizers, models, text, all" in r.output
     r = cli("fetch", "models", "--only", "llama2")  # a tokenizer asking to fetch models: nothing to do
     assert r.exit_code == 1 and "names no models" in r.output
 
