@@ -206,18 +206,22 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
     final = user_logits.float() if mode == "sum" else F.log_softmax(user_logits.float(), dim=-1)
     width = user_logits.shape[-1]
     for alpha, d_logits, index, *rest in deltas:
-        d = centre_delta(d_logits)  # log-softmax-both's LogSoftmax is a per-position constant: centred away
-        if index is None:
-            if d.shape[-1] != width:
-                raise ValueError(f"same-vocabulary delta has {d.shape[-1]} logits, the user model {width}")
-            final = final + alpha * d
-        else:
-            cap, look = (list(rest) + [None, None])[:2]
-            final = final + alpha * map_delta_logits(d, index, width, cap, look)
+        final = final + alpha * delta_term(d_logits, index, width, *rest)
     if proxy is not None:
         p_alpha, expert_logits, anti_logits = proxy
         final = final + p_alpha * proxy_scores(expert_logits, anti_logits, width=width)
     return final
+
+
+def delta_term(d_logits: torch.Tensor, index: torch.Tensor | None, width: int, cap=None, lookahead=None) -> torch.Tensor:
+    """One delta's TokenMap(centred logits) on the user's `width` ids, before its alpha: decode_scores adds
+    alpha times this (Scorer.profile reuses it for many alphas)."""
+    d = centre_delta(d_logits)  # log-softmax-both's LogSoftmax is a per-position constant: centred away
+    if index is None:
+        if d.shape[-1] != width:
+            raise ValueError(f"same-vocabulary delta has {d.shape[-1]} logits, the user model {width}")
+        return d
+    return map_delta_logits(d, index, width, cap, lookahead)
 
 
 def proxy_scores(expert_logits: torch.Tensor, anti_logits: torch.Tensor, width: int | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.engine.combine import decode_scores
+from cmc_cli.engine.combine import decode_scores, delta_term
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.models import Delta
 from cmc_cli.engine.heads import final_hidden, head_logits
@@ -176,9 +176,12 @@ class Scorer:
             proxy = None
             if h_proxy is not None:
                 proxy = (dec.proxy_alpha, *(head_logits(m.model, h[s:e]) for m, h in zip((dec.expert, dec.anti_expert), h_proxy)))
+            # decode_scores with each delta's mapped term computed once for every strength
+            base = decode_scores(u_logits, [], dec.combine, proxy)
+            terms = [delta_term(lg, d.index, u_logits.shape[-1], d.cap) for d, lg in zip(dec.deltas, d_logits)]
             for key in keys:
-                terms = [d.term(lg, alpha=key) for d, lg in zip(dec.deltas, d_logits)]
-                final = F.log_softmax(decode_scores(u_logits, terms, dec.combine, proxy), dim=-1)
+                alphas_k = [d.alpha if key is None else key for d in dec.deltas]
+                final = F.log_softmax(base + sum(a * t for a, t in zip(alphas_k, terms)), dim=-1)
                 acc[key][0].append(final.gather(-1, targets[s:e, None])[:, 0])
                 if full:
                     acc[key][1].append((alone.exp() * (alone - final)).sum(-1))
