@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_idk import evaluate, fact_sets  # noqa: E402
+from real_idk import _pooled, evaluate, fact_sets  # noqa: E402
 
 from cmc_cli import assets  # noqa: E402
 from cmc_cli import fetch as fetcher  # noqa: E402
@@ -137,11 +137,6 @@ def _cell(runs, get) -> str:
         return "–"
     m, h = mean_ci(vals)
     return f"{m:.2f}" if h != h else f"{m:.2f} ± {h:.2f}"
-
-
-def _pooled(runs, name, metric, n) -> list[float]:
-    runs = runs if len(runs) == n else runs * n
-    return [v for r in runs for v in r[name]["per_item"][metric]]
 
 
 def markdown(res: dict) -> str:

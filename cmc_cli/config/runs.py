@@ -233,7 +233,6 @@ class EvalGeneralConfig(ModelSelection):
     text: str | None = None  # plain UTF-8 text (paragraphs apart by blank lines); default: the fetched Brown corpus
     words: int = 4  # each text is scored after its first `words` words
     alone: bool = True
-    max_new_tokens: int = 1  # (unused: scoring only; kept for the shared checks)
     batch_size: int = 16
     limit: int | None = 150  # texts, spread evenly over the file
     out: str | None = None
@@ -258,7 +257,7 @@ def _check_eval_models(cfg) -> None:
     cfg.check_selection()
     if not cfg.deltas and not cfg.alone:
         raise ConfigError("--no-alone leaves nothing to evaluate without --delta")
-    for key in ("max_new_tokens", "batch_size"):
+    for key in [k for k in ("max_new_tokens", "batch_size") if hasattr(cfg, k)]:  # general scores, generates nothing
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
     if cfg.limit is not None and cfg.limit <= 0:

@@ -165,11 +165,12 @@ def training_texts(delta_dir: Path, items: int, template, data: dict, general: s
             objective, direction = forget, "raise" if cfg.get("loss") in RAISE_METHODS else "lower"
     retain = load_tofu(cfg["retain"])[:items] if cfg.get("retain") and Path(cfg["retain"]).is_file() else []
     texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain])
-    texts.general = general_texts(template, items, general, seed)
+    texts.general = budget_texts(template, items, general, seed)
     return texts
 
 
-def general_texts(template, n: int, path: str | None, seed: int) -> list[str]:
+def budget_texts(template, n: int, path: str | None, seed: int) -> list[str]:
+    """The general text of the off-target budget: `path`'s first paragraphs, else `n` texts the template samples."""
     from cmc_cli.data.general import read_plain_text
     from cmc_cli.engine.general import sample_ids
 
@@ -196,16 +197,14 @@ def entry(cal: Calibration, delta_dir: Path, delta, user) -> dict:
 def run_calibrate(cfg, on_phase=None) -> tuple[Calibration, dict, Path]:
     """`cmc calibrate`: load the models, measure, choose, record. Returns the calibration, its record entry
     and the record's path."""
-    import json
-
     from cmc_cli.engine.calibrecord import write_entry
     from cmc_cli.engine.devices import pick_device, pick_dtype
-    from cmc_cli.engine.models import load_lm
+    from cmc_cli.engine.models import load_lm, read_delta_meta
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
     delta_dir = Path(cfg.delta)
-    meta = json.loads((delta_dir / "cmc.json").read_text(encoding="utf-8"))
+    meta = read_delta_meta(delta_dir)
     dev = pick_device(cfg.device)
     dt = pick_dtype(cfg.dtype, dev)
     template_ref = cfg.template or meta.get("template", {}).get("ref")

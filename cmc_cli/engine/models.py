@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cmc_cli.config.runs import AUTO, DEFAULT_ALPHA
+from cmc_cli.config.runs import AUTO, DEFAULT_ALPHA, check_alpha_value
 from cmc_cli.data.instruct import bos_ids, render
-from cmc_cli.errors import CmcError, ConfigError
+from cmc_cli.errors import CmcError
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +84,7 @@ class Delta:
 
 
 def check_alpha(alpha: float, what: str = "--alpha") -> float:
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ConfigError(f"{what} must be a finite number, got {alpha}")
-    return float(alpha)
+    return check_alpha_value(alpha, what)  # the config's check, the one every option and request uses
 
 
 def _resolve(text: str, adapter: str | None = None):

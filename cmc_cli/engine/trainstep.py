@@ -1,7 +1,7 @@
 """The seams of a training step, where scaling cuts it (engine/train.py runs them):
 
   template_hidden()        template forward in inference mode -> final hidden states (B, T, H)
-  chunked_nll() / _kl()    the combined loss over chunks of target positions, straight from hidden
+  chunked_terms()          the combined loss (NLL or KL, + the silence term) over chunks of target positions, from hidden
                            states through each model's output head; the delta head's backward runs
                            chunk by chunk inside the forward (fused, as Liger's linear cross-entropy),
                            so at most one chunk of (positions x vocabulary) logits exists at a time
@@ -95,12 +95,6 @@ def chunked_nll(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tu
     """Summed NLL of the targets under softmax(combine(template, delta)), and the token count."""
     return _chunked(template, delta, h_t, h_d, targets, chunk,
                     lambda t, d, y: token_nll(combine(t, d, mode), y)[0])
-
-
-def chunked_kl(template, delta, h_t, h_d, targets, mode: str, chunk: int) -> tuple[torch.Tensor, int]:
-    """Summed KL(template || combined) over target positions, and the token count."""
-    return _chunked(template, delta, h_t, h_d, targets, chunk,
-                    lambda t, d, y: kl_to_reference(combine(t, d, mode), t, y))
 
 
 def chunked_terms(template, delta, h_t, h_d, targets, kind: str, weight: float, silence: float, mode: str,

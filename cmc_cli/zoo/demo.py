@@ -44,7 +44,7 @@ class Row:
     alphas: list = field(default_factory=list)  # the delta's strength per seed (calibrated unless given)
 
     def shown(self) -> str:
-        """The label with the strength used (the mean over seeds when calibrated ones differ)."""
+        """The label with the strength used (its range over seeds when calibrated ones differ)."""
         if not self.alphas:
             return self.label
         lo, hi = min(self.alphas), max(self.alphas)
@@ -219,7 +219,9 @@ def _strength(row: Row, models: dict, prefix: str, delta_dir: Path, given, maps:
     key = (row.model, DEFAULT_STRATEGY if row.map == CONTROL else row.map)
     if key not in chosen:
         template = models[f"template-{prefix}"]
-        texts = chosen.setdefault("texts", training_texts(delta_dir, 32, template, {}, None))
+        if "texts" not in chosen:  # the delta's items and the template's samples, once per delta
+            chosen["texts"] = training_texts(delta_dir, 32, template, {}, None)
+        texts = chosen["texts"]
         tms = [maps[key[1]]] if key[1] else []
         chosen[key] = calibrate(delta_dir, models[f"{row.model}-{prefix}"], template, texts, tms, QA_FORMAT)[0].alpha
     return chosen[key]
