@@ -93,3 +93,19 @@ def test_fetch_text_brings_the_brown_corpus_checksummed():
     first = path.read_text(encoding="utf-8").split("\n\n")[0]
     assert first.startswith("The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary")
     assert "/" not in first
+
+
+def test_no_alone_keeps_the_paired_column_from_the_same_pass(world, cli, tmp_path):
+    """Under --no-alone the user alone's per-text NLL comes from the same forward pass (deltas at strength 0):
+    the paired column equals the one a run with the alone row computes; several strengths, one row each."""
+    base = ["-q", "eval", "general", "-u", str(world["user"]), "-d", str(world["delta"]), "--alpha", "1.5,3",
+            "--text", str(world["root"] / "t.txt")]
+    assert cli(*base, "-o", str(tmp_path / "a")).exit_code == 0
+    assert cli(*base, "--no-alone", "-o", str(tmp_path / "b")).exit_code == 0
+    with_alone = json.loads((tmp_path / "a" / "results.json").read_text())["rows"]
+    without = json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    assert [r["label"] for r in with_alone] == ["user", "user + delta@1.5", "user + delta@3"]
+    assert [r["label"] for r in without] == ["user + delta@1.5", "user + delta@3"]
+    for a, b in zip(with_alone[1:], without):
+        assert b["paired_nll_vs_alone"] == pytest.approx(a["paired_nll_vs_alone"], abs=1e-5)
+        assert b["per_text_nll"] == pytest.approx(a["per_text_nll"], abs=1e-6)

@@ -100,3 +100,42 @@ def test_cli_eval_instruct_end_to_end_and_resume(models, workdir, cli):
     assert (workdir / "ev" / "generations" / "user_delta@0.5.jsonl").read_text() == gens
     assert json.loads((workdir / "ev" / "results.json").read_text())["rows"] == res["rows"]
     assert "Response A: {a}" in (workdir / "ev" / "report.md").read_text()
+
+
+def test_cli_eval_instruct_per_item_values_paired_ci_format_and_stop(models, workdir, cli):
+    """results.json holds per-item values; each delta row's paired change against the user alone is the mean of
+    the per-item differences; the user format is recorded as given and a resume under another one is refused."""
+    args = ["eval", "instruct", "--prompts", models["root"] / "prompts.jsonl", "--user", models["user"],
+            "-d", models["delta"], "--alpha", "0.5,1.5", "--max-new-tokens", "6", "--user-format", "raw"]
+    r = cli(*args, "-o", "ev")
+    assert r.exit_code == 0, r.output
+    res = json.loads((workdir / "ev" / "results.json").read_text())
+    assert res["settings"]["user_format"] == "raw" and res["settings"]["alpha"] == [0.5, 1.5]
+    alone, weak, strong = res["rows"]
+    recs = [json.loads(x) for x in (workdir / "ev" / "generations" / "user_delta@1.5.jsonl").read_text().splitlines()]
+    assert {r["decoding"]["user_format"] for r in recs} == {"raw"}
+    for row in (weak, strong):
+        assert len(row["per_item"]["rouge_l_f"]) == 3 and row["rouge_l_f"] == pytest.approx(sum(row["per_item"]["rouge_l_f"]) / 3)
+        for k in ("rouge_l_f", "ref_loglik"):
+            diffs = [a - b for a, b in zip(row["per_item"][k], alone["per_item"][k])]
+            assert row["paired"][k][0] == pytest.approx(sum(diffs) / len(diffs), abs=1e-9)
+            assert row["paired"][k][1] <= row["paired"][k][0] <= row["paired"][k][2]
+    assert strong["per_item"]["ref_loglik"] != alone["per_item"]["ref_loglik"]
+    assert "Δ ROUGE-L F vs alone" in (workdir / "ev" / "report.md").read_text()
+    r = cli(*args[:-2], "-o", "ev")  # --user-format auto now: the records say raw
+    assert r.exit_code == 1 and "--user-format 'raw'" in r.output, r.output
+    # --no-alone: the alone row read back, the pairing kept, nothing regenerated
+    alone_file = workdir / "ev" / "generations" / "user.jsonl"
+    before = alone_file.read_text()
+    r = cli(*args, "--no-alone", "-o", "ev")
+    assert r.exit_code == 0, r.output
+    again = json.loads((workdir / "ev" / "results.json").read_text())["rows"]
+    assert [x["stored"] for x in again] == [True, False, False] and alone_file.read_text() == before
+    assert again[2]["paired"] == strong["paired"]
+    # --stop cuts the generations at the string
+    outs = [x["output"] for x in recs]
+    stop = next(o[1:3] for o in outs if len(o) > 3)
+    r = cli(*args, "--stop", stop, "-o", "stopped")
+    assert r.exit_code == 0, r.output
+    cut = [json.loads(x)["output"] for x in (workdir / "stopped" / "generations" / "user_delta@1.5.jsonl").read_text().splitlines()]
+    assert cut == [o.split(stop)[0] for o in outs]

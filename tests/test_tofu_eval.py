@@ -173,3 +173,86 @@ def test_cli_eval_tofu_errors(tofu_world, workdir, cli, extra, message):
     r = cli("eval", "tofu", "--user", tofu_world["user"], *extra)
     assert r.exit_code == 1, r.output
     assert message in r.output
+
+
+def _md_row(md: str, label: str, header_has: str) -> dict:
+    """The cells of `label`'s row in the report.md table whose header has `header_has`, by column title."""
+    lines = md.splitlines()
+    h = next(i for i, x in enumerate(lines) if x.startswith("| model") and header_has in x)
+    header = [c.strip() for c in lines[h].strip("|").split("|")]
+    for x in lines[h + 2:]:
+        cells = [c.strip() for c in x.strip("|").split("|")]
+        if cells[0] == label:
+            return dict(zip(header, cells))
+    raise AssertionError(f"no row {label}")
+
+
+def test_cli_eval_tofu_several_alphas_held_out_and_no_alone_pairing(tofu_world, workdir, cli):
+    """One run holds the delta at several strengths (one row each, equal to a run at that strength alone), the
+    held-out set has its own option and title and a paired column, and the paired columns survive --no-alone: the
+    user alone is read back from the earlier run's records in --out, not regenerated."""
+    root = tofu_world["root"]
+    held = [dict(r, key=["is"]) for r in tofu_rows("painter", 6)]  # "is": in some of the tiny user's answers
+    (workdir / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    sets = ["--forget", root / "forget.jsonl", "--held-out", workdir / "heldout.jsonl", "--max-new-tokens", "6"]
+    r = cli("eval", "tofu", "--user", tofu_world["user"], "-d", tofu_world["delta"], "--alpha", "0.5,2", *sets, "-o", "ev")
+    assert r.exit_code == 0, r.output
+    res = json.loads((workdir / "ev" / "results.json").read_text())
+    assert [row["label"] for row in res["rows"]] == ["user", "user + delta@0.5", "user + delta@2"]
+    assert set(res["rows"][0]["sets"]) == {"forget", "heldout"} and res["settings"]["alpha"] == [0.5, 2.0]
+    md = (workdir / "ev" / "report.md").read_text()
+    assert "Held-out RL" in md and "World facts" not in md
+    # the paired columns by hand: the mean over items of (row - alone), per item, from the per-item values
+    alone, _, strong = res["rows"]
+    cell = _md_row(md, "user + delta@2", "Δ forget refusal")
+    for kind, metric, title in (("forget", "refusal", "Δ forget refusal vs alone [95% CI]"),
+                                ("heldout", "key_hit", "Δ held-out key acc. vs alone [95% CI]")):
+        mine, theirs = strong["sets"][kind]["per_item"][metric], alone["sets"][kind]["per_item"][metric]
+        assert len(mine) == len(theirs) == (5 if kind == "forget" else 6)
+        assert kind == "forget" or mine != theirs  # the held-out column measures a real change
+        assert float(cell[title].split()[0]) == pytest.approx(sum(a - b for a, b in zip(mine, theirs)) / len(mine), abs=0.006)
+    # a row at one strength equals a separate run at that strength (its own items file, its own decoder)
+    r = cli("eval", "tofu", "--user", tofu_world["user"], "-d", f"{tofu_world['delta']}:2", *sets, "-o", "one")
+    assert r.exit_code == 0, r.output
+    assert json.loads((workdir / "one" / "results.json").read_text())["rows"][1]["sets"] == strong["sets"]
+    # --no-alone into the same --out: the alone row is read back (its items file untouched), the pairing kept
+    alone_file = workdir / "ev" / "items" / "user.jsonl"
+    before = alone_file.read_text()
+    r = cli("eval", "tofu", "--user", tofu_world["user"], "-d", tofu_world["delta"], "--alpha", "2", "--no-alone",
+            *sets, "-o", "ev")
+    assert r.exit_code == 0, r.output
+    again = json.loads((workdir / "ev" / "results.json").read_text())["rows"]
+    assert [row["stored"] for row in again] == [True, False] and alone_file.read_text() == before
+    md2 = (workdir / "ev" / "report.md").read_text()
+    assert _md_row(md2, "user (read back from --out)", "Δ forget refusal")
+    assert _md_row(md2, "user + delta@2", "Δ forget refusal") == cell
+    # --no-alone into a fresh --out: no alone row, no paired column
+    r = cli("eval", "tofu", "--user", tofu_world["user"], "-d", tofu_world["delta"], "--no-alone", *sets, "-o", "fresh")
+    assert r.exit_code == 0, r.output
+    assert [row["label"] for row in json.loads((workdir / "fresh" / "results.json").read_text())["rows"]] == ["user + delta@1"]
+    assert "Δ forget" not in (workdir / "fresh" / "report.md").read_text()
+
+
+def test_cli_eval_tofu_stop_and_a_resume_under_other_settings_is_refused(tofu_world, workdir, cli):
+    root = tofu_world["root"]
+    base = ["eval", "tofu", "--user", tofu_world["user"], "--forget", root / "forget.jsonl", "--max-new-tokens", "8"]
+    r = cli(*base, "-o", "free")
+    assert r.exit_code == 0, r.output
+    gens = [json.loads(x)["generation"] for x in (workdir / "free" / "items" / "user.jsonl").read_text().splitlines()]
+    stop = next(g[len(g) // 2:len(g) // 2 + 2] for g in gens if len(g) > 4)  # a string some answer contains
+    r = cli(*base, "--stop", stop, "-o", "stopped")
+    assert r.exit_code == 0, r.output
+    cut = [json.loads(x)["generation"] for x in (workdir / "stopped" / "items" / "user.jsonl").read_text().splitlines()]
+    assert cut == [g.split(stop)[0] if stop in g else g for g in gens] and cut != gens
+    r = cli(*base, "--user-format", "Q: {prompt}\nA:", "-o", "free")
+    assert r.exit_code == 1 and "--user-format 'auto'" in r.output and "another --out" in r.output, r.output
+    r = cli(*base, "--stop", stop, "-o", "free")
+    assert r.exit_code == 1 and "--stop" in r.output, r.output
+
+
+@pytest.mark.parametrize("value,message", [("1,,2", "give numbers or 'auto'"), ("x", "must be a number or 'auto'"),
+                                           ("2,2", "given twice"), ("inf", "finite")])
+def test_eval_alpha_list_is_checked(tofu_world, workdir, cli, value, message):
+    r = cli("eval", "tofu", "--user", tofu_world["user"], "-d", tofu_world["delta"], "--alpha", value,
+            "--forget", tofu_world["root"] / "forget.jsonl")
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1, r.output

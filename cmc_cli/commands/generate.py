@@ -35,7 +35,7 @@ def generate(
     top_p: Annotated[float, Opt(help="Nucleus sampling. (default: 1.0)")] = None,
     top_k: Annotated[int, Opt(help="0 = off. (default: 0)")] = None,
     seed: Annotated[int, Opt(help="Sampling seed; prompt i uses seed + i. (default: 0)")] = None,
-    stop: Annotated[list[str], Opt("--stop", help="Stop a row at this string (repeatable); the string is cut off.")] = None,
+    stop: O.STOP = None,
     suppress: Annotated[list[str], Opt("--suppress", help="Never generate this user token, as its tokenizer spells it or an id (repeatable).")] = None,
     batch_size: Annotated[int, Opt(help="Prompts decoded together. (default: 8)")] = None,
     device: O.DEVICE = None,

@@ -13,6 +13,8 @@ USERS = Annotated[list[str], Opt("--user", "-u", help="User LLM (repeat for seve
 DELTAS = Annotated[list[str], Opt("--delta", "-d", help="Delta directory, optionally with its strength: PATH[:ALPHA], PATH:auto = its calibrated strength (`cmc calibrate`). Repeat to combine several.")]
 TOKEN_MAPS = Annotated[list[str], Opt("--token-map", help="Token map(s) from `cmc map-vocab` (default: tokenmaps/DELTA__USER.safetensors when it fits, else cmc's default map built in memory).")]
 ALPHA = Annotated[float, Opt(help="Strength of deltas given without :ALPHA (and of proxy-tuning). (default: each delta's calibrated strength for the user, `cmc calibrate`; 1.0 where none is recorded)")]
+ALPHAS = Annotated[list[str], Opt("--alpha", help="Strength of deltas given without :ALPHA; repeat it (or 1,2,auto) to evaluate the deltas at each strength, one row each. (default: each delta's calibrated strength for the user, `cmc calibrate`; 1.0 where none is recorded)")]
+STOP = Annotated[list[str], Opt("--stop", help="Stop a row at this string (repeatable); the string is cut off.")]
 USER_FORMAT = Annotated[str, Opt(help="auto (a fetched real model's own format, else raw) | raw | chat (the user's chat template) | a format string with {prompt}. (default: auto)")]
 COMBINE = Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the deltas' training mode)")]
 DEVICE = Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")]

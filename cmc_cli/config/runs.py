@@ -87,6 +87,29 @@ def check_alpha_value(alpha, what: str) -> float:
     return float(alpha)
 
 
+def check_alphas(value, what: str = "--alpha") -> list:
+    """`cmc eval`'s --alpha: one strength or several (repeated, or comma-separated: 1,2,auto), each evaluated as a
+    row of its own; numbers or `auto`. None (not given): [None], each delta's calibrated strength else 1."""
+    if value is None:
+        return [None]
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            out.append(check_alpha_value(item, what))
+            continue
+        parts = [p.strip() for p in str(item).split(",")]
+        if not all(parts):
+            raise ConfigError(f"{what} '{item}': give numbers or 'auto' separated by commas, e.g. 1,2,auto")
+        out += [parse_alpha(p, what, ConfigError) for p in parts]
+    if not out:
+        return [None]
+    dup = [a for i, a in enumerate(out) if a in out[:i]]
+    if dup:
+        raise ConfigError(f"{what} {dup[0]} is given twice; each strength is one row")
+    return out
+
+
 @dataclass
 class ModelSelection:
     """What every decoding command selects besides its users (`cmc generate`, every `cmc eval`; the options
@@ -100,13 +123,16 @@ class ModelSelection:
     combine: str | None = None  # None: the deltas' training mode
     device: str = "auto"
     dtype: str = "auto"
+    MANY_ALPHAS = False  # `cmc eval`: alpha is a list of strengths, one row each (check_alphas)
 
     def check_selection(self) -> None:
         import math
 
         self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
         self.token_maps = [Path(p) for p in self.token_maps or []]
-        if self.alpha is not None:
+        if self.MANY_ALPHAS:
+            self.alpha = check_alphas(self.alpha)
+        elif self.alpha is not None:
             check_alpha_value(self.alpha, "--alpha")
         if self.combine is not None and self.combine not in COMBINE_MODES:
             raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
@@ -176,25 +202,28 @@ class EvalTofuConfig(ModelSelection):
     retain: str | None = None
     real_authors: str | None = None
     world_facts: str | None = None
+    heldout: str | None = None  # questions of the retain kind the deltas never saw: collateral damage
     retain_model: str | None = None  # trained without the forget set: forget quality
     refusals: str | None = None  # refusal answers for the refusal rate (default: data/refusals.py)
     alone: bool = True  # also evaluate each user without deltas
     max_new_tokens: int = 64
+    stop: list = field(default_factory=list)  # greedy answers end at these strings
     batch_size: int = 8
     limit: int | None = None  # items per set
     out: str | None = None
+    MANY_ALPHAS = True
 
     def __post_init__(self) -> None:
         _check_eval_models(self)
-        if not any((self.forget, self.retain, self.real_authors, self.world_facts)):
-            raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts")
+        if not self.set_paths():
+            raise ConfigError("give at least one TOFU set: --forget, --retain, --real-authors, --world-facts, --held-out")
         if self.retain_model and not self.forget:
             raise ConfigError("--retain-model is for forget quality and needs --forget")
         if self.refusals is not None and not Path(self.refusals).is_file():
             raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
 
     def set_paths(self) -> dict[str, str]:
-        return {k: getattr(self, k) for k in ("forget", "retain", "real_authors", "world_facts") if getattr(self, k)}
+        return {k: getattr(self, k) for k in ("forget", "retain", "real_authors", "world_facts", "heldout") if getattr(self, k)}
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, flags: dict) -> "EvalTofuConfig":
@@ -211,9 +240,11 @@ class EvalInstructConfig(ModelSelection):
     judge_format: str = "raw"
     alone: bool = True
     max_new_tokens: int = 256
+    stop: list = field(default_factory=list)
     batch_size: int = 8
     limit: int | None = None
     out: str | None = None
+    MANY_ALPHAS = True
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -236,6 +267,7 @@ class EvalGeneralConfig(ModelSelection):
     batch_size: int = 16
     limit: int | None = 150  # texts, spread evenly over the file
     out: str | None = None
+    MANY_ALPHAS = True
 
     def __post_init__(self) -> None:
         _check_eval_models(self)
@@ -260,6 +292,9 @@ def _check_eval_models(cfg) -> None:
     for key in [k for k in ("max_new_tokens", "batch_size") if hasattr(cfg, k)]:  # general scores, generates nothing
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
+    if hasattr(cfg, "stop"):
+        cfg.stop = [str(s) for s in cfg.stop or []]
+        check_sampling(getattr(cfg, "max_new_tokens", 1), 0.0, 1.0, 0, cfg.stop)
     if cfg.limit is not None and cfg.limit <= 0:
         raise ConfigError(f"--limit must be positive, got {cfg.limit}")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmc_cli.config import DeltaSpec, GenerateConfig
+from cmc_cli.config.runs import AUTO
 from cmc_cli.data.instruct import Prompt, load_prompts
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.models import LoadedModel, load_delta, load_lm
@@ -70,7 +71,7 @@ def build_decoder(user_ref: str | LoadedModel, deltas: list[DeltaSpec], token_ma
         phase(f"loading proxy-tuning expert {expert} and anti-expert {anti_expert}")
         ex = load_lm(expert, dtype=dt, device=str(dev))
         anti = load_lm(anti_expert, dtype=dt, device=str(dev))
-    return Decoder(user, loaded, expert=ex, anti_expert=anti, proxy_alpha=1.0 if alpha is None else alpha,
+    return Decoder(user, loaded, expert=ex, anti_expert=anti, proxy_alpha=1.0 if alpha in (None, AUTO) else alpha,
                    user_format=user_format,
                    combine=combine)
 

@@ -63,19 +63,26 @@ def general_texts(path: str | None, limit: int | None, words: int) -> tuple[list
     return texts, source
 
 
-def score_row(dec, texts: list[str], words: int, batch_size: int, on_progress=None) -> tuple[list[float], list[float], list[int]]:
-    """Per text: mean NLL per token, mean KL per token, and its token count."""
+def score_row(dec, texts: list[str], words: int, batch_size: int, on_progress=None, alone: list | None = None
+              ) -> tuple[list[float], list[float], list[int]]:
+    """Per text: mean NLL per token, mean KL per token, and its token count; `alone` (a list) receives the user
+    alone's per-text NLL from the same forward pass (deltas at strength 0), where the deltas' maps allow it."""
     from cmc_cli.engine.calibrate import raw_decoder, split_text
     from cmc_cli.engine.score import Scorer
 
-    scorer = Scorer(raw_decoder(dec))
+    raw = raw_decoder(dec)
+    scorer = Scorer(raw)
+    keys = [None] if alone is None or any(d.lookahead is not None and not d.reads_user_ids(raw.user) for d in raw.deltas) else [0.0, None]
     nll, kl, n = [], [], []
     for s in range(0, len(texts), batch_size):
         heads, tails = zip(*(split_text(t, words) for t in texts[s:s + batch_size]))
-        for sc in scorer.profile(list(heads), list(tails), None)[None]:
+        scored = scorer.profile(list(heads), list(tails), keys if keys != [None] else None)
+        for sc in scored[None]:
             n.append(sc.n)
             nll.append(-sum(sc.token_logprobs) / max(1, sc.n))
             kl.append(sum(sc.kl) / max(1, sc.n))
+        if 0.0 in scored:
+            alone.extend(-sum(sc.token_logprobs) / max(1, sc.n) for sc in scored[0.0])
         if on_progress:
             on_progress(min(len(texts), s + batch_size), len(texts))
     return nll, kl, n
@@ -89,8 +96,9 @@ def run_general_eval(cfg, on_progress=None, on_phase=None) -> list[GeneralRow]:
     texts, source = general_texts(cfg.text, cfg.limit, cfg.words)
     rows, alone = [], {}
     for ref, label, deltas, dec in eval_decoders(cfg, phase):
+        same_pass = [] if deltas and ref not in alone else None  # --no-alone: the user alone from the same pass
         nll, kl, n = score_row(dec, texts, cfg.words, cfg.batch_size,
-                               (lambda d, t, lb=label: on_progress(lb, d, t)) if on_progress else None)
+                               (lambda d, t, lb=label: on_progress(lb, d, t)) if on_progress else None, same_pass)
         tokens = sum(n)
         row = GeneralRow(label, ref, [{"path": d.lm.name, "alpha": d.alpha, "alpha_source": d.alpha_source}
                                       for d in dec.deltas], len(texts), tokens,
@@ -98,8 +106,8 @@ def run_general_eval(cfg, on_progress=None, on_phase=None) -> list[GeneralRow]:
                          nll, kl)
         if not deltas:
             alone[ref] = row
-        elif ref in alone:
-            row.paired = paired_bootstrap(nll, alone[ref].per_text_nll)
+        elif ref in alone or same_pass:
+            row.paired = paired_bootstrap(nll, alone[ref].per_text_nll if ref in alone else same_pass)
         rows.append(row)
     if cfg.out:
         write_general(Path(cfg.out), rows, source, cfg)

@@ -88,6 +88,9 @@ class InstructRow:
     rouge_l_recall: float | None = None
     win_rate: float | None = None
     files: dict = field(default_factory=dict)
+    per_item: dict = field(default_factory=dict)  # metric -> per-item values (items with a reference): paired CIs
+    paired: dict = field(default_factory=dict)  # metric -> (mean, low, high) of this row minus the user alone
+    stored: bool = False  # the user alone read back from an earlier run (--no-alone)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -103,21 +106,38 @@ def evaluate_outputs(dec: Decoder, prompts: list[Prompt], outputs: list[str], ju
     ll = []
     for s in range(0, len(with_ref), batch_size):
         chunk = with_ref[s:s + batch_size]
-        for sc in scorer.score([p.text for p, _ in chunk], [p.reference for p, _ in chunk]):
-            if sc.n:
-                ll.append(-sc.mean_nll)
+        ll += [-sc.mean_nll if sc.n else None
+               for sc in scorer.score([p.text for p, _ in chunk], [p.reference for p, _ in chunk])]
     rl = [rouge_l(o, p.reference) for p, o in with_ref]
-    res = {"n_ref": len(with_ref), "ref_loglik": sum(ll) / len(ll) if ll else None,
-           "rouge_l_recall": sum(r for r, _ in rl) / len(rl), "rouge_l_f": sum(f for _, f in rl) / len(rl)}
+    per_item = {"ref_loglik": ll, "rouge_l_f": [f for _, f in rl], "rouge_l_recall": [r for r, _ in rl]}
     if judge is not None:
-        wins = win_rate_against(judge, [p.instruction for p, _ in with_ref], [o for _, o in with_ref],
-                                [p.reference for p, _ in with_ref], batch_size)
-        res["win_rate"] = sum(wins) / len(wins)
-    return res
+        per_item["win_rate"] = win_rate_against(judge, [p.instruction for p, _ in with_ref], [o for _, o in with_ref],
+                                                [p.reference for p, _ in with_ref], batch_size)
+    res = {k: _mean([x for x in v if x is not None]) for k, v in per_item.items()}
+    return {"n_ref": len(with_ref), **res, "per_item": per_item}
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def pair_with_alone(row: InstructRow, alone: InstructRow | None) -> None:
+    """The paired difference of each per-item metric against the same user alone (95% bootstrap CI)."""
+    from cmc_cli.eval.metrics import paired_bootstrap
+
+    if alone is None or not row.deltas:
+        return
+    for k, mine in row.per_item.items():
+        theirs = alone.per_item.get(k)
+        if theirs is None or len(theirs) != len(mine):
+            continue
+        both = [(a, b) for a, b in zip(mine, theirs) if a is not None and b is not None]
+        if both:
+            row.paired[k] = paired_bootstrap([a for a, _ in both], [b for _, b in both])
 
 
 def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]:
-    from cmc_cli.engine.generate import build_decoder, run_generate
+    from cmc_cli.engine.generate import build_decoder
     from cmc_cli.eval.models import eval_decoders
     from cmc_cli.eval.report import slug as _slug
 
@@ -129,41 +149,54 @@ def run_instruct_eval(cfg, on_phase=None, on_progress=None) -> list[InstructRow]
     if cfg.judge:
         phase(f"loading judge {cfg.judge}")
         judge = build_decoder(cfg.judge, [], user_format=cfg.judge_format, device=cfg.device, dtype=cfg.dtype)
-    rows = []
-    for ref, label, deltas, dec in eval_decoders(cfg, phase):
-        phase(f"generating with {label}")
-        gen_path = out / "generations" / f"{_slug(label)}.jsonl" if out else None
-        gcfg = GenerateConfig(user=ref, deltas=list(deltas), prompts=cfg.prompts, output=str(gen_path) if gen_path else None,
-                              resume=True, generator=label, max_new_tokens=cfg.max_new_tokens,
-                              batch_size=cfg.batch_size, seed=0)
-        before = []
-        if gen_path and gen_path.is_file():
-            from cmc_cli.fileio import read_jsonl_for_resume
-
-            before = [r for _, r in read_jsonl_for_resume(gen_path)]
-        res = run_generate(gcfg, dec, prompts=prompts,
-                           on_batch=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
-        records = (before + res.records)[:len(prompts)]
+    stored = (lambda label: (out / "generations" / f"{_slug(label)}.jsonl").is_file()) if out else None
+    rows, alone = [], {}
+    for er in eval_decoders(cfg, phase, stored):
+        gen_path = out / "generations" / f"{_slug(er.label)}.jsonl" if out else None
+        records = _generations(cfg, er, prompts, gen_path, phase, on_progress)
         outputs = [r["output"] for r in records]
-        row = InstructRow(label, ref, [{"path": d.lm.name, "alpha": d.alpha} for d in dec.deltas], len(outputs))
+        row = InstructRow(er.label, er.ref, [{"path": d.lm.name, "alpha": d.alpha, "alpha_source": d.alpha_source}
+                                             for d in er.dec.deltas], len(outputs), stored=er.stored)
         if out:
-            ae = out / "alpaca_eval" / f"{_slug(label)}.json"
-            atomic_write_json(ae, [{"instruction": r["instruction"], "output": r["output"], "generator": label}
+            ae = out / "alpaca_eval" / f"{_slug(er.label)}.json"
+            atomic_write_json(ae, [{"instruction": r["instruction"], "output": r["output"], "generator": er.label}
                                    for r in records])
             row.files = {"generations": str(gen_path), "alpaca_eval": str(ae)}
-        phase(f"scoring {label}")
-        for k, v in evaluate_outputs(dec, prompts, outputs, judge, cfg.batch_size).items():
+        phase(f"scoring {er.label}")
+        for k, v in evaluate_outputs(er.dec, prompts, outputs, judge, cfg.batch_size).items():
             setattr(row, k, v)
+        if not er.deltas:
+            alone[er.ref] = row
+        pair_with_alone(row, alone.get(er.ref))
         rows.append(row)
         if out:
             write_instruct_report(out, rows, cfg)
     return rows
 
 
+def _generations(cfg, er, prompts, gen_path, phase, on_progress) -> list[dict]:
+    """One row's generations: resumed from (or read back from) `gen_path`, the missing ones generated with the
+    evaluation's decoding settings (a resume under other settings is refused by the output file's records)."""
+    from cmc_cli.engine.generate import run_generate
+    from cmc_cli.fileio import read_jsonl_for_resume
+
+    phase(f"{'reading back' if er.stored else 'generating with'} {er.label}")
+    gcfg = GenerateConfig(user=er.ref, deltas=list(er.deltas), prompts=cfg.prompts,
+                          output=str(gen_path) if gen_path else None, resume=True, generator=er.label,
+                          max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), user_format=cfg.user_format,
+                          combine=cfg.combine, batch_size=cfg.batch_size, seed=0)
+    before = [r for _, r in read_jsonl_for_resume(gen_path)] if gen_path and gen_path.is_file() else []
+    res = run_generate(gcfg, er.dec, prompts=prompts,
+                       on_batch=(lambda d, t, lab=er.label: on_progress(lab, d, t)) if on_progress else None)
+    return (before + res.records)[:len(prompts)]
+
+
 def write_instruct_report(out: Path, rows, cfg) -> None:
     judge = {"ref": cfg.judge, "format": cfg.judge_format, "prompt": JUDGE_PROMPT} if cfg.judge else None
     atomic_write_json(out / "results.json", {"format": "cmc-eval-instruct/1", "cmc_version": __version__,
                                              "prompts": str(cfg.prompts), "judge": judge,
+                                             "settings": {"user_format": cfg.user_format, "max_new_tokens": cfg.max_new_tokens,
+                                                          "stop": cfg.stop, "combine": cfg.combine, "alpha": cfg.alpha},
                                              "rows": [r.as_dict() for r in rows]})
     header, cells = instruct_columns(rows)
     lines = ["# Instruction-following evaluation", "",

@@ -132,14 +132,14 @@ class TofuEvaluator:
     made (JSONL), and a rerun skips the items already there."""
 
     def __init__(self, decoder: Decoder, sets: dict[str, list[TofuItem]], max_new_tokens: int = 64,
-                 batch_size: int = 8, generate: bool = True, refusals=REFUSALS, truth_ratio: bool = True):
+                 batch_size: int = 8, generate: bool = True, refusals=REFUSALS, truth_ratio: bool = True, stop=()):
         unknown = set(sets) - set(SET_KINDS)
         if unknown:
             raise CmcError(f"unknown TOFU set(s) {', '.join(sorted(unknown))}; use {', '.join(SET_KINDS)}")
         self.dec = decoder
         self.sets = sets
         self.scorer = Scorer(decoder)
-        self.gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+        self.gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop=tuple(stop))
         self.batch_size = batch_size
         self.generate = generate
         self.refusals = list(refusals)
@@ -217,6 +217,7 @@ class TofuRow:
     deltas: list[dict]
     sets: dict[str, SetResult]
     forget_quality: float | None = None
+    stored: bool = False  # the user alone read back from an earlier run (--no-alone): for the paired columns
 
     @property
     def model_utility(self) -> float | None:
@@ -228,8 +229,8 @@ class TofuRow:
         return harmonic_mean(vals) if vals else None
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "user": self.user, "deltas": self.deltas,
-                "sets": {k: v.as_dict() for k, v in self.sets.items()},
+        return {"label": self.label, "user": self.user, "deltas": self.deltas, "stored": self.stored,
+                "sets": {k: v.as_dict() | {"per_item": v.per_item} for k, v in self.sets.items()},
                 "forget_quality": self.forget_quality, "model_utility": self.model_utility}
 
 
@@ -241,7 +242,7 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
     from cmc_cli.engine.generate import build_decoder
     from cmc_cli.eval.models import eval_decoders
     from cmc_cli.eval.report import slug as _slug
-    from cmc_cli.eval.report import write_tofu_report
+    from cmc_cli.eval.report import check_settings, write_tofu_report
 
     phase = on_phase or (lambda msg: log.info("%s", msg))
     sets = {}
@@ -260,13 +261,22 @@ def run_tofu_eval(cfg, on_phase=None, on_progress=None) -> list[TofuRow]:
     from cmc_cli.data.refusals import load_refusals
 
     refusals = load_refusals(cfg.refusals)
+    if out:
+        check_settings(out, {"user_format": cfg.user_format, "max_new_tokens": cfg.max_new_tokens, "stop": cfg.stop,
+                             "combine": cfg.combine, "refusals": refusals},
+                       {"user_format": "--user-format", "max_new_tokens": "--max-new-tokens", "stop": "--stop",
+                        "combine": "--combine", "refusals": "--refusals"})
+    stored = (lambda label: (out / "items" / f"{_slug(label)}.jsonl").is_file()) if out else None
     rows: list[TofuRow] = []
-    for ref, label, deltas, dec in eval_decoders(cfg, phase):
-        phase(f"evaluating {label}")
-        ev = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, refusals=refusals)
+    for er in eval_decoders(cfg, phase, stored):
+        ref, label, deltas, dec = er
+        phase(f"{'reading back' if er.stored else 'evaluating'} {label}")
+        ev = TofuEvaluator(dec, sets, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, refusals=refusals,
+                           stop=cfg.stop)
         res = ev.run(out / "items" / f"{_slug(label)}.jsonl" if out else None,
                      on_progress=(lambda d, t, lab=label: on_progress(lab, d, t)) if on_progress else None)
-        row = TofuRow(label, ref, [{"path": str(d.lm.name), "alpha": d.alpha} for d in dec.deltas], res)
+        row = TofuRow(label, ref, [{"path": str(d.lm.name), "alpha": d.alpha, "alpha_source": d.alpha_source}
+                                   for d in dec.deltas], res, stored=er.stored)
         if retain_ratios is not None and res["forget"].ratios:
             row.forget_quality = forget_quality(res["forget"].ratios, retain_ratios)
         rows.append(row)
