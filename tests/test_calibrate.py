@@ -14,19 +14,22 @@ from cmc_cli.engine.train import Trainer
 
 def test_the_rule_on_constructed_curves():
     grid = [0.5, 1.0, 1.5, 2.0, 2.5]
-    fit = [3.0, 2.0, 1.2, 0.9, 0.8]  # the objective's NLL falls with alpha
-    cost = {"general": [0.001, 0.004, 0.009, 0.016, 0.025]}
+    hits = [0.30, 0.60, 0.80, 0.85, 0.86]  # the objective's greedy hits rise with alpha
+    cost = {"general": [0.001, 0.004, 0.009, 0.016, 0.025]}  # greedy hits lost off-target
     # the smallest alpha reaching the target, within the budget
-    assert choose(grid, fit, 1.0, "lower", cost, {"general": 0.02})[0] == 2.0
-    # the budget forbids 2.5 and up; nothing allowed reaches 0.5: the allowed one closest to it
-    a, why = choose(grid, fit, 0.5, "lower", cost, {"general": 0.02})
+    assert choose(grid, hits, 0.8, "lower", cost, {"general": 0.02})[0] == 1.5
+    # the budget forbids 2.5 and up; nothing allowed reaches 0.9: the allowed one closest to it
+    a, why = choose(grid, hits, 0.9, "lower", cost, {"general": 0.02})
     assert a == 2.0 and "closest" in why
     # a tight budget caps the strength
-    assert choose(grid, fit, 1.0, "lower", cost, {"general": 0.005})[0] == 1.0
-    # the ascent methods raise the forget answers' NLL: the direction flips
-    assert choose(grid, [1.0, 2.0, 3.0, 4.0, 5.0], 2.5, "raise", cost, {"general": 1.0})[0] == 1.5
+    assert choose(grid, hits, 0.8, "lower", cost, {"general": 0.005})[0] == 1.0
+    # a peak below the target, then a fall (a delta that overshoots): the peak; a plateau within TIE: its start
+    assert choose(grid, [0.3, 0.88, 0.87, 0.84, 0.80], 0.97, "lower", cost, {"general": 1.0})[0] == 1.0
+    assert choose(grid, [0.3, 0.8795, 0.88, 0.879, 0.80], 0.97, "lower", cost, {"general": 1.0})[0] == 1.0
+    # the ascent methods take the argmax away from the forget answers: the direction flips
+    assert choose(grid, [0.9, 0.6, 0.3, 0.1, 0.05], 0.2, "raise", cost, {"general": 1.0})[0] == 2.0
     # nothing allowed at all: the smallest
-    assert choose(grid, fit, 1.0, "lower", cost, {"general": 0.0})[0] == 0.5
+    assert choose(grid, hits, 0.8, "lower", cost, {"general": 0.0})[0] == 0.5
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +59,12 @@ def test_a_user_that_is_the_template_measures_what_the_template_does(trained):
     i = GRID.index(1.0)
     assert cal.fit[i] == pytest.approx(cal.target, abs=1e-4)  # same models, same texts: the same NLL
     assert cal.top1[i] == pytest.approx(cal.target_top1) and 0 < cal.target_top1 <= 1
-    for kind, budget in cal.budget.items():
+    assert set(cal.cost) == set(cal.budget) == set(cal.kl) == {"retain", "general"}
+    for kind, budget in cal.budget.items():  # the template's own loss of hits is the budget, measured the same way
         assert cal.cost[kind][i] <= budget + 1e-6 and budget >= COST_FLOOR
+    # the user reaches the target at alpha 1 exactly (the template's hits), so the rule picks 1 or below
     assert cal.alpha <= 1.0 and cal.user_alone_fit > cal.target + 0.5  # the delta was needed, and works
+    assert cal.user_alone_top1 < cal.target_top1
     assert cal.fit == sorted(cal.fit[:i + 1], reverse=True) + cal.fit[i + 1:]  # falls up to 1
     rec = json.loads(path.read_text())
     assert rec["format"] == "cmc-calibration/1" and rec["entries"][-1]["alpha"] == cal.alpha

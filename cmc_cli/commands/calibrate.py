@@ -43,13 +43,14 @@ def calibrate(
         print(f"{cal.alpha:g}")
         return
     kinds = list(cal.cost)
-    header = ["alpha", "objective NLL", "greedy hits"] + [f"KL {k}" for k in kinds] + [""]
-    rows = [["0 (alone)", f"{cal.user_alone_fit:.3f}", ""] + [""] * len(kinds) + [""]]
+    header = (["alpha", "greedy hits", "objective NLL"] + [f"hits lost {k}" for k in kinds] + [f"KL {k}" for k in cal.kl]
+              + [""])
+    rows = [["0 (alone)", f"{cal.user_alone_top1:.2f}", f"{cal.user_alone_fit:.3f}"] + [""] * (len(kinds) + len(cal.kl)) + [""]]
     for i, a in enumerate(cal.grid):
         mark = "<- chosen" if a == cal.alpha else ""
-        over = [f"{cal.cost[k][i]:.4f}" + (" >" if cal.cost[k][i] > cal.budget[k] else "") for k in kinds]
-        rows.append([f"{a:g}", f"{cal.fit[i]:.3f}", f"{cal.top1[i]:.2f}"] + over + [mark])
-    rows.append(["template + delta", f"{cal.target:.3f}", f"{cal.target_top1:.2f}"]
-                + [f"{cal.budget[k]:.4f} (budget)" for k in kinds] + [""])
+        over = [f"{cal.cost[k][i]:+.3f}" + (" >" if cal.cost[k][i] > cal.budget[k] else "") for k in kinds]
+        rows.append([f"{a:g}", f"{cal.top1[i]:.3f}", f"{cal.fit[i]:.3f}"] + over + [f"{cal.kl[k][i]:.4f}" for k in cal.kl] + [mark])
+    rows.append(["template + delta", f"{cal.target_top1:.3f} (target)", f"{cal.target:.3f}"]
+                + [f"{cal.budget[k]:.3f} (budget)" for k in kinds] + [""] * len(cal.kl) + [""])
     console.print(rich_table(f"{delta} on {ent['user']['name']}", header, rows))
     info(f"alpha {cal.alpha:g}: {cal.reason} ({cal.seconds:.1f} s); recorded in {path}")

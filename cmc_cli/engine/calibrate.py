@@ -2,16 +2,25 @@
 
 What the delta was trained to do is measured on a few items of its own training data, what it must not do on
 its retain answers and on general text; each model runs once over each text and the scores for every alpha
-of the grid come from those passes (Scorer.profile):
+of the grid come from those passes (Scorer.profile). Everything the rule reads is a *greedy hit rate*: the
+share of answer tokens that are the combined model's argmax, teacher-forced — what greedy decoding does:
 
-    target  = the fit of template + delta (alpha 1, how it was trained) on its objective items: mean NLL per
-              token of the responses (instruct, idk: lower is the goal; the ascent methods and NPO raise
-              the forget answers' NLL, so higher is)
-    budget  = what template + delta changes off-target: mean KL(template || template + delta) per position on
-              the retain answers and on general text, each floored at COST_FLOOR
-    alpha*  = the smallest alpha of the grid at which user + alpha * delta reaches the target, among those whose
-              KL(user || user + alpha * delta) stays within the budget on both texts; if none reaches it, the
-              allowed alpha closest to it; if no alpha is allowed, the smallest of the grid.
+    target  = template + delta's hits on its objective items (alpha 1, how it was trained): the responses
+              (instruct, idk: more hits is the goal; the ascent methods and NPO make the forget answers lose
+              the argmax, so fewer is)
+    cost    = hits lost off-target: the user alone's hits minus user + alpha * delta's, on the retain answers
+              and on general text (a gain is no cost: a delta trained with a retain term fits the retain
+              answers better)
+    budget  = template + delta's own cost on its template, per text, floored at COST_FLOOR
+    alpha*  = among the alphas within budget on both texts, the smallest that reaches the target; if none
+              does, the one closest to it (the best greedy fit the user can get: the smallest alpha within
+              TIE of it); if no alpha is within budget, the smallest of the grid.
+
+Why hits and not likelihood or KL (docs/decoding.md has the figures): on the real pair the objective's NLL
+is lowest at 1.25 while greedy hits peak at 1.0, where refusals, retain and held-out answers are all best;
+KL(user || user + delta) on retain answers counts a delta that teaches the retain answers (hits 0.72 ->
+0.80 at alpha 1) as damage and capped the strength at 0.75, where only 58% of forget questions are refused.
+The NLL and KL curves are recorded and shown beside the rule.
 
 The choice is recorded in DELTA/calibration.json (engine/calibrecord.py) with both models' fingerprints.
 """
@@ -29,7 +38,8 @@ from cmc_cli.errors import CmcError
 log = logging.getLogger(__name__)
 
 GRID = tuple(i / 4 for i in range(1, 17))  # 0.25 .. 4.0
-COST_FLOOR = 0.02  # nats per position: a change this small is allowed even to a delta whose own is smaller
+COST_FLOOR = 0.02  # share of tokens: losing this few greedy hits is allowed even to a delta whose own loss is smaller
+TIE = 0.005  # hit rates this close are one plateau: the smallest alpha on it is chosen
 RAISE_METHODS = ("grad-diff", "grad-ascent", "kl", "npo")  # their objective raises the forget answers' NLL
 
 
@@ -38,7 +48,7 @@ class Texts:
     """What calibration scores: (prompt, answer) pairs of the objective and of the retain set, general text."""
 
     objective: list[tuple[str, str]]
-    direction: str  # lower | raise: which way the objective's NLL goes when the delta works
+    direction: str  # lower | raise: which way the objective's NLL goes when the delta works (hits go the other)
     retain: list[tuple[str, str]] = field(default_factory=list)
     general: list[str] = field(default_factory=list)
 
@@ -48,29 +58,32 @@ class Calibration:
     alpha: float
     reason: str
     grid: list[float]
-    target: float
-    budget: dict[str, float]
-    fit: list[float]  # user + alpha * delta, per grid alpha
-    cost: dict[str, list[float]]  # retain / general KL per grid alpha
+    target: float  # template + delta's objective NLL (shown; the rule reads target_top1)
+    budget: dict[str, float]  # greedy hits template + delta may lose off-target, per text
+    fit: list[float]  # user + alpha * delta's objective NLL, per grid alpha
+    cost: dict[str, list[float]]  # greedy hits lost off-target (retain / general) per grid alpha
     user_alone_fit: float
     top1: list[float] = field(default_factory=list)  # objective tokens that are user + alpha * delta's argmax
-    target_top1: float = 0.0  # the same for template + delta (reported beside the rule, not used by it)
+    target_top1: float = 0.0  # the same for template + delta: the rule's target
+    kl: dict[str, list[float]] = field(default_factory=dict)  # KL(user || user + alpha * delta) off-target (shown)
+    user_alone_top1: float = 0.0
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def choose(grid, fit, target: float, direction: str, cost: dict[str, list[float]], budget: dict[str, float]) -> tuple[float, str]:
-    """The rule above, on measured curves: (alpha, why)."""
+def choose(grid, hits, target: float, direction: str, cost: dict[str, list[float]], budget: dict[str, float]) -> tuple[float, str]:
+    """The rule above, on measured curves: (alpha, why). hits: the objective's greedy hits per grid alpha."""
     allowed = [i for i in range(len(grid)) if all(cost[k][i] <= budget[k] for k in cost)]
     if not allowed:
-        return grid[0], "every alpha changes off-target text more than the delta does on its template: the smallest"
-    reach = [i for i in allowed if (fit[i] <= target if direction == "lower" else fit[i] >= target)]
+        return grid[0], "every alpha loses more greedy hits off-target than the delta does on its template: the smallest"
+    reach = [i for i in allowed if (hits[i] >= target if direction == "lower" else hits[i] <= target)]
     if reach:
-        return grid[reach[0]], "the smallest alpha that reaches template + delta's fit within the off-target budget"
-    best = min(allowed, key=lambda i: abs(fit[i] - target))
-    return grid[best], "no allowed alpha reaches template + delta's fit: the allowed alpha closest to it"
+        return grid[reach[0]], "the smallest alpha that reaches template + delta's greedy hits within the off-target budget"
+    best = min(abs(hits[i] - target) for i in allowed)
+    near = [i for i in allowed if abs(hits[i] - target) <= best + TIE]
+    return grid[near[0]], "no allowed alpha reaches template + delta's greedy hits: the smallest allowed alpha closest to them"
 
 
 def mean_over(scored: list, attr: str, sign: float = 1.0) -> float:
@@ -78,25 +91,27 @@ def mean_over(scored: list, attr: str, sign: float = 1.0) -> float:
     return sum(vals) / max(1, len(vals))
 
 
-def measure(dec, texts: Texts, alphas) -> tuple[list[float], dict[str, list[float]], list[float]]:
-    """Objective NLL, off-target KL and the objective's greedy hits per alpha, one forward pass of each model
-    per text set."""
+def measure(dec, texts: Texts, alphas) -> tuple[list[float], dict[str, list[float]], list[float], dict[str, list[float]]]:
+    """Objective NLL, off-target KL, the objective's greedy hits and the off-target texts' greedy hits per alpha,
+    one forward pass of each model per text set."""
     from cmc_cli.engine.score import Scorer
 
     sc = Scorer(dec)
     obj = sc.profile([p for p, _ in texts.objective], [a for _, a in texts.objective], alphas)
     fit = [mean_over(obj[a], "token_logprobs", -1.0) for a in alphas]
     top1 = [mean_over(obj[a], "top1") for a in alphas]
-    cost = {}
+    cost, hits = {}, {}
     if texts.retain:
         ret = sc.profile([p for p, _ in texts.retain], [a for _, a in texts.retain], alphas)
         cost["retain"] = [mean_over(ret[a], "kl") for a in alphas]
+        hits["retain"] = [mean_over(ret[a], "top1") for a in alphas]
     if texts.general:
         raw = raw_decoder(dec)
         heads, tails = zip(*(split_text(t) for t in texts.general))
         gen = Scorer(raw).profile(list(heads), list(tails), alphas)
         cost["general"] = [mean_over(gen[a], "kl") for a in alphas]
-    return fit, cost, top1
+        hits["general"] = [mean_over(gen[a], "top1") for a in alphas]
+    return fit, cost, top1, hits
 
 
 def split_text(text: str, words: int = 4) -> tuple[str, str]:
@@ -124,14 +139,14 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     if d_t.index is not None and d_t.token_map is not None:
         raise CmcError(f"the template {template.name} has another vocabulary than delta {delta_dir}; give the template "
                        "the delta was trained beside (--template)")
-    t_fit, t_cost, t_top = measure(Decoder(template, [d_t], user_format=d_t.prompt_format), texts, [1.0])
+    t_fit, _, t_top, t_hits = measure(Decoder(template, [d_t], user_format=d_t.prompt_format), texts, [0.0, 1.0])
     d_u = load_delta(delta_dir, user, 1.0, token_maps)
-    u_fit, u_cost, u_top = measure(Decoder(user, [d_u], user_format=user_format), texts, [0.0, *grid])
-    budget = {k: max(COST_FLOOR, v[0]) for k, v in t_cost.items()}
-    cost = {k: v[1:] for k, v in u_cost.items()}
-    alpha, why = choose(list(grid), u_fit[1:], t_fit[0], texts.direction, cost, budget)
-    cal = Calibration(alpha, why, list(grid), t_fit[0], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[0],
-                      time.perf_counter() - t0)
+    u_fit, u_kl, u_top, u_hits = measure(Decoder(user, [d_u], user_format=user_format), texts, [0.0, *grid])
+    budget = {k: max(COST_FLOOR, v[0] - v[1]) for k, v in t_hits.items()}
+    cost = {k: [v[0] - x for x in v[1:]] for k, v in u_hits.items()}
+    alpha, why = choose(list(grid), u_top[1:], t_top[1], texts.direction, cost, budget)
+    cal = Calibration(alpha, why, list(grid), t_fit[1], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[1],
+                      {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0)
     return cal, d_u
 
 
