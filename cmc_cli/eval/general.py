@@ -72,11 +72,12 @@ def score_row(dec, texts: list[str], words: int, batch_size: int, on_progress=No
 
     raw = raw_decoder(dec)
     scorer = Scorer(raw)
-    keys = [None] if alone is None or any(d.lookahead is not None and not d.reads_user_ids(raw.user) for d in raw.deltas) else [0.0, None]
+    by_decoding = any(d.lookahead is not None and not d.reads_user_ids(raw.user) for d in raw.deltas)
+    keys = None if alone is None or by_decoding else [0.0, None]  # Scorer.profile scores a look-ahead map one strength only
     nll, kl, n = [], [], []
     for s in range(0, len(texts), batch_size):
         heads, tails = zip(*(split_text(t, words) for t in texts[s:s + batch_size]))
-        scored = scorer.profile(list(heads), list(tails), keys if keys != [None] else None)
+        scored = scorer.profile(list(heads), list(tails), keys)
         for sc in scored[None]:
             n.append(sc.n)
             nll.append(-sum(sc.token_logprobs) / max(1, sc.n))
