@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cmc_cli import __version__
 from cmc_cli.config import DEFAULT_STRATEGY, STRATEGIES
@@ -88,12 +87,14 @@ class TokenMap:
         meta.pop("lookahead_k", None)
         return TokenMap(index=index, kind=self.kind.copy(), meta=meta)
 
-    def cap_tensor(self) -> torch.Tensor | None:
+    def cap_tensor(self):
         """The user ids that receive only suppressions (combine.map_delta_logits), or None for the plain rule:
         the prefix-mapped ones under the "suppress" and "lookahead" rules (the look-ahead lifts the cap of
         the candidates it scores)."""
         if self.meta.get("prefix_rule") not in ("suppress", "lookahead"):
             return None
+        import torch
+
         return torch.from_numpy(self.kind == PREFIX)
 
     @property
@@ -113,15 +114,17 @@ class TokenMap:
         c = np.bincount(self.kind, minlength=len(KIND_NAMES))
         return {name: int(c[k]) for k, name in enumerate(KIND_NAMES)}
 
-    def index_tensor(self) -> torch.Tensor:
+    def index_tensor(self):
+        import torch
+
         return torch.from_numpy(self.index)
 
     # ---- file I/O -----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        from safetensors.torch import save
+        from safetensors.numpy import save
 
-        tensors = {"index": torch.from_numpy(np.ascontiguousarray(self.index, dtype=np.int64)),
-                   "kind": torch.from_numpy(np.ascontiguousarray(self.kind, dtype=np.uint8))}
+        tensors = {"index": np.ascontiguousarray(self.index, dtype=np.int64),
+                   "kind": np.ascontiguousarray(self.kind, dtype=np.uint8)}
         return save(tensors, metadata={"cmc": json.dumps(self.meta, ensure_ascii=False)})
 
     def save(self, path: str | Path) -> Path:
@@ -143,7 +146,7 @@ class TokenMap:
 
     @classmethod
     def _from_bytes(cls, data: bytes, path: Path) -> TokenMap:
-        from safetensors.torch import load
+        from safetensors.numpy import load
 
         bad = f"token map {path} is corrupt or truncated"
         try:
@@ -163,19 +166,19 @@ class TokenMap:
         if set(tensors) != {"index", "kind"}:
             raise TokenMapError(f"{bad}: expected tensors 'index' and 'kind', found {sorted(tensors)}")
         index, kind = tensors["index"], tensors["kind"]
-        if index.dtype != torch.int64 or kind.dtype != torch.uint8 or index.ndim != 1 or index.shape != kind.shape:
+        if index.dtype != np.int64 or kind.dtype != np.uint8 or index.ndim != 1 or index.shape != kind.shape:
             raise TokenMapError(f"{bad}: 'index' must be int64[V] and 'kind' uint8[V] of the same length")
         n_user, n_delta = meta["user"]["size"], meta["delta"]["size"]
         if index.shape[0] != n_user:
             raise TokenMapError(f"{bad}: {index.shape[0]} entries but the metadata says {n_user} user tokens")
-        idx = index.numpy()
+        idx = index
         if idx.size and (idx.min() < -1 or idx.max() >= n_delta):
             raise TokenMapError(f"{bad}: ids outside the delta vocabulary of {n_delta}")
-        if kind.numel() and int(kind.max()) >= len(KIND_NAMES):
+        if kind.size and int(kind.max()) >= len(KIND_NAMES):
             raise TokenMapError(f"{bad}: unknown kind codes")
-        if np.any((idx == -1) != (kind.numpy() == UNMAPPED)):
+        if np.any((idx == -1) != (kind == UNMAPPED)):
             raise TokenMapError(f"{bad}: 'index' and 'kind' disagree on unmapped tokens")
-        return cls(index=idx.copy(), kind=kind.numpy().copy(), meta=meta)
+        return cls(index=idx.copy(), kind=kind.copy(), meta=meta)
 
     def check(self, delta: Vocab | None = None, user: Vocab | None = None, path: Path | str = "token map") -> None:
         """Refuse a map built for other tokenizers than the ones in use."""
