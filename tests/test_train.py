@@ -226,3 +226,22 @@ def test_a_second_trainer_on_the_same_output_fails(world, tmp_path):
         with pytest.raises(CmcError, match="being written by another cmc process"):
             Trainer(cfg(world, tmp_path, max_steps=2)).run()
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_runs_the_delta_in_eval_mode_and_restores_training(world, tmp_path):
+    """The whole-set CE that stopping and selection read is deterministic even for a delta with dropout,
+    and training mode comes back after it (the same forward as training: Trainer._hidden)."""
+    tr = Trainer(cfg(world, tmp_path, task="unlearn", data=None, forget=str(world / "forget.jsonl"),
+                     retain=str(world / "retain.jsonl"), batch_size=4, micro_batch_size=2, epochs=1))
+    for m in tr.delta.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    if not any(isinstance(m, torch.nn.Dropout) for m in tr.delta.modules()):  # a model with no dropout layer
+        first = next(m for m in tr.delta.modules() if isinstance(m, torch.nn.Embedding))
+        first.register_forward_hook(lambda mod, inp, out: F.dropout(out, 0.5, mod.training))
+    a, b = tr.evaluate(), tr.evaluate()
+    assert a == b and tr.delta.training
+    tr.delta.train()
+    with torch.no_grad():
+        h1, h2 = (tr._hidden(tr._to_device(tr.forget_eval[:2]))[1] for _ in range(2))
+    assert not torch.equal(h1, h2)  # the probe can fail: in training mode the dropout does act

@@ -189,15 +189,18 @@ class Trainer:
         """Backward-ready loss share of a micro-batch (already divided by the step's token count) and its
         parts' sums; kind nll | kl | silence (the delta alone: no template forward)."""
         batch = self._to_device(examples)
-        h_t = template_hidden(self.template, batch, self.sharded) if kind != "silence" else None
-        with self._autocast():
-            h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
+        h_t, h_d = self._hidden(batch, template=kind != "silence")
         total, parts = chunked_terms(self.template, self.delta, h_t, h_d, batch["targets"], kind, weight, silence,
                                      self.cfg.combine, self.cfg.loss_chunk)
         return total / n_total, parts
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+    def _hidden(self, batch: dict, template: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The one template + delta forward of training, NPO and evaluation: the frozen template's final hidden
+        states (None without `template`) and the delta's, under the same autocast."""
+        h_t = template_hidden(self.template, batch, self.sharded) if template else None
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
+        return h_t, h_d
 
     def _npo(self, examples: list[Encoded], weight: float) -> float:
         """NPO's forget term (combine.npo_loss) over the step's forget examples, in micro-batches; its gradient
@@ -207,8 +210,7 @@ class Trainer:
         value = 0.0
         for s in range(0, len(mine), mb):
             batch = self._to_device(mine[s:s + mb])
-            h_t = template_hidden(self.template, batch, self.sharded)
-            h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
+            h_t, h_d = self._hidden(batch)
             y = batch["targets"]
             r = sequence_logratio(self.template, self.delta, h_t, h_d.detach(), y, cfg.combine, cfg.loss_chunk)
             w = -npo_sequence_weights(r, cfg.npo_beta, n)[:, None].expand_as(y)  # (B, T)
@@ -220,7 +222,16 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Mean CE of the true forget answers and of the retain answers under the combined model, over the
-        whole sets (or their first --eval-limit examples): what stopping and selection decide on."""
+        whole sets (or their first --eval-limit examples): what stopping and selection decide on; the delta in
+        eval mode (no dropout) for the pass, as training left it after."""
+        was_training = self.delta.training
+        self.delta.eval()
+        try:
+            return self._evaluate()
+        finally:
+            self.delta.train(was_training)
+
+    def _evaluate(self) -> dict:
         cfg, out = self.cfg, {}
         for name, data in (("forget_ce", self.forget_eval), ("retain_ce", self.retain_eval)):
             data = data[:cfg.eval_limit] if cfg.eval_limit else data
@@ -230,8 +241,7 @@ class Trainer:
             data = data[self.dist.rank::self.dist.world]  # each rank a share; the sums are added over ranks
             for s in range(0, len(data), cfg.micro_batch_size):
                 batch = self._to_device(data[s:s + cfg.micro_batch_size])
-                h_t = template_hidden(self.template, batch, self.sharded)
-                h_d = final_hidden(self.delta, batch["input_ids"], batch["attention_mask"])
+                h_t, h_d = self._hidden(batch)
                 nll, k = chunked_nll(self.template, self.delta, h_t, h_d, batch["targets"], cfg.combine, cfg.loss_chunk)
                 total, count = total + float(nll), count + k
             total, count = self.dist.sum_floats(total, count)
