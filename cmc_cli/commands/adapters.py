@@ -5,12 +5,13 @@ from __future__ import annotations
 from rich.table import Table
 
 from cmc_cli.commands._common import console, handle_errors
-from cmc_cli.plugins import registered_adapters
 
 
 @handle_errors
 def adapters() -> None:
     """List loaded adapters (built-in and from plugins) in the order they are tried."""
+    from cmc_cli.plugins import registered_adapters
+
     t = Table(title="cmc adapters (tried in this order)")
     for col in ("name", "source", "convention", "description"):
         t.add_column(col)

@@ -11,8 +11,6 @@ from rich.table import Table
 
 from cmc_cli.commands._common import UI, console, handle_errors, info, status
 from cmc_cli.config import FALLBACKS, STRATEGIES, MapVocabConfig
-from cmc_cli.engine.maps import map_vocab_files, sample_mappings
-from cmc_cli.tokenmaps.strategies import KIND_NAMES
 
 
 Strategy = Enum("Strategy", {s: s for s in STRATEGIES}, type=str)
@@ -34,6 +32,8 @@ def map_vocab(
     show: Annotated[bool, typer.Option("--show", help="Print the coverage table and sample mappings.")] = False,
 ) -> None:
     """Build a token map (user vocabulary -> delta vocabulary), saved as safetensors."""
+    from cmc_cli.engine.maps import map_vocab_files, sample_mappings  # here: `cmc --help` loads no numpy
+
     cfg = MapVocabConfig(delta=delta, user=user, output=output, strategy=Strategy(strategy).value,
                          fallback=Fallback(fallback).value, seed=seed, overwrite=overwrite, lookahead_k=lookahead_k,
                          delta_adapter=delta_adapter, user_adapter=user_adapter, show=show)
@@ -57,6 +57,8 @@ def map_vocab(
 
 
 def coverage_table(tm, title: str) -> Table:
+    from cmc_cli.tokenmaps.strategies import KIND_NAMES
+
     t = Table(title=title)
     t.add_column("kind")
     t.add_column("tokens", justify="right")

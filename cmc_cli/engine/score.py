@@ -41,6 +41,7 @@ class Scored:
     delta_extra_tokens: list[int] = field(default_factory=list)  # continuation (look-ahead) tokens computed, per delta
     kl: list[float] = field(default_factory=list)  # per token: KL(user alone || combined) at that position (profile)
     top1: list[float] = field(default_factory=list)  # per token: 1 where it is the combined model's argmax (profile)
+    argmax: list[int] = field(default_factory=list)  # per token: the combined model's argmax id there (profile)
 
     @property
     def n(self) -> int:
@@ -146,14 +147,15 @@ class Scorer:
             at = 0
             for k, b in enumerate(keep):
                 n = len(a_ids[k])
-                lp, kl, top = flat[key]
-                out[key][b] = Scored(lp[at:at + n], a_ids[k], [x[k] for x in extras], kl[at:at + n], top[at:at + n])
+                lp, kl, top, arg = flat[key]
+                out[key][b] = Scored(lp[at:at + n], a_ids[k], [x[k] for x in extras], kl[at:at + n], top[at:at + n],
+                                     arg[at:at + n])
                 at += n
         return out
 
     def _flat_logps(self, prompts, p_ids, a_ids, keys, full: bool) -> tuple[dict, list]:
-        """{key: (log-probabilities, KL(user || combined), argmax hits)} over every answer token in order, per
-        strength key (the last two only when `full`: score() needs neither)."""
+        """{key: (log-probabilities, KL(user || combined), argmax hits, argmax ids)} over every answer token in
+        order, per strength key (the last three only when `full`: score() needs none)."""
         dec, user = self.dec, self.dec.user
         seqs = [p + a for p, a in zip(p_ids, a_ids)]
         positions = [list(range(len(p) - 1, len(p) - 1 + len(a))) for p, a in zip(p_ids, a_ids)]
@@ -167,7 +169,7 @@ class Scorer:
         if dec.expert is not None:
             h_proxy = [_hidden_at(m.model, seqs, positions, m.pad_id) for m in (dec.expert, dec.anti_expert)]
         targets = torch.tensor([t for a in a_ids for t in a], device=h_user.device)
-        acc = {k: ([], [], []) for k in keys}
+        acc = {k: ([], [], [], []) for k in keys}
         for s in range(0, targets.shape[0], self.chunk):
             e = min(targets.shape[0], s + self.chunk)
             u_logits = head_logits(user.model, h_user[s:e])
@@ -185,7 +187,9 @@ class Scorer:
                 acc[key][0].append(final.gather(-1, targets[s:e, None])[:, 0])
                 if full:
                     acc[key][1].append((alone.exp() * (alone - final)).sum(-1))
-                    acc[key][2].append((final.argmax(-1) == targets[s:e]).float())
+                    best = final.argmax(-1)
+                    acc[key][2].append((best == targets[s:e]).float())
+                    acc[key][3].append(best)
         return {k: tuple(torch.cat(x).tolist() if x else [] for x in v) for k, v in acc.items()}, extras
 
     def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
