@@ -97,6 +97,8 @@ def test_token_map_file_is_used_and_checked(models, workdir, cli):
     (["-d", "missing-delta"], "does not exist"),
     (["--alpha", "nan"], "--alpha must be a finite number"),
     (["-d", "DELTA:inf"], "the part after ':' must be a finite number"),
+    (["-d", "DELTA:1e9"], "the part after ':' must be between -10 and 10"),
+    (["--alpha", "-11"], "--alpha must be between -10 and 10"),
     (["-d", "DELTA:strong"], "must be a number"),
     (["--user-format", "chat"], "no chat template"),
     (["--user-format", "Question"], "--user-format must be auto, raw, chat or a format string"),

@@ -216,6 +216,7 @@ def test_pool_rows_added_and_dropped_keep_each_requests_delta_logits(world, user
 @pytest.mark.parametrize("xargs, msg", [
     ({"cmc_deltas": ["nope"]}, "unknown delta 'nope'"),
     ({"cmc_deltas": ["cross:inf"]}, "finite"),
+    ({"cmc_deltas": ["cross:1e9"]}, r"must be between -10 and 10 .*got '1e9'"),
     ({"cmc_deltas": ["cross:x"]}, "must be a number"),
     ({"cmc_deltas": 3}, "must be a list"),
     ({"cmc_deltas": ["cross", "cross:1"]}, "given twice"),

@@ -60,30 +60,42 @@ class DeltaSpec:
 
 AUTO = "auto"  # a strength written as NAME:auto / PATH:auto: the calibrated one (engine/calibrecord.py)
 DEFAULT_ALPHA = 1.0  # a delta given without a strength and without a calibration record for its user
+MAX_ALPHA = 10.0  # |alpha| above this only garbles (calibration's grid ends at 4; 1e9 was accepted and answered noise)
+
+
+def alpha_problem(alpha: float) -> str | None:
+    """What is wrong with a numeric strength, or None: finite, within +-MAX_ALPHA (the one rule)."""
+    import math
+
+    if not math.isfinite(alpha):
+        return "must be a finite number"
+    if abs(alpha) > MAX_ALPHA:
+        return f"must be between {-MAX_ALPHA:g} and {MAX_ALPHA:g} (the calibrated range is 0.25-4)"
+    return None
 
 
 def parse_alpha(text: str, what: str, error=ValueError) -> float | str:
     """The strength written after NAME: or PATH:, a finite number or `auto`; else `error` saying `what` must
     be one."""
-    import math
-
     if str(text).strip().lower() == AUTO:
         return AUTO
     try:
         alpha = float(text)
     except ValueError:
         raise error(f"{what} must be a number or 'auto' (the calibrated strength), got '{text}'") from None
-    if not math.isfinite(alpha):
-        raise error(f"{what} must be a finite number, got '{text}'")
+    problem = alpha_problem(alpha)
+    if problem:
+        raise error(f"{what} {problem}, got '{text}'")
     return alpha
 
 
 def check_alpha_value(alpha, what: str) -> float:
-    """A strength given as a number: finite (the one check every option and request uses)."""
-    import math
-
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+    """A strength given as a number (the one check every option and request uses)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise ConfigError(f"{what} must be a finite number, got {alpha}")
+    problem = alpha_problem(float(alpha))
+    if problem:
+        raise ConfigError(f"{what} {problem}, got {alpha}")
     return float(alpha)
 
 
