@@ -132,3 +132,26 @@ def test_cli_calibrate_bad_input_is_one_line(trained, cli, args, msg):
     args = [a.format(delta=trained["delta"], user=trained["user"], root=trained["root"]) for a in args]
     r = cli("calibrate", *args)
     assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output
+
+
+def test_an_instruction_delta_shows_its_off_target_cost_without_binding_it(trained, tmp_path):
+    """Instruction deltas change text everywhere: their general-text cost is measured, never a budget."""
+    import yaml
+
+    from cmc_cli.engine.calibrate import calibrate, training_texts
+    from cmc_cli.engine.models import load_lm
+
+    template = load_lm(str(trained["template"]))
+    inst = tmp_path / "instruct-delta"
+    shutil.copytree(trained["delta"], inst)
+    data = trained["template"].parent / "train.json"
+    (inst / "config.yaml").write_text(yaml.safe_dump({"task": "instruct", "data": str(data)}))
+    texts = training_texts(inst, 6, template, {}, None)
+    assert not texts.budgeted and texts.objective and not texts.retain and texts.general
+    user = load_lm(str(trained["user"]))
+    free, _ = calibrate(inst, user, template, texts, (), "Q: {prompt}\nA:")
+    assert free.alpha == choose(free.grid, free.top1, free.target_top1, "lower", {}, {})[0]
+    assert "not bound" in free.reason and len(free.cost["general"]) == len(free.grid)
+    texts.budgeted = True  # the same curves under the unlearning rule: the budget applies
+    bound, _ = calibrate(inst, user, template, texts, (), "Q: {prompt}\nA:")
+    assert bound.alpha == choose(bound.grid, bound.top1, bound.target_top1, "lower", bound.cost, bound.budget)[0]

@@ -16,6 +16,12 @@ share of answer tokens that are the combined model's argmax, teacher-forced — 
               does, the one closest to it (the best greedy fit the user can get: the smallest alpha within
               TIE of it); if no alpha is within budget, the smallest of the grid.
 
+An instruction delta has no off-target text: its job is to change how the model continues any prompt, and
+it is trained without the silence term. Its cost on general text is measured and shown, never binding: on the
+world it was what held `other` at a=0.75-1 (template + delta loses 10% of its greedy hits on sampled text at
+a=1, `other` 9% at 1 and 34% at 2), where its answers got worse than alone (ROUGE-L 0.18 -> 0.06), while the
+objective's hits peak at a=1.75-2 and answers to new prompts improve up to 2-2.5 (docs/world.md).
+
 Why hits and not likelihood or KL (docs/decoding.md has the figures): on the real pair the objective's NLL
 is lowest at 1.25 while greedy hits peak at 1.0, where refusals, retain and held-out answers are all best;
 KL(user || user + delta) on retain answers counts a delta that teaches the retain answers (hits 0.72 ->
@@ -51,6 +57,7 @@ class Texts:
     direction: str  # lower | raise: which way the objective's NLL goes when the delta works (hits go the other)
     retain: list[tuple[str, str]] = field(default_factory=list)
     general: list[str] = field(default_factory=list)
+    budgeted: bool = True  # the off-target cost binds (unlearning); False: measured and shown only (instruct)
 
 
 @dataclass
@@ -144,7 +151,11 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     u_fit, u_kl, u_top, u_hits = measure(Decoder(user, [d_u], user_format=user_format), texts, [0.0, *grid])
     budget = {k: max(COST_FLOOR, v[0] - v[1]) for k, v in t_hits.items()}
     cost = {k: [v[0] - x for x in v[1:]] for k, v in u_hits.items()}
-    alpha, why = choose(list(grid), u_top[1:], t_top[1], texts.direction, cost, budget)
+    bound = cost if texts.budgeted else {}
+    alpha, why = choose(list(grid), u_top[1:], t_top[1], texts.direction, bound, budget)
+    if not texts.budgeted:
+        why += " (an instruction delta: the off-target cost is shown, not bound)"
+
     cal = Calibration(alpha, why, list(grid), t_fit[1], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[1],
                       {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0)
     return cal, d_u
@@ -179,7 +190,8 @@ def training_texts(delta_dir: Path, items: int, template, data: dict, general: s
         else:
             objective, direction = forget, "raise" if cfg.get("loss") in RAISE_METHODS else "lower"
     retain = load_tofu(cfg["retain"])[:items] if cfg.get("retain") and Path(cfg["retain"]).is_file() else []
-    texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain])
+    texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain],
+                  budgeted=cfg.get("task") != "instruct")
     texts.general = budget_texts(template, items, general, seed)
     return texts
 
