@@ -45,7 +45,7 @@ def calibrate(
     kinds = list(cal.cost)
     header = (["alpha", "greedy hits", "objective NLL"] + [f"hits lost {k}" for k in kinds] + [f"KL {k}" for k in cal.kl]
               + [""])
-    rows = [["0 (alone)", f"{cal.user_alone_top1:.2f}", f"{cal.user_alone_fit:.3f}"] + [""] * (len(kinds) + len(cal.kl)) + [""]]
+    rows = [["0 (alone)", f"{cal.user_alone_top1:.3f}", f"{cal.user_alone_fit:.3f}"] + [""] * (len(kinds) + len(cal.kl)) + [""]]
     for i, a in enumerate(cal.grid):
         mark = "<- chosen" if a == cal.alpha else ""
         over = [f"{cal.cost[k][i]:+.3f}" + (" >" if cal.cost[k][i] > cal.budget[k] else "") for k in kinds]
