@@ -98,7 +98,8 @@ def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
 
 
 def main() -> None:
-    from cmc_cli.engine.decode import Decoder, DeltaRunner
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.runner import DeltaRunner
     from cmc_cli.engine.models import Delta
     from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.engine.textsync import GenText

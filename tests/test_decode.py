@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmc_cli.engine.decode import Decoder, DeltaRunner
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.runner import DeltaRunner
 
 from cmc_cli.engine.models import load_delta, load_lm
 

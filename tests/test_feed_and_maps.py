@@ -10,7 +10,8 @@ import torch
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Example, bos_ids, encode
 from cmc_cli.engine.combine import map_delta_logits
-from cmc_cli.engine.decode import Decoder, DeltaRunner
+from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.runner import DeltaRunner
 from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.engine.train import Trainer
 from cmc_cli.eval.metrics import mean_ci, paired_bootstrap

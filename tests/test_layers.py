@@ -89,6 +89,16 @@ def test_no_module_is_over_400_lines():
     assert not long, long
 
 
+def test_no_function_is_over_60_lines():
+    """A function reads on one screen: from its `def` to its last line, decorators aside."""
+    long = {}
+    for p in MODULES:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long[f"{p.relative_to(PKG.parent)}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
+    assert not long, long
+
+
 def test_only_the_vllm_processor_imports_vllm():
     """The core package works without vLLM (the `serve` extra): vllm is imported in one module, which
     nothing else in cmc imports at module level."""

@@ -42,11 +42,10 @@ def tofu(
     config: O.CONFIG = None,
 ) -> None:
     """TOFU unlearning metrics (ROUGE-L, probability, truth ratio, forget quality, model utility)."""
+    flags = O.model_flags({k: v for k, v in locals().items() if k != "config"})  # the options, before any import
     from cmc_cli.commands.tables import behaviour_table, tofu_table
     from cmc_cli.eval.tofu import run_tofu_eval
 
-    flags = {k: v for k, v in locals().items() if k not in ("config", "tofu_table", "behaviour_table", "run_tofu_eval")}
-    flags = O.model_flags(flags)
     cfg = EvalTofuConfig.from_sources(config, flags)
     rows = _with_progress(lambda on_progress: run_tofu_eval(cfg, on_progress=on_progress), "items")
     behaviour = behaviour_table(rows)
@@ -80,13 +79,11 @@ def instruct(
     config: O.CONFIG = None,
 ) -> None:
     """Instruction following: AlpacaEval export, reference log-likelihood, ROUGE-L, judged win rate."""
+    flags = O.model_flags({k: v for k, v in locals().items() if k != "config"})  # the options, before any import
+    from cmc_cli.commands.tables import instruct_table
     from cmc_cli.config import EvalInstructConfig
     from cmc_cli.eval.instruct import run_instruct_eval
-    from cmc_cli.commands.tables import instruct_table
 
-    flags = {k: v for k, v in locals().items()
-             if k not in ("config", "EvalInstructConfig", "run_instruct_eval", "instruct_table")}
-    flags = O.model_flags(flags)
     cfg = EvalInstructConfig.from_sources(config, flags)
     rows = _with_progress(lambda on_progress: run_instruct_eval(cfg, on_progress=on_progress), "prompts")
     console.print(instruct_table(rows))
@@ -113,13 +110,11 @@ def general(
     config: O.CONFIG = None,
 ) -> None:
     """What deltas do to text nobody chose for them: NLL, perplexity and KL to the user alone, paired CI."""
+    flags = O.model_flags({k: v for k, v in locals().items() if k != "config"})  # the options, before any import
     from cmc_cli.commands.tables import rich_table
     from cmc_cli.config import EvalGeneralConfig
     from cmc_cli.eval.general import run_general_eval, table
 
-    flags = {k: v for k, v in locals().items()
-             if k not in ("config", "EvalGeneralConfig", "run_general_eval", "table", "rich_table")}
-    flags = O.model_flags(flags)
     cfg = EvalGeneralConfig.from_sources(config, flags)
     rows = _with_progress(lambda on_progress: run_general_eval(cfg, on_progress=on_progress), "texts")
     console.print(rich_table("General text: what the deltas change where they have nothing to do", *table(rows)))

@@ -43,31 +43,15 @@ def generate(
     config: O.CONFIG = None,
 ) -> None:
     """Decode a user LLM with deltas trained on another model (any vocabulary)."""
+    flags = O.model_flags({k: v for k, v in locals().items() if k != "config"})  # the options, before any import
     from cmc_cli.engine.generate import load_decoder, read_prompts, run_generate
 
-    flags = {k: v for k, v in locals().items() if k not in ("config", "load_decoder", "read_prompts", "run_generate")}
-    flags = O.model_flags(flags)
     cfg = GenerateConfig.from_sources(config, flags)
     read_prompts(cfg)  # bad prompt files and outputs fail before the models load
     with status("loading models") as phase:
         dec = load_decoder(cfg, on_phase=phase)
-    single = cfg.prompt is not None and not cfg.output
-    if single:
-        shown = [""]
-
-        def on_text(text):
-            if not UI.quiet and text.startswith(shown[0]):
-                console.print(text[len(shown[0]):], end="", highlight=False, markup=False, soft_wrap=True)
-                shown[0] = text
-
-        res = run_generate(cfg, dec, on_text=on_text)
-        final = res.records[0]["output"]
-        if UI.quiet:
-            print(final)
-        else:
-            if final.startswith(shown[0]) and final != shown[0]:
-                console.print(final[len(shown[0]):], end="", highlight=False, markup=False)
-            console.print()
+    if cfg.prompt is not None and not cfg.output:
+        res = _stream_one(cfg, dec, run_generate)
     elif not cfg.output:  # records to stdout as JSON lines
         res = run_generate(cfg, dec, on_records=lambda recs: [print(json.dumps(r, ensure_ascii=False), flush=True) for r in recs])
     elif UI.quiet:
@@ -78,13 +62,35 @@ def generate(
         with Progress(*cols, console=err_console) as p:
             task = p.add_task("generate", total=None)
             res = run_generate(cfg, dec, on_batch=lambda done, total: p.update(task, completed=done, total=total))
+    summary = _summary(res, cfg)
+    info(f"[green]wrote[/green] {cfg.output}: {summary}" if cfg.output else summary)
+
+
+def _stream_one(cfg, dec, run_generate):
+    """One --prompt to the terminal: its answer streams as it grows (the final text, stop strings cut, last)."""
+    shown = [""]
+
+    def on_text(text):
+        if not UI.quiet and text.startswith(shown[0]):
+            console.print(text[len(shown[0]):], end="", highlight=False, markup=False, soft_wrap=True)
+            shown[0] = text
+
+    res = run_generate(cfg, dec, on_text=on_text)
+    final = res.records[0]["output"]
+    if UI.quiet:
+        print(final)
+    else:
+        if final.startswith(shown[0]) and final != shown[0]:
+            console.print(final[len(shown[0]):], end="", highlight=False, markup=False)
+        console.print()
+    return res
+
+
+def _summary(res, cfg) -> str:
     rate = res.generated_tokens / res.seconds if res.seconds else 0.0
     per = ", ".join(f"{x:.2f}" for x in res.delta_tokens_per_token)
     summary = f"{len(res.records)} generated ({res.generated_tokens} tokens, {rate:,.1f} tok/s"
     summary += f"; delta tokens computed per generated token: {per})" if per else ")"
     if res.skipped:
         summary += f"; {res.skipped} already in {cfg.output}"
-    if cfg.output:
-        info(f"[green]wrote[/green] {cfg.output}: {summary}")
-    else:
-        info(summary)
+    return summary

@@ -66,10 +66,18 @@ class TrainConfig:
         return None if term == "none" else term
 
     def __post_init__(self) -> None:
-        import math
-
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'")
+        self._fill_defaults()
+        self._check_files()
+        self._check_objective()
+        self._check_numbers()
+        check_device(self.device, self.dtype)
+        if self.delta not in DELTA_PRESETS and not Path(self.delta).is_dir():
+            raise ConfigError(f"--delta {self.delta}: neither a preset ({', '.join(DELTA_PRESETS)}) nor a model directory")
+
+    def _fill_defaults(self) -> None:
+        """Options left unset take the delta preset's, the task's and the unlearning method's defaults."""
         if self.lr is None and self.delta in SMALL_PRESET_LR:
             self.lr = SMALL_PRESET_LR[self.delta]
         defaults = {**TASK_DEFAULTS[self.task], **(METHOD_DEFAULTS.get(self.loss, {}) if self.task == "unlearn" else {})}
@@ -78,6 +86,9 @@ class TrainConfig:
                 setattr(self, key, val)
         if self.micro_batch_size is None:
             self.micro_batch_size = self.batch_size
+
+    def _check_files(self) -> None:
+        """--template, --output (never an existing delta unless resumed or overwritten) and the data files."""
         if not self.template:
             raise ConfigError("--template is required: the frozen template LLM the delta trains beside")
         if not self.output:
@@ -93,6 +104,16 @@ class TrainConfig:
             raise ConfigError("--data is required for --task instruct (Alpaca JSON/JSONL or chat messages)")
         if self.task == "unlearn" and not self.forget:
             raise ConfigError("--forget is required for --task unlearn (TOFU-format forget set)")
+        for opt in ("data", "forget", "retain"):
+            val = getattr(self, opt)
+            if val is not None and (self.task == "instruct") == (opt == "data") and not Path(val).is_file():
+                what = "a directory, not a data file" if Path(val).is_dir() else "no such file"
+                raise ConfigError(f"--{opt} {val}: {what}; give the path of a JSON/JSONL data file")
+        if self.refusals is not None and not Path(self.refusals).is_file():
+            raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
+
+    def _check_objective(self) -> None:
+        """The method, its retain term, the silence term, the prompt format and the combine mode."""
         if self.loss not in UNLEARN_LOSSES:
             raise ConfigError(f"--method must be one of {', '.join(UNLEARN_LOSSES)}, got '{self.loss}'")
         if self.retain_loss is not None and self.retain_loss not in RETAIN_TERMS:
@@ -100,27 +121,24 @@ class TrainConfig:
         if self.task == "unlearn" and self.retain_term() is not None and not self.retain:
             raise ConfigError(f"--retain is required for --method {self.loss} (its retain term is "
                               f"{self.retain_term()}); give a retain set or --retain-loss none")
-        for opt in ("data", "forget", "retain"):
-            val = getattr(self, opt)
-            if val is not None and (self.task == "instruct") == (opt == "data"):
-                if not Path(val).is_file():
-                    what = "a directory, not a data file" if Path(val).is_dir() else "no such file"
-                    raise ConfigError(f"--{opt} {val}: {what}; give the path of a JSON/JSONL data file")
         check_silence(self.silence, self.general, self.general_samples, self.general_length)
-        if self.refusals is not None and not Path(self.refusals).is_file():
-            raise ConfigError(f"--refusals {self.refusals}: no such file (one refusal answer per line)")
         if self.prompt_format is not None and "{prompt}" not in self.prompt_format:
             raise ConfigError(f"--prompt-format '{self.prompt_format}' has no {{prompt}}: the delta would never see "
                               "the request; write e.g. 'Question: {prompt}\\nAnswer:'")
+        if self.combine not in COMBINE_MODES:
+            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
+
+    def _check_numbers(self) -> None:
+        """Every numeric option in its range."""
+        import math
+
         if not (self.npo_beta > 0 and math.isfinite(self.npo_beta)):
             raise ConfigError(f"--npo-beta must be a positive number, got {self.npo_beta}")
-        for key in ("eval_every", "eval_limit"):
+        for key in ("eval_every", "eval_limit", "max_steps"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
         if self.stop_forget_loss is not None and not math.isfinite(self.stop_forget_loss):
             raise ConfigError(f"--stop-forget-loss must be a finite number, got {self.stop_forget_loss}")
-        if self.combine not in COMBINE_MODES:
-            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
         for key in ("lr", "batch_size", "micro_batch_size", "epochs", "max_length", "loss_chunk"):
             val = getattr(self, key)
             if not val or not math.isfinite(val) or val <= 0:
@@ -129,17 +147,12 @@ class TrainConfig:
             raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
         for key in ("clip", "weight_decay"):
             val = getattr(self, key)
             if not (math.isfinite(val) and val >= 0):
                 raise ConfigError(f"--{key.replace('_', '-')} must be a finite number >= 0 (0: off), got {val}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0 (0: at the end and on Ctrl-C), got {self.checkpoint_every}")
-        check_device(self.device, self.dtype)
-        if self.delta not in DELTA_PRESETS and not Path(self.delta).is_dir():
-            raise ConfigError(f"--delta {self.delta}: neither a preset ({', '.join(DELTA_PRESETS)}) nor a model directory")
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, flags: dict) -> "TrainConfig":

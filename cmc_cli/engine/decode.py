@@ -22,11 +22,11 @@ import torch
 
 from cmc_cli.config import check_user_format
 from cmc_cli.data.instruct import join_response, render
-from cmc_cli.engine.combine import decode_scores, lookahead_extra
 from cmc_cli.engine.models import Delta, LoadedModel, check_alpha
+from cmc_cli.engine.runner import DeltaRunner, step_scores
 from cmc_cli.engine.sampling import GenerationConfig, choose_tokens
-from cmc_cli.engine.streams import LockstepLM, ResyncLM, context_length
-from cmc_cli.engine.textsync import DeltaText, GenText
+from cmc_cli.engine.streams import LockstepLM, context_length
+from cmc_cli.engine.textsync import GenText
 from cmc_cli.errors import CmcError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,102 +42,6 @@ class Generation:
     delta_tokens: list[int] = field(default_factory=list)  # delta tokens computed after the prompt, per delta
     lookahead_tokens: list[int] = field(default_factory=list)  # look-ahead delta tokens computed, per delta
     token_logprobs: list[float] = field(default_factory=list)  # teacher forcing: log p of each forced token
-
-
-# ---- one delta over a batch ------------------------------------------------------------------------
-class DeltaRunner:
-    """Feeds one delta the batch's text and returns its logits (B, V_delta) after each step."""
-
-    def __init__(self, delta: Delta, same_vocab: bool):
-        self.delta = delta
-        self.same_vocab = same_vocab
-        self.lm: LockstepLM | ResyncLM | None = None
-        self.texts: list[DeltaText] = []
-        self.limit = context_length(delta.lm.model)
-        self.prompt_fed: list[int] = []
-
-    def start(self, prompts: list[str]) -> torch.Tensor:
-        lm = self.delta.lm
-        tok = lm.tokenizer
-        if self.same_vocab:
-            ids = [lm.bos + list(tok(h, add_special_tokens=False)["input_ids"]) for h in self.delta.heads(prompts)]
-            self._check_prompts(ids, prompts)
-            self.lm = LockstepLM(lm.model, lm.pad_id)
-            out = self.lm.start(ids)
-        else:
-            self.texts = [DeltaText(tok, h, lm.bos) for h in self.delta.heads(prompts)]
-            self._check_prompts([t.ids for t in self.texts], prompts)
-            self.lm = ResyncLM(lm.model, len(prompts), lm.pad_id)
-            out = self.lm.feed([0] * len(prompts), [list(t.ids) for t in self.texts])
-        self.prompt_fed = list(self.lm.fed)
-        return out
-
-    def _check_prompts(self, ids: list[list[int]], prompts: list[str]) -> None:
-        for i, p in zip(ids, prompts):
-            if self.limit and len(i) >= self.limit:
-                raise CmcError(f"the prompt '{p[:40]}…' is {len(i)} tokens in the format of delta "
-                               f"{self.delta.lm.name}, which has a context window of {self.limit}; shorten it")
-
-    def step(self, tokens: torch.Tensor, texts: list[str], active: list[bool]) -> torch.Tensor:
-        """tokens (B,) the user ids just chosen; texts: each row's generated text so far."""
-        if self.same_vocab:
-            return self.lm.step(tokens)
-        keep, new = [], []
-        for r, t in enumerate(self.texts):
-            if not active[r]:
-                keep.append(len(t.ids))
-                new.append([])
-                continue
-            lcp = t.update(texts[r])
-            k = min(lcp, len(t.ids) - 1)  # at least the last token is fed, for its logits
-            keep.append(k)
-            new.append(t.ids[k:])
-        out = self.lm.feed(keep, new)
-        if out is None:
-            raise RuntimeError("no active row")  # the decoder never steps a finished batch
-        return out
-
-    def lookahead(self, user_logits: torch.Tensor, active: list[bool], lm_rows: list[int] | None = None) -> tuple | None:
-        """The look-ahead of this step (engine/lookahead.py): (rows, cols, extra) for combine.map_delta_logits,
-        from one tree-masked delta forward over every candidate's continuation; None without candidates.
-        lm_rows[b]: the stream row of batch row b (default: the same; engine/pool.py's rows differ)."""
-        la = self.delta.lookahead
-        if la is None or self.same_vocab:
-            return None
-        cands = la.candidates(user_logits, active)
-        if not cands:
-            return None
-        at = (lambda r: r) if lm_rows is None else lm_rows.__getitem__
-        outs = self.lm.peek([(at(r), p[:-1]) for r, _, p in cands])  # inputs d, r_1..r_{m-1}
-        logits = torch.cat(outs)
-        targets = torch.tensor([t for _, _, p in cands for t in p[1:]])
-        owner = torch.tensor([c for c, (_, _, p) in enumerate(cands) for _ in p[1:]])
-        extra = lookahead_extra(logits, targets, owner, len(cands))
-        return (torch.tensor([r for r, _, _ in cands]), torch.tensor([u for _, u, _ in cands]), extra)
-
-    def over_limit(self) -> list[bool]:
-        return [bool(self.limit) and n >= self.limit for n in self.lm.lengths()]
-
-    def peeked(self) -> list[int]:
-        """Look-ahead delta tokens computed so far, per row (never kept in the cache)."""
-        return list(getattr(self.lm, "peeked", [0] * len(self.lm.fed)))
-
-    def generated_fed(self) -> list[int]:
-        """Delta tokens computed after the prompt, per row (1 per generated token when nothing is recomputed)."""
-        return [a - b for a, b in zip(self.lm.fed, self.prompt_fed)]
-
-
-def step_scores(user_logits: torch.Tensor, deltas: list[Delta], runners: list, delta_logits: list,
-                active: list[bool], mode: str, proxy: tuple | None = None, alphas: list | None = None) -> torch.Tensor:
-    """The decode step's combined scores (B, V) from the user's and each delta's logits of this step, with
-    each delta's look-ahead (and the proxy-tuning term): what the decoder, the scorer, the logits
-    processor and the server (serve/state.py) all call; combine.decode_scores computes the equation.
-    alphas: per delta, its strength for this step (a float, or (B, 1) per row: a server's requests choose
-    their own); default each delta's alpha."""
-    alphas = [None] * len(deltas) if alphas is None else alphas
-    terms = [d.term(lg.to(user_logits.device), r.lookahead(user_logits, active), alpha=a)
-             for d, r, lg, a in zip(deltas, runners, delta_logits, alphas)]
-    return decode_scores(user_logits, terms, mode, proxy)
 
 
 def combine_mode(deltas: list[Delta], combine: str | None) -> str:
@@ -187,7 +91,7 @@ class Decoder:
                               "string such as '### Question: {prompt}\\n### Answer:'")
         self.reset_stats()
         self.trace: list[dict] | None = None  # set to [] to record every step (tests, analysis)
-        self.runners: list[DeltaRunner] = []  # the last batch's, for their statistics
+        self.runners: list[DeltaRunner] = []  # the last generate call's, for their statistics
 
     def reset_stats(self) -> None:
         """Counters over every generate call since: steps, generated tokens, delta tokens fed and look-ahead
@@ -246,110 +150,141 @@ class Decoder:
             return full[len(p_ids):]
         return list(tok(answer, add_special_tokens=False)["input_ids"])
 
-    def _runners(self) -> list[DeltaRunner]:
-        return [DeltaRunner(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
-
-    def _scores(self, user_logits, delta_logits, expert_logits, active) -> torch.Tensor:
-        proxy = (self.proxy_alpha, *expert_logits) if expert_logits is not None else None
-        return step_scores(user_logits, self.deltas, self.runners, delta_logits, active, self.combine, proxy)
+    def check_context(self, prompts: list[str], ids: list[list[int]]) -> None:
+        for p, row in zip(prompts, ids):
+            if self.limit and len(row) >= self.limit:
+                raise CmcError(f"the prompt '{p[:40]}…' is {len(row)} tokens, the user model {self.user.name} has a "
+                               f"context window of {self.limit}; shorten it or raise the model's limit")
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], cfg: GenerationConfig, seeds: list[int] | None = None,
                  on_text=None, force: list[list[int]] | None = None) -> list[Generation]:
         """Decode a batch. `seeds[r]` seeds row r's sampler (default cfg.seed + r), so a prompt samples the
         same text alone or in any batch. on_text(row, text_so_far) is called after each token.
-        force: teacher forcing — row r takes force[r] as its tokens and stops after them ("forced")."""
-        B = len(prompts)
-        if B == 0:
+        force: teacher forcing — row r takes force[r] as its tokens and stops after them ("forced").
+        Each call keeps its state in its own _Batch: the decoder is reentrant."""
+        if not prompts:
             return []
-        seeds = seeds if seeds is not None else [cfg.seed + r for r in range(B)]
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        user_ids = [self.user_prompt_ids(p) for p in prompts]
-        for ids, p in zip(user_ids, prompts):
-            if self.limit and len(ids) >= self.limit:
-                raise CmcError(f"the prompt '{p[:40]}…' is {len(ids)} tokens, the user model {self.user.name} has a "
-                               f"context window of {self.limit}; shorten it or raise the model's limit")
-        user = LockstepLM(self.user.model, self.user.pad_id)
-        logits = user.start(user_ids)
-        runners = self.runners = self._runners()
-        d_logits = [r.start(prompts) for r in runners]
-        experts = None
-        if self.expert is not None:
-            experts = [LockstepLM(m.model, m.pad_id) for m in (self.expert, self.anti_expert)]
-            e_logits = [e.start(user_ids) for e in experts]
-        suppressed = self.suppress_ids(cfg.suppress)
-        texts = [GenText(self.user.tokenizer, ids) for ids in user_ids]
-        out_ids: list[list[int]] = [[] for _ in range(B)]
-        forced_lp: list[list[float]] = [[] for _ in range(B)]
-        finish: list[str | None] = [None] * B
-        cut: list[str | None] = [None] * B
+        batch = _Batch(self, prompts, cfg, seeds, force)
+        self.runners = batch.runners  # the last call's, for their statistics
         for t in range(cfg.max_new_tokens):
-            final = self._scores(logits, d_logits, e_logits if experts else None, [f is None for f in finish])
-            if force is not None:
-                lp = torch.log_softmax(final.float(), dim=-1)
-                for r in range(B):
-                    if finish[r] is None and t < len(force[r]):
-                        forced_lp[r].append(float(lp[r, force[r][t]]))
-            if suppressed:
-                final[:, suppressed] = float("-inf")
-            tokens = choose_tokens(final, cfg, gens)
-            if force is not None:
-                tokens = torch.tensor([f[t] if t < len(f) else self.user.pad_id for f in force], device=tokens.device)
-            if self.trace is not None:
-                self.trace.append({"texts": [x.text for x in texts], "user": logits.clone(), "final": final.clone(),
-                                   "delta": [d.clone() for d in d_logits], "tokens": tokens.clone(),
-                                   "active": [f is None for f in finish]})
-            for r in range(B):
-                if finish[r] is not None:
-                    tokens[r] = self.user.pad_id
-                    continue
-                tid = int(tokens[r])
-                if force is not None and t >= len(force[r]):
-                    finish[r] = "forced"
-                    continue
-                if tid in self.eos_ids and force is None:
-                    finish[r] = "eos"
-                    continue
-                out_ids[r].append(tid)
-                text = texts[r].append(tid)
-                hit = _first_stop(text, cfg.stop)
-                if hit is not None:
-                    finish[r], cut[r] = "stop", text[:hit]
-                elif force is not None and len(out_ids[r]) == len(force[r]):
-                    finish[r] = "forced"
-                elif self.limit and len(user_ids[r]) + len(out_ids[r]) >= self.limit:
-                    finish[r] = "length"
-                if on_text is not None:
-                    on_text(r, cut[r] if cut[r] is not None else text)
+            tokens = batch.choose(t)
+            batch.take(t, tokens, on_text)
             self.stats["steps"] += 1
-            active = [f is None for f in finish]
-            if not any(active) or t == cfg.max_new_tokens - 1:
+            if not any(batch.active) or t == cfg.max_new_tokens - 1:
                 break
-            logits = user.step(tokens)
-            gen_texts = [x.text for x in texts]
-            d_logits = [r.step(tokens, gen_texts, active) for r in runners]
-            for k, r in enumerate(runners):
-                for row, over in enumerate(r.over_limit()):
-                    if over and finish[row] is None:
-                        log.warning("row %d reached the context window of delta %s (%d tokens); stopped", row,
-                                    self.deltas[k].lm.name, r.limit)
-                        finish[row] = "length"
-            if experts:
-                e_logits = [e.step(tokens) for e in experts]
-        results = []
-        for r in range(B):
-            text = cut[r] if cut[r] is not None else texts[r].text
-            results.append(Generation(prompts[r], text, out_ids[r], finish[r] or "length", token_logprobs=forced_lp[r]))
-        for k, r in enumerate(runners):
-            fed = r.generated_fed()
-            self.stats["delta_tokens"][k] += sum(fed)
-            peeked = r.peeked()
-            self.stats["lookahead_tokens"][k] += sum(peeked)
-            for g, n, m in zip(results, fed, peeked):
+            batch.advance(tokens)
+        return batch.results(self.stats)
+
+
+class _Batch:
+    """One generate call: the models' streams over its rows, and each row's text, tokens and finish."""
+
+    def __init__(self, dec: Decoder, prompts: list[str], cfg: GenerationConfig, seeds, force):
+        self.dec, self.prompts, self.cfg, self.force = dec, prompts, cfg, force
+        B = len(prompts)
+        seeds = seeds if seeds is not None else [cfg.seed + r for r in range(B)]
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.user_ids = [dec.user_prompt_ids(p) for p in prompts]
+        dec.check_context(prompts, self.user_ids)
+        self.user = LockstepLM(dec.user.model, dec.user.pad_id)
+        self.logits = self.user.start(self.user_ids)
+        self.runners = [DeltaRunner(d, same_vocab=d.reads_user_ids(dec.user)) for d in dec.deltas]
+        self.d_logits = [r.start(prompts) for r in self.runners]
+        pair = (dec.expert, dec.anti_expert) if dec.expert is not None else ()
+        self.experts = [LockstepLM(m.model, m.pad_id) for m in pair]
+        self.e_logits = [e.start(self.user_ids) for e in self.experts]
+        self.suppressed = dec.suppress_ids(cfg.suppress)
+        self.texts = [GenText(dec.user.tokenizer, ids) for ids in self.user_ids]
+        self.out_ids: list[list[int]] = [[] for _ in range(B)]
+        self.forced_lp: list[list[float]] = [[] for _ in range(B)]
+        self.finish: list[str | None] = [None] * B
+        self.cut: list[str | None] = [None] * B
+
+    @property
+    def active(self) -> list[bool]:
+        return [f is None for f in self.finish]
+
+    def choose(self, t: int) -> torch.Tensor:
+        """The step's combined scores -> each row's token: sampled, or under teacher forcing the forced one
+        (its log-probability recorded)."""
+        dec, force = self.dec, self.force
+        proxy = (dec.proxy_alpha, *self.e_logits) if self.experts else None
+        final = step_scores(self.logits, dec.deltas, self.runners, self.d_logits, self.active, dec.combine, proxy)
+        if force is not None:
+            lp = torch.log_softmax(final.float(), dim=-1)
+            for r, f in enumerate(force):
+                if self.finish[r] is None and t < len(f):
+                    self.forced_lp[r].append(float(lp[r, f[t]]))
+        if self.suppressed:
+            final[:, self.suppressed] = float("-inf")
+        tokens = choose_tokens(final, self.cfg, self.gens)
+        if force is not None:
+            tokens = torch.tensor([f[t] if t < len(f) else dec.user.pad_id for f in force], device=tokens.device)
+        if dec.trace is not None:
+            dec.trace.append({"texts": [x.text for x in self.texts], "user": self.logits.clone(), "final": final.clone(),
+                              "delta": [d.clone() for d in self.d_logits], "tokens": tokens.clone(),
+                              "active": self.active})
+        return tokens
+
+    def take(self, t: int, tokens: torch.Tensor, on_text) -> None:
+        """Each unfinished row takes its token (finished rows get padding, in place)."""
+        for r in range(len(self.prompts)):
+            if self.finish[r] is not None:
+                tokens[r] = self.dec.user.pad_id
+            else:
+                self._take_one(r, t, int(tokens[r]), on_text)
+
+    def _take_one(self, r: int, t: int, tid: int, on_text) -> None:
+        """Row r's token: eos, a stop string, the end of its forced tokens or the context window finish it."""
+        dec, force = self.dec, self.force
+        if force is not None and t >= len(force[r]):
+            self.finish[r] = "forced"
+            return
+        if tid in dec.eos_ids and force is None:
+            self.finish[r] = "eos"
+            return
+        self.out_ids[r].append(tid)
+        text = self.texts[r].append(tid)
+        hit = _first_stop(text, self.cfg.stop)
+        if hit is not None:
+            self.finish[r], self.cut[r] = "stop", text[:hit]
+        elif force is not None and len(self.out_ids[r]) == len(force[r]):
+            self.finish[r] = "forced"
+        elif dec.limit and len(self.user_ids[r]) + len(self.out_ids[r]) >= dec.limit:
+            self.finish[r] = "length"
+        if on_text is not None:
+            on_text(r, self.cut[r] if self.cut[r] is not None else text)
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Feed the step's tokens to every model; a row past a delta's context window finishes ("length")."""
+        active = self.active
+        self.logits = self.user.step(tokens)
+        gen_texts = [x.text for x in self.texts]
+        self.d_logits = [r.step(tokens, gen_texts, active) for r in self.runners]
+        for k, runner in enumerate(self.runners):
+            for row, over in enumerate(runner.over_limit()):
+                if over and self.finish[row] is None:
+                    log.warning("row %d reached the context window of delta %s (%d tokens); stopped", row,
+                                self.dec.deltas[k].lm.name, runner.limit)
+                    self.finish[row] = "length"
+        if self.experts:
+            self.e_logits = [e.step(tokens) for e in self.experts]
+
+    def results(self, stats: dict) -> list[Generation]:
+        """The rows as Generations, and the decoder's counters updated."""
+        out = [Generation(p, self.cut[r] if self.cut[r] is not None else self.texts[r].text, self.out_ids[r],
+                          self.finish[r] or "length", token_logprobs=self.forced_lp[r])
+               for r, p in enumerate(self.prompts)]
+        for k, runner in enumerate(self.runners):
+            fed, peeked = runner.generated_fed(), runner.peeked()
+            stats["delta_tokens"][k] += sum(fed)
+            stats["lookahead_tokens"][k] += sum(peeked)
+            for g, n, m in zip(out, fed, peeked):
                 g.delta_tokens.append(n)
                 g.lookahead_tokens.append(m)
-        self.stats["generated"] += sum(len(x) for x in out_ids)
-        return results
+        stats["generated"] += sum(len(x) for x in self.out_ids)
+        return out
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from cmc_cli.engine.decode import DeltaRunner
+from cmc_cli.engine.runner import DeltaRunner
 from cmc_cli.engine.models import Delta
 from cmc_cli.engine.streams import ResyncLM
 from cmc_cli.engine.textsync import DeltaText

@@ -8,7 +8,7 @@
     ids = tokenizer(prompts, return_tensors="pt", padding=True)  # padding_side="left"
     out = user.model.generate(**ids, logits_processor=[proc], do_sample=False, max_new_tokens=64)
 
-The processor returns the combined scores of decode.step_scores (the same deltas, maps, look-ahead
+The processor returns the combined scores of runner.step_scores (the same deltas, maps, look-ahead
 and streams as `cmc generate`), so greedy output equals cmc's own decoder. One processor serves one
 `generate` call (its batch); beam search is not supported.
 """
@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from cmc_cli.engine.decode import DeltaRunner, combine_mode, step_scores
+from cmc_cli.engine.decode import combine_mode
+from cmc_cli.engine.runner import DeltaRunner, step_scores
 from cmc_cli.engine.models import Delta, LoadedModel
 from cmc_cli.engine.textsync import GenText
 from cmc_cli.errors import CmcError

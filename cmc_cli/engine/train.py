@@ -7,11 +7,8 @@ step) are engine/trainstep.py's.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,16 +17,14 @@ import torch
 from cmc_cli.assets import asset_prompt_format
 from cmc_cli.config import UNLEARN_METHODS, TrainConfig
 from cmc_cli.data.instruct import Encoded, bos_ids, collate, encode, load_instruct, load_tofu
-from cmc_cli.engine.checkpoint import check_same_run, load_checkpoint, save_checkpoint, tidy_checkpoint_dir
 from cmc_cli.engine.combine import FORGET_SIGNS, IGNORE, npo_loss, npo_sequence_weights, unlearning_loss
-from cmc_cli.engine import trainout
-from cmc_cli.engine.delta import count_parameters, delta_for_training
+from cmc_cli.engine.delta import delta_for_training
 from cmc_cli.engine.devices import pick_device, pick_dtype
 from cmc_cli.engine.heads import final_hidden
-from cmc_cli.engine.trainstep import (chunked_nll, chunked_terms, chunked_weighted_nll, delta_step, lr_at,
+from cmc_cli.engine.trainstep import (chunked_nll, chunked_terms, chunked_weighted_nll, delta_step,
                                       sequence_logratio, template_hidden)
 from cmc_cli.errors import CmcError, NonFiniteLoss
-from cmc_cli.fileio import atomic_write_text, sha256_file
+from cmc_cli.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -265,110 +260,14 @@ class Trainer:
     # -- main loop --
     def run(self) -> TrainResult:
         from cmc_cli.engine import distributed
+        from cmc_cli.engine.trainrun import TrainRun
         from cmc_cli.fileio import OutputLock
 
         with distributed.interrupts(self.dist):  # under torchrun SIGTERM stops a rank as Ctrl-C does
             if not self.dist.main:  # only rank 0 writes (and holds the output's lock)
-                return self._run()
+                return TrainRun(self).run()
             with OutputLock(self.out):  # a second run writing the same --output fails instead of mixing with this one
-                return self._run()
-
-    def _run(self) -> TrainResult:
-        cfg, writer = self.cfg, self.dist.main
-        try:
-            if writer:
-                self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CmcError(f"cannot write --output {self.out}: {e.strerror or e}; choose a writable directory") from None
-        ckpt_dir = self.out / "checkpoints" / "last"
-        start_step, history = 0, []
-        if cfg.resume:
-            rdir = Path(cfg.resume)
-            if writer and rdir.resolve() == self.out.resolve():  # our own output, under our lock: undo a killed save
-                tidy_checkpoint_dir(rdir / "checkpoints" / "last")
-            self.dist.barrier()
-            rdir = rdir / "checkpoints" / "last" if (rdir / "checkpoints" / "last").is_dir() else rdir
-            progress = load_checkpoint(rdir, self.delta, self.optimizer)
-            check_same_run(progress.get("config"), cfg.to_dict(), rdir)  # options first: they explain data changes
-            if progress.get("data_hashes") != self.data_hashes:
-                raise CmcError(f"cannot resume from {rdir}: the data files differ from the run that wrote it")
-            start_step = progress["step"]
-            try:
-                history = [StepMetrics(**m) for m in progress.get("history", [])]
-            except TypeError as e:
-                raise CmcError(f"{rdir / 'progress.json'} is damaged or was edited: its history does not read as "
-                               f"step metrics ({e}); restore it or start a new run") from None
-            self.evaluations = list(progress.get("evaluations", []))
-            self.phase(f"resumed at step {start_step} from {rdir}")
-        metrics_path = self.out / "metrics.jsonl"
-        if writer:
-            trainout.write_config(self)
-            atomic_write_text(metrics_path, "".join(json.dumps(m.as_dict()) + "\n" for m in history))
-        log.info("delta: %d parameters; %d steps", count_parameters(self.delta), self.total_steps)
-
-        step, stopped, t0, tokens_seen = 0, "completed", time.perf_counter(), 0
-
-        def progress_state(s: int) -> dict:
-            return {"step": s, "data_hashes": self.data_hashes, "history": [m.as_dict() for m in history],
-                    "evaluations": self.evaluations, "config": cfg.to_dict()}
-
-        def evaluate_at(s: int) -> bool:
-            """Evaluate on the whole sets; True when the stopping criterion is met."""
-            ev = {"step": s, **self.evaluate()}
-            self.evaluations.append(ev)
-            if writer:
-                with (self.out / "evals.jsonl").open("a") as f:
-                    f.write(json.dumps(ev) + "\n")
-                self.on_eval(ev)
-            return cfg.stop_forget_loss is not None and ev.get("forget_ce", -math.inf) >= cfg.stop_forget_loss
-
-        if self.eval_every:
-            if writer:
-                atomic_write_text(self.out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in self.evaluations))
-            if not self.evaluations:
-                evaluate_at(start_step)
-
-        try:
-            for epoch in range(cfg.epochs):
-                for main, retain, general in self._batches(epoch):
-                    if step >= self.total_steps:
-                        break
-                    if step < start_step:  # already done before the interruption
-                        step += 1
-                        continue
-                    lr = lr_at(step, self.total_steps, cfg.lr, self.warmup)
-                    m = self._train_step(step, epoch, lr, main, retain, general)
-                    step += 1  # the optimizer has stepped: from here on a checkpoint is at `step`
-                    tokens_seen += m.tokens
-                    m.tokens_per_s = tokens_seen / max(1e-9, time.perf_counter() - t0)
-                    history.append(m)
-                    if writer:
-                        with metrics_path.open("a") as f:
-                            f.write(json.dumps(m.as_dict()) + "\n")
-                        self.on_step(m)
-                    if writer and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
-                    if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
-                        if evaluate_at(step):
-                            stopped = "stop-forget-loss"
-                            break
-                if stopped != "completed" or step >= self.total_steps:
-                    break
-        except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not cut the save short
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            if writer:
-                save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
-            raise CmcError(f"interrupted at step {step}" + (f"; checkpoint saved, continue with --resume {self.out}" if writer else "")) from None
-        if cfg.max_steps and step >= cfg.max_steps and step < self.steps_per_epoch * cfg.epochs:
-            stopped = "max-steps"
-        if self.eval_every and (not self.evaluations or self.evaluations[-1]["step"] != step):
-            evaluate_at(step)  # the written delta is always an evaluated one
-        if writer:
-            save_checkpoint(ckpt_dir, self.delta, self.optimizer, progress_state(step))
-            trainout.write_delta(self, history, stopped, step)
-        self.dist.barrier()  # every rank returns once the delta is written
-        return TrainResult(self.out, step, stopped, history[-1] if history else None, history)
+                return TrainRun(self).run()
 
     def _train_step(self, step, epoch, lr, main, retain, general) -> StepMetrics:
         cfg = self.cfg

@@ -4,7 +4,7 @@ A serving engine keeps a persistent batch: between steps requests are added at a
 prompt ids and a live reference to their output ids), removed, and moved to another row. ServeState
 follows those changes, keeps each request's generated text (textsync.GenText, one per request) and
 each delta's state for the requests that use it (engine/pool.DeltaPool), and turns a step's user
-logits into cmc's scores with decode.step_scores — the same function the decoder, the scorer and
+logits into cmc's scores with runner.step_scores — the same function the decoder, the scorer and
 `CMCLogitsProcessor` call — with each request's own deltas and strengths (alpha per row; a delta no
 row of the step uses does not run).
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from cmc_cli.config.serve import ServeConfig
-from cmc_cli.engine.decode import combine_mode, step_scores
+from cmc_cli.engine.decode import combine_mode
+from cmc_cli.engine.runner import step_scores
 from cmc_cli.engine.models import Delta, LoadedModel
 from cmc_cli.engine.pool import DeltaPool
 from cmc_cli.engine.textsync import GenText

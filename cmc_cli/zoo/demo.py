@@ -82,7 +82,6 @@ class DemoResult:
 
 
 def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
-    from cmc_cli.data.tofu import TofuItem, load_tofu_eval
     from cmc_cli.engine.models import load_lm
     from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
 
@@ -104,24 +103,7 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
     for name, tm in maps.items():
         tm.save(out / "tokenmaps" / f"template__other.{name}.safetensors")
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-
-    from cmc_cli.fileio import atomic_write_text
-
-    lim = cfg.eval_limit
-    forget, retain_all = zoo.data(f"forget{cfg.forget_split:02d}"), zoo.data(f"retain{100 - cfg.forget_split:02d}")
-    # the first `lim` retain questions are held out of the delta's training (every model still knows them);
-    # the delta's retain term trains on the rest
-    retain_lines = [ln for ln in retain_all.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    retain = out / "data" / "retain-train.jsonl"
-    atomic_write_text(retain, "\n".join(retain_lines[lim:]) + "\n")
-    heldout = load_tofu_eval(retain_all, "retain")[:lim]
-    unlearn_sets = {"forget": load_tofu_eval(forget, "forget")[:lim], "retain": load_tofu_eval(retain, "retain")[:lim],
-                    "heldout": heldout}
-    from cmc_cli.data.records import read_records
-
-    instruct_sets = {"retain": [TofuItem(r["instruction"], r["output"], None, (), f"instruct_eval:{n}",
-                                         (r["key"],) if r.get("key") else ())
-                                for n, r in read_records(zoo.data("instruct_eval"))][:lim]}
+    forget, retain, unlearn_sets, instruct_sets = _eval_sets(zoo, cfg, out)
     res.unlearn = _rows(zoo, cfg, "unlearn")
     res.instruct = _rows(zoo, cfg, "instruct")
     res.seconds["deltas"] = res.seconds["eval"] = 0.0
@@ -143,6 +125,26 @@ def run_demo(cfg: DemoConfig, on_phase=None, on_event=None) -> DemoResult:
         res.seconds["eval"] += time.perf_counter() - t2
     _write(res)
     return res
+
+
+def _eval_sets(zoo: Zoo, cfg: DemoConfig, out: Path) -> tuple:
+    """The forget file, the retain file the delta trains on, and the evaluation sets of both tasks: the first
+    `eval_limit` retain questions are held out of the delta's training (every model still knows them)."""
+    from cmc_cli.data.records import read_records
+    from cmc_cli.data.tofu import TofuItem, load_tofu_eval
+    from cmc_cli.fileio import atomic_write_text
+
+    lim = cfg.eval_limit
+    forget, retain_all = zoo.data(f"forget{cfg.forget_split:02d}"), zoo.data(f"retain{100 - cfg.forget_split:02d}")
+    retain_lines = [ln for ln in retain_all.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    retain = out / "data" / "retain-train.jsonl"
+    atomic_write_text(retain, "\n".join(retain_lines[lim:]) + "\n")
+    unlearn_sets = {"forget": load_tofu_eval(forget, "forget")[:lim], "retain": load_tofu_eval(retain, "retain")[:lim],
+                    "heldout": load_tofu_eval(retain_all, "retain")[:lim]}
+    instruct_sets = {"retain": [TofuItem(r["instruction"], r["output"], None, (), f"instruct_eval:{n}",
+                                         (r["key"],) if r.get("key") else ())
+                                for n, r in read_records(zoo.data("instruct_eval"))][:lim]}
+    return forget, retain, unlearn_sets, instruct_sets
 
 
 def _train(zoo: Zoo, cfg: DemoConfig, task: str, seed: int, output: Path, forget=None, retain=None) -> Path:
