@@ -14,7 +14,7 @@ tree-shaped attention mask (it attends to the shared prefix and to itself) and i
 The research code re-encodes and re-runs the whole prefix at every position: O(length²), batch 1.
 
 A delta with a look-ahead map (engine/lookahead.py) is scored by the decoder under teacher forcing
-instead: its step's candidates come from that step's user logits, and decode.step_scores is the one
+instead: its step's candidates come from that step's user logits, and runner.step_scores is the one
 place that computes them.
 """
 
@@ -41,7 +41,6 @@ class Scored:
     delta_extra_tokens: list[int] = field(default_factory=list)  # continuation (look-ahead) tokens computed, per delta
     kl: list[float] = field(default_factory=list)  # per token: KL(user alone || combined) at that position (profile)
     top1: list[float] = field(default_factory=list)  # per token: 1 where it is the combined model's argmax (profile)
-    argmax: list[int] = field(default_factory=list)  # per token: the combined model's argmax id there (profile)
 
     @property
     def n(self) -> int:
@@ -147,15 +146,14 @@ class Scorer:
             at = 0
             for k, b in enumerate(keep):
                 n = len(a_ids[k])
-                lp, kl, top, arg = flat[key]
-                out[key][b] = Scored(lp[at:at + n], a_ids[k], [x[k] for x in extras], kl[at:at + n], top[at:at + n],
-                                     arg[at:at + n])
+                lp, kl, top = flat[key]
+                out[key][b] = Scored(lp[at:at + n], a_ids[k], [x[k] for x in extras], kl[at:at + n], top[at:at + n])
                 at += n
         return out
 
     def _flat_logps(self, prompts, p_ids, a_ids, keys, full: bool) -> tuple[dict, list]:
-        """{key: (log-probabilities, KL(user || combined), argmax hits, argmax ids)} over every answer token in
-        order, per strength key (the last three only when `full`: score() needs none)."""
+        """{key: (log-probabilities, KL(user || combined), argmax hits)} over every answer token in order, per
+        strength key (the last two only when `full`: score() needs neither)."""
         dec, user = self.dec, self.dec.user
         seqs = [p + a for p, a in zip(p_ids, a_ids)]
         positions = [list(range(len(p) - 1, len(p) - 1 + len(a))) for p, a in zip(p_ids, a_ids)]
@@ -169,28 +167,45 @@ class Scorer:
         if dec.expert is not None:
             h_proxy = [_hidden_at(m.model, seqs, positions, m.pad_id) for m in (dec.expert, dec.anti_expert)]
         targets = torch.tensor([t for a in a_ids for t in a], device=h_user.device)
-        acc = {k: ([], [], [], []) for k in keys}
+        acc = {k: ([], [], []) for k in keys}
         for s in range(0, targets.shape[0], self.chunk):
             e = min(targets.shape[0], s + self.chunk)
-            u_logits = head_logits(user.model, h_user[s:e])
-            alone = F.log_softmax(u_logits.float(), dim=-1) if full else None
-            d_logits = [head_logits(d.lm.model, h[s:e]) for d, h in zip(dec.deltas, h_deltas)]
             proxy = None
             if h_proxy is not None:
                 proxy = (dec.proxy_alpha, *(head_logits(m.model, h[s:e]) for m, h in zip((dec.expert, dec.anti_expert), h_proxy)))
+            u_logits = head_logits(user.model, h_user[s:e])
             # decode_scores with each delta's mapped term computed once for every strength
             base = decode_scores(u_logits, [], dec.combine, proxy)
-            terms = [delta_term(lg, d.index, u_logits.shape[-1], d.cap) for d, lg in zip(dec.deltas, d_logits)]
-            for key in keys:
-                alphas_k = [d.alpha if key is None else key for d in dec.deltas]
-                final = F.log_softmax(base + sum(a * t for a, t in zip(alphas_k, terms)), dim=-1)
-                acc[key][0].append(final.gather(-1, targets[s:e, None])[:, 0])
-                if full:
-                    acc[key][1].append((alone.exp() * (alone - final)).sum(-1))
-                    best = final.argmax(-1)
-                    acc[key][2].append((best == targets[s:e]).float())
-                    acc[key][3].append(best)
+            terms = [delta_term(head_logits(d.lm.model, h[s:e]), d.index, u_logits.shape[-1], d.cap)
+                     for d, h in zip(dec.deltas, h_deltas)]
+            self._chunk_stats(u_logits if full else None, base, terms, targets[s:e], keys, acc)
         return {k: tuple(torch.cat(x).tolist() if x else [] for x in v) for k, v in acc.items()}, extras
+
+    def _chunk_stats(self, u_logits, base, terms, targets, keys, acc) -> None:
+        """One chunk's per-strength log-probabilities of the targets, KL(user alone || combined) and argmax hits
+        (the last two when u_logits is given), into acc. For final = z - logsumexp(z), z = base + sum a*t:
+        log p(target) = z[target] - lse, sum_v p_alone*final = sum p_alone*base + sum a*(p_alone . t) - lse and
+        argmax final = argmax z, so each strength costs one sum, one logsumexp and one argmax over the vocabulary
+        (the dot products with the user's distribution are taken once)."""
+        tgt = targets[:, None]
+        base_t, terms_t = base.gather(-1, tgt)[:, 0], [t.gather(-1, tgt)[:, 0] for t in terms]
+        if u_logits is not None:
+            alone = F.log_softmax(u_logits.float(), dim=-1)
+            p = alone.exp()
+            p_alone, p_base, p_terms = (p * alone).sum(-1), (p * base).sum(-1), [(p * t).sum(-1) for t in terms]
+        for key in keys:
+            alphas_k = [d.alpha if key is None else key for d in self.dec.deltas]
+            z = base
+            for a, t in zip(alphas_k, terms):
+                z = torch.add(z, t, alpha=a)
+            lse = torch.logsumexp(z, dim=-1)
+            acc[key][0].append(base_t + sum(a * t for a, t in zip(alphas_k, terms_t)) - lse)
+            if u_logits is not None:
+                kl = p_alone - (p_base + sum(a * t for a, t in zip(alphas_k, p_terms)) - lse)
+                if self.dec.expert is None and not any(alphas_k):  # the user alone: exactly nothing changed
+                    kl = torch.zeros_like(kl)
+                acc[key][1].append(kl.clamp(min=0.0))  # >= 0; float32 rounding of the logsumexp: ~1e-5 relative
+                acc[key][2].append((z.argmax(-1) == targets).float())
 
     def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
         """With a look-ahead map, each step's candidates depend on that step's user logits, so the answers are
