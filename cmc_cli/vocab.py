@@ -132,6 +132,27 @@ class Vocab:
         return out
 
 
+VOCAB_FORMAT = "cmc-vocab/1"
+
+
+def vocab_to_json(v: Vocab) -> str:
+    """A Vocab as JSON (lone surrogates escaped: a byte piece's half character survives the round trip)."""
+    return json.dumps({"format": VOCAB_FORMAT, "name": v.name, "convention": v.convention, "pieces": list(v.pieces),
+                       "surfaces": list(v.surfaces), "byte_values": {str(k): b for k, b in v.byte_values.items()},
+                       "roles": {str(k): list(r) for k, r in v.roles.items()}, "raw_text_ids": sorted(v.raw_text_ids)},
+                      ensure_ascii=True)
+
+
+def vocab_from_json(text: str) -> Vocab:
+    """vocab_to_json's inverse; ValueError for anything else."""
+    d = json.loads(text)
+    if not isinstance(d, dict) or d.get("format") != VOCAB_FORMAT or len(d["pieces"]) != len(d["surfaces"]):
+        raise ValueError("not a cmc vocabulary")
+    return Vocab(d["name"], d["convention"], tuple(d["pieces"]), tuple(d["surfaces"]),
+                 {int(k): int(b) for k, b in d["byte_values"].items()},
+                 {int(k): tuple(r) for k, r in d["roles"].items()}, frozenset(int(i) for i in d["raw_text_ids"]))
+
+
 def vocab_fingerprint(pieces) -> str:
     """sha256 of the ordered token pieces: two tokenizers with equal fingerprints agree on every id."""
     h = hashlib.sha256()

@@ -145,3 +145,51 @@ def test_empty_vocabulary(cli, workdir, tiny_tokenizers):
     r = cli("map-vocab", d / "tokenizer.json", tiny_tokenizers["spm"], "-o", "m.safetensors")
     assert r.exit_code == 1 and "has an empty vocabulary" in r.output
     assert not (workdir / "m.safetensors").exists()
+
+
+def test_a_second_map_of_the_same_tokenizers_reads_the_vocabulary_cache(workdir, tiny_tokenizers, tmp_path):
+    """The first map reads each tokenizer through transformers and keeps its vocabulary as JSON; the second
+    imports neither torch nor transformers and writes the same bytes; an edited tokenizer file is a new key and
+    a damaged entry is rebuilt (adapters/vocabcache.py)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    spm = tmp_path / "spm"
+    shutil.copytree(tiny_tokenizers["spm"], spm)
+    env = {**os.environ, "CMC_CACHE": str(tmp_path / "cache")}
+    probe = ("import sys\nfrom typer.testing import CliRunner\nfrom cmc_cli.app import app\n"
+             f"r = CliRunner().invoke(app, ['-q', 'map-vocab', {str(spm)!r}, {str(tiny_tokenizers['bl'])!r}, '-o', sys.argv[1]])\n"
+             "assert r.exit_code == 0, r.output\nprint([m for m in ('torch', 'transformers') if m in sys.modules])")
+
+    def run(out):
+        res = subprocess.run([sys.executable, "-c", probe, str(tmp_path / out)], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+    assert "transformers" in run("first.safetensors")  # nothing cached yet: read through the adapter
+    entries = sorted((tmp_path / "cache" / "vocabs").glob("*.json"))
+    assert len(entries) == 2
+    assert run("second.safetensors") == []
+    assert (tmp_path / "first.safetensors").read_bytes() == (tmp_path / "second.safetensors").read_bytes()
+    for e in entries:
+        e.write_text("{damaged")
+    assert "transformers" in run("third.safetensors")
+    assert (tmp_path / "third.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
+    cfg = spm / "tokenizer_config.json"
+    cfg.write_text(cfg.read_text() + "\n")  # the same tokenizer, another file: a new entry
+    run("fourth.safetensors")
+    assert len(list((tmp_path / "cache" / "vocabs").glob("*.json"))) == 3
+
+
+def test_a_vocabulary_survives_its_json_round_trip(tiny_tokenizers):
+    from cmc_cli.vocab import Vocab, vocab_from_json, vocab_to_json
+
+    for key in ("spm", "bl"):
+        v = load_vocab(resolve(str(tiny_tokenizers[key])))
+        assert vocab_from_json(vocab_to_json(v)) == v
+    odd = Vocab("odd", "byte-level", ("a", "\u00e2", "<s>"), ("a", "\udce2", None), {}, {2: ("bos", "eos")}, frozenset({0}))
+    back = vocab_from_json(vocab_to_json(odd))  # half a UTF-8 character is a lone surrogate
+    assert back == odd and back.fingerprint == odd.fingerprint

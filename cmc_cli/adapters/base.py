@@ -67,7 +67,11 @@ class Adapter:
         raise NotImplementedError
 
     def load_vocab(self, ref: ModelRef) -> Vocab:
-        return self.token_surfaces(self.load_tokenizer(ref), name=ref.name)
+        """The tokenizer's vocabulary, read once and then from the cache (adapters/vocabcache.py)."""
+        from cmc_cli.adapters.vocabcache import cached_vocab
+
+        return cached_vocab(ref.path, ref.name, self.name,
+                            lambda: self.token_surfaces(self.load_tokenizer(ref), name=ref.name))
 
 
 def _adapter_classes() -> list[type[Adapter]]:
