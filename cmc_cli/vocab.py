@@ -120,9 +120,6 @@ class Vocab:
     def fingerprint(self) -> str:
         return vocab_fingerprint(self.pieces)
 
-    def special_ids(self) -> list[int]:
-        return [i for i, s in enumerate(self.surfaces) if s is None]
-
     def role_index(self) -> dict[str, int]:
         """role -> lowest id holding it."""
         out: dict[str, int] = {}

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmc_cli.errors import CmcError
 
@@ -62,22 +61,6 @@ def handle_errors(fn):
 def info(msg: str) -> None:
     if not UI.quiet:
         err_console.print(msg, highlight=False)
-
-
-@contextmanager
-def progress_bar(description: str):
-    """Yields update(done, total); a no-op under --quiet."""
-    if UI.quiet:
-        yield lambda done, total: None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as p:
-        task = p.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            p.update(task, completed=done, total=total)
-
-        yield update
 
 
 @contextmanager

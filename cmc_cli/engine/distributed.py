@@ -174,12 +174,6 @@ def shard_template(model, device: torch.device) -> None:
     fully_shard(model, **kw)
 
 
-def is_sharded(model) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def load_template_sharded(path, dtype, device: torch.device):
     """The template of a Hugging Face safetensors directory, sharded with FSDP2 without ever being whole on a
     rank: the model is built with its parameters on the meta device (buffers real), sharded, then each

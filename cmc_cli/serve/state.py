@@ -1,4 +1,4 @@
-"""cmc's decode step inside a serving engine's batch, without the engine: what serve/vllm.py drives.
+"""cmc's decode step inside a serving engine's batch, without the engine: what serve/vllm_processor.py drives.
 
 A serving engine keeps a persistent batch: between steps requests are added at a row (with their
 prompt ids and a live reference to their output ids), removed, and moved to another row. ServeState

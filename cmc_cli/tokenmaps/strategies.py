@@ -1,6 +1,6 @@
 """Token-map strategies: for every user token, the delta token whose logit it borrows.
 
-pm-mined (default; DESIGN.md), for a user token with surface u:
+pm-mined (the paper's; DESIGN.md; cmc's default is exact-ext, below), for a user token with surface u:
   1. an exact surface match wins outright (lowest delta id among equal surfaces; ordinary tokens
      before byte pieces);
   2. else the candidates are delta tokens that are a proper prefix of u (a hash lookup of each

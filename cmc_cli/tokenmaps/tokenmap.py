@@ -106,10 +106,6 @@ class TokenMap:
     def user_size(self) -> int:
         return int(self.index.shape[0])
 
-    @property
-    def delta_size(self) -> int:
-        return int(self.meta["delta"]["size"])
-
     def counts(self) -> dict[str, int]:
         c = np.bincount(self.kind, minlength=len(KIND_NAMES))
         return {name: int(c[k]) for k, name in enumerate(KIND_NAMES)}
