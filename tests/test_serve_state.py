@@ -300,3 +300,16 @@ def test_a_lookahead_token_map_serves_as_it_decodes(world, user, tmp_path, monke
         want = Decoder(user, deltas, user_format="raw").generate([r["prompt"]], GenerationConfig(max_new_tokens=r["n"]))
         assert r["out"] == want[0].token_ids
     assert state.live_state() == {"requests": 0, "cross": 0, "small": 0, "same": 0}
+
+
+def test_prompt_logprobs_beside_deltas_are_refused():
+    """vLLM computes prompt logprobs before any logits processor: with deltas on they would score the model
+    alone, so they are a 400; with every delta off they are the truth and pass."""
+    from cmc_cli.config.serve import check_prompt_logprobs
+
+    with pytest.raises(ValueError, match="cmc eval general") as e:
+        check_prompt_logprobs({"cross": 1.0}, 1)
+    assert "\n" not in str(e.value)
+    check_prompt_logprobs({"cross": 1.0}, None)
+    check_prompt_logprobs({"cross": 0.0}, 0)
+    check_prompt_logprobs({}, 5)

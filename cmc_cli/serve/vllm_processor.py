@@ -5,7 +5,8 @@
     from cmc_cli.serve import configure, PROCESSOR
 
     configure("path/to/user", deltas=["unlearn=deltas/idk:1.0"])   # sets CMC_SERVE for vLLM's processes
-    llm = LLM(model="path/to/user", dtype="float32", logits_processors=[PROCESSOR])
+    llm = LLM(model="path/to/user", dtype="float32", logits_processors=[PROCESSOR],
+              logprobs_mode="processed_logprobs")     # sampled tokens' logprobs with the deltas
     sp = SamplingParams(temperature=0, max_tokens=64, extra_args={"cmc_deltas": ["unlearn:0.5"]})
     print(llm.generate(["Question: Who wrote ...?\\nAnswer:"], sp)[0].outputs[0].text)
 
@@ -13,7 +14,10 @@ Each engine process builds one CMCProcessor: it loads the user's tokenizer, ever
 once (serve/state.ServeState). A request picks its deltas and strengths in `extra_args`
 (`vllm_xargs` over HTTP): {"cmc_deltas": ["NAME", "NAME:ALPHA", ...]}, [] for none; without the field it
 gets the server's defaults. Bad fields are refused by validate_params, which vLLM's server answers with
-HTTP 400. vLLM's GPU Model Runner V2 has another interface: `cmc serve` sets VLLM_USE_V2_MODEL_RUNNER=0.
+HTTP 400; so are prompt logprobs beside deltas (config/serve.check_prompt_logprobs): vLLM computes them
+before any processor. The sampled tokens' logprobs include the deltas under logprobs_mode
+"processed_logprobs" (`cmc serve` sets it). vLLM's GPU Model Runner V2 has another interface: `cmc serve`
+sets VLLM_USE_V2_MODEL_RUNNER=0.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from cmc_cli.config.serve import ServeConfig
+from cmc_cli.config.serve import ServeConfig, check_prompt_logprobs
 from cmc_cli.serve.state import ServeState
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,8 @@ class CMCProcessor(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
-        cls._served().selection(sampling_params.extra_args)
+        deltas, _ = cls._served().selection(sampling_params.extra_args)
+        check_prompt_logprobs(deltas, getattr(sampling_params, "prompt_logprobs", None))
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         if getattr(vllm_config, "use_v2_model_runner", False):
