@@ -85,8 +85,29 @@ def check_device(device: str, dtype: str) -> None:
 
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise ConfigError(f"--device '{device}' is not a device; use auto, cpu, cuda, cuda:N or mps")
+    check_dtype(dtype)
+
+
+def check_dtype(dtype: str) -> None:
+    """--dtype: one of DTYPE_NAMES (the one check: configs, serving and engine/devices.pick_dtype)."""
     if dtype not in DTYPE_NAMES:
         raise ConfigError(f"--dtype '{dtype}' is unknown; use one of {', '.join(DTYPE_NAMES)}")
+
+
+def check_combine(mode: str | None, optional: bool = False) -> None:
+    """--combine: one of COMBINE_MODES (None allowed where the deltas' own mode applies); every config and the
+    engine's combine functions call this one check."""
+    if optional and mode is None:
+        return
+    if mode not in COMBINE_MODES:
+        raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{mode}'")
+
+
+def check_lookahead_k(k, error=ConfigError) -> int:
+    """--lookahead-k: a whole number >= 1 (map-vocab's option and TokenMap.build's, which raises TokenMapError)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise error(f"--lookahead-k must be a whole number >= 1, got {k!r}")
+    return k
 
 
 def check_prompt_text(text, where: str) -> None:

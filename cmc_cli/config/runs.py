@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmc_cli.config.options import (COMBINE_MODES, FALLBACKS, STRATEGIES, _merge_sources, check_device, check_prompt_text,
-                                    check_sampling, check_user_format)
+from cmc_cli.config.options import (FALLBACKS, STRATEGIES, _merge_sources, check_combine, check_device,
+                                    check_lookahead_k, check_prompt_text, check_sampling, check_user_format)
 from cmc_cli.errors import ConfigError
 
 
@@ -36,8 +36,7 @@ class MapVocabConfig:
         if self.lookahead_k is not None:
             if self.strategy != "pm-lookahead":
                 raise ConfigError("--lookahead-k applies to --strategy pm-lookahead only")
-            if isinstance(self.lookahead_k, bool) or not isinstance(self.lookahead_k, int) or self.lookahead_k < 1:
-                raise ConfigError(f"--lookahead-k must be a whole number >= 1, got {self.lookahead_k}")
+            check_lookahead_k(self.lookahead_k)
         if self.seed != 0 and self.strategy != "shuffled":
             raise ConfigError("--seed applies to --strategy shuffled only")
 
@@ -138,16 +137,13 @@ class ModelSelection:
     MANY_ALPHAS = False  # `cmc eval`: alpha is a list of strengths, one row each (check_alphas)
 
     def check_selection(self) -> None:
-        import math
-
         self.deltas = [d if isinstance(d, DeltaSpec) else DeltaSpec.parse(d) for d in self.deltas or []]
         self.token_maps = [Path(p) for p in self.token_maps or []]
         if self.MANY_ALPHAS:
             self.alpha = check_alphas(self.alpha)
         elif self.alpha is not None:
             check_alpha_value(self.alpha, "--alpha")
-        if self.combine is not None and self.combine not in COMBINE_MODES:
-            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
+        check_combine(self.combine, optional=True)
         check_user_format(self.user_format)
         check_device(self.device, self.dtype)
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cmc_cli.config.options import COMBINE_MODES, DTYPE_NAMES
+from cmc_cli.config.options import check_combine, check_dtype
 from cmc_cli.config.runs import AUTO, DeltaSpec, check_alpha_value, parse_alpha
 from cmc_cli.errors import ConfigError
 
@@ -50,10 +50,8 @@ class ServeConfig:
         unknown = [n for n in self.default if n not in names]
         if unknown:
             raise ConfigError(f"default delta '{unknown[0]}' is not one of the served deltas ({', '.join(names) or 'none'})")
-        if self.combine is not None and self.combine not in COMBINE_MODES:
-            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
-        if self.dtype not in DTYPE_NAMES:
-            raise ConfigError(f"--dtype '{self.dtype}' is unknown; use one of {', '.join(DTYPE_NAMES)}")
+        check_combine(self.combine, optional=True)
+        check_dtype(self.dtype)
 
     @classmethod
     def from_cli(cls, user: str, deltas: list[str], alpha: float, token_maps: list[str], combine: str | None,

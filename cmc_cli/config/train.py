@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmc_cli.config.options import (COMBINE_MODES, DEFAULT_EVAL_LIMIT, DELTA_PRESETS, METHOD_DEFAULTS, RETAIN_TERMS,
-                                    SMALL_PRESET_LR, TASK_DEFAULTS, TASKS, UNLEARN_LOSSES, UNLEARN_METHODS, _merge_sources,
+from cmc_cli.config.options import (DEFAULT_EVAL_LIMIT, DELTA_PRESETS, METHOD_DEFAULTS, RETAIN_TERMS, SMALL_PRESET_LR,
+                                    TASK_DEFAULTS, TASKS, UNLEARN_LOSSES, UNLEARN_METHODS, _merge_sources, check_combine,
                                     check_device)
 from cmc_cli.errors import ConfigError
 
@@ -125,8 +125,7 @@ class TrainConfig:
         if self.prompt_format is not None and "{prompt}" not in self.prompt_format:
             raise ConfigError(f"--prompt-format '{self.prompt_format}' has no {{prompt}}: the delta would never see "
                               "the request; write e.g. 'Question: {prompt}\\nAnswer:'")
-        if self.combine not in COMBINE_MODES:
-            raise ConfigError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got '{self.combine}'")
+        check_combine(self.combine)
 
     def _check_numbers(self) -> None:
         """Every numeric option in its range."""

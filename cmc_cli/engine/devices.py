@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cmc_cli.config.options import check_dtype
 from cmc_cli.errors import ConfigError
 
 DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -27,8 +28,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"--dtype '{name}' is unknown; use one of {', '.join(DTYPES)}")
+    check_dtype(name)
     dt = DTYPES[name]
     if dt is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -17,6 +17,7 @@ import numpy as np
 
 from cmc_cli import __version__
 from cmc_cli.config import DEFAULT_STRATEGY, STRATEGIES
+from cmc_cli.config.options import check_lookahead_k
 from cmc_cli.errors import TokenMapError, cause
 from cmc_cli.fileio import atomic_write_bytes
 from cmc_cli.tokenmaps.strategies import BASE_STRATEGIES, KIND_NAMES, PREFIX, UNMAPPED, map_vocab
@@ -52,9 +53,7 @@ class TokenMap:
                 return tm.shuffled(seed)
             tm.meta.update(strategy=strategy, prefix_rule=PREFIX_RULES[strategy])
             if strategy == "pm-lookahead":
-                if isinstance(lookahead_k, bool) or not isinstance(lookahead_k, int) or lookahead_k < 1:
-                    raise TokenMapError(f"--lookahead-k must be a whole number >= 1, got {lookahead_k}")
-                tm.meta["lookahead_k"] = lookahead_k
+                tm.meta["lookahead_k"] = check_lookahead_k(lookahead_k, TokenMapError)
             return tm
         if delta.size == 0:
             raise TokenMapError(f"the delta tokenizer '{delta.name}' has an empty vocabulary")
