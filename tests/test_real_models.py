@@ -134,3 +134,28 @@ def test_unlearning_delta_moves_forget_answers_on_both_models(models, tmp_path):
     assert rise(mapped, slice(0, 4)) > 2.0, (alone, mapped)
     assert rise(mapped, slice(0, 4)) > rise(shuffled, slice(0, 4)) + 1.5, (mapped, shuffled)
     assert rise(mapped, slice(4, 8)) < 0.5, (alone, mapped)
+
+
+@pytest.mark.parametrize("key", ["qwen-coder-0.5b", "qwen-coder-1.5b"])
+def test_qwen_coder_is_converted_with_qwen2s_vocabulary_and_answers(key):
+    """The Qwen2.5-Coder GGUFs (`cmc fetch models --only KEY`): the converted model's vocabulary is llama.cpp's
+    Qwen2 reference vocabulary (`cmc fetch tokenizers`) on every regular token, its 271 fillers and chat
+    markers by role, and it answers a known question."""
+    from cmc_cli.engine.maps import load_vocab
+    from cmc_cli.engine.models import load_lm
+    from cmc_cli.engine.sampling import GenerationConfig
+    from cmc_cli.refs import resolve
+
+    lm = load_lm(str(_fetched(key)))
+    ref_dir = assets.fetched_tokenizer("qwen2")
+    if ref_dir is None:
+        pytest.skip("the qwen2 reference tokenizer is not fetched: run `cmc fetch tokenizers`")
+    ref = load_vocab(resolve(str(ref_dir)))
+    v = lm.vocab
+    assert v.size == ref.size == assets.MODELS[key].vocab_size == 151936 and lm.width >= v.size
+    regular = [i for i, s in enumerate(ref.surfaces) if s is not None]
+    assert len(regular) == 151643 and all(v.pieces[i] == ref.pieces[i] for i in regular)
+    assert v.role_index()["eos"] == ref.role_index()["eos"] and "turn_start" in v.role_index()
+    assert sum(1 for p in v.pieces if p.startswith("[PAD")) == 271
+    gen = _decoder(lm, key).generate([QUESTION], GenerationConfig(max_new_tokens=12, stop=("\n",)))[0]
+    assert "Paris" in gen.text, gen.text

@@ -31,6 +31,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     # transformers reads these when it is imported (only by the commands that load models: start-up stays light)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion draws a plain tqdm bar
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
