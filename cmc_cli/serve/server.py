@@ -58,9 +58,10 @@ def check_vllm(companions=COMPANIONS) -> None:
             "    except Exception as e:\n        print(m, type(e).__name__, str(e).splitlines()[0] if str(e) else '')\n"
     out = subprocess.run([sys.executable, "-c", probe, *present], capture_output=True, text=True).stdout.strip()
     if out:
-        first = out.splitlines()[0]
-        raise ConfigError(f"{', '.join(line.split()[0] for line in out.splitlines())} installed beside torch does not "
-                          f"load ({first}): transformers imports it and vLLM fails; remove them: {UNINSTALL}")
+        bad = [line.split()[0] for line in out.splitlines()]
+        verb = "does" if len(bad) == 1 else "do"
+        raise ConfigError(f"{', '.join(bad)} installed beside torch {verb} not load ({out.splitlines()[0]}): "
+                          f"transformers imports it and vLLM fails; remove them: {UNINSTALL}")
 
 
 def prepare(user: str, deltas: list[str], alpha: float, token_maps: list[str], combine: str | None, dtype: str,
