@@ -155,3 +155,28 @@ def test_an_instruction_delta_shows_its_off_target_cost_without_binding_it(train
     texts.budgeted = True  # the same curves under the unlearning rule: the budget applies
     bound, _ = calibrate(inst, user, template, texts, (), "Q: {prompt}\nA:")
     assert bound.alpha == choose(bound.grid, bound.top1, bound.target_top1, "lower", bound.cost, bound.budget)[0]
+
+
+def test_the_sampled_general_texts_are_kept_for_the_next_user(trained, monkeypatch, tmp_path):
+    """Sampling the template's general texts is a large share of a calibration: the first calibration keeps
+    them beside the delta (keyed by the template and the sampling), the next reads them; damaged, resampled."""
+    from cmc_cli.engine import general
+    from cmc_cli.engine.calibrate import KEPT_TEXTS, training_texts
+    from cmc_cli.engine.models import load_lm
+
+    delta = tmp_path / "delta"
+    shutil.copytree(trained["delta"], delta)
+    template = load_lm(str(trained["template"]))
+    first = training_texts(delta, 6, template, {}, None)
+    assert (delta / KEPT_TEXTS).is_file() and first.general
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(general, "sample_ids", no_sampling)
+    assert training_texts(delta, 6, template, {}, None).general == first.general
+    with pytest.raises(AssertionError, match="sampled again"):  # another count is another key
+        training_texts(delta, 5, template, {}, None)
+    monkeypatch.undo()
+    (delta / KEPT_TEXTS).write_text("{damaged")
+    assert training_texts(delta, 6, template, {}, None).general == first.general  # same seed: same texts

@@ -34,6 +34,7 @@ The choice is recorded in DELTA/calibration.json (engine/calibrecord.py) with bo
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 GRID = tuple(i / 4 for i in range(1, 17))  # 0.25 .. 4.0
 COST_FLOOR = 0.02  # share of tokens: losing this few greedy hits is allowed even to a delta whose own loss is smaller
 TIE = 0.005  # hit rates this close are one plateau: the smallest alpha on it is chosen
+KEPT_TEXTS = "calibration-texts.json"  # the template's sampled general texts, kept beside the delta
 RAISE_METHODS = ("grad-diff", "grad-ascent", "kl", "npo")  # their objective raises the forget answers' NLL
 
 
@@ -192,21 +194,45 @@ def training_texts(delta_dir: Path, items: int, template, data: dict, general: s
     retain = load_tofu(cfg["retain"])[:items] if cfg.get("retain") and Path(cfg["retain"]).is_file() else []
     texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain],
                   budgeted=cfg.get("task") != "instruct")
-    texts.general = budget_texts(template, items, general, seed)
+    texts.general = budget_texts(template, items, general, seed, Path(delta_dir) / KEPT_TEXTS)
     return texts
 
 
-def budget_texts(template, n: int, path: str | None, seed: int) -> list[str]:
-    """The general text of the off-target budget: `path`'s first paragraphs, else `n` texts the template samples."""
+def budget_texts(template, n: int, path: str | None, seed: int, keep: Path | None = None) -> list[str]:
+    """The general text of the off-target budget: `path`'s first paragraphs, else `n` texts the template samples,
+    kept in `keep` (DELTA/calibration-texts.json) for the next user of the same delta and template: sampling
+    them is a large share of a calibration on 2 cores."""
     from cmc_cli.data.general import read_plain_text
     from cmc_cli.engine.general import sample_ids
 
     if path:
         return read_plain_text(path)[:n]
+    key = {"template": template.vocab.fingerprint, "weights": _weights(template), "n": n, "seed": seed + 1000, "length": 48}
+    if keep is not None and keep.is_file():
+        try:
+            kept = json.loads(keep.read_text(encoding="utf-8"))
+            if kept.get("key") == key and isinstance(kept.get("texts"), list):
+                return [str(t) for t in kept["texts"]]
+        except (OSError, ValueError):
+            pass  # damaged: sampled again and rewritten
     device = next(template.model.parameters()).device
-    ids = sample_ids(template.model, template.tokenizer, n, 48, seed + 1000, device)
+    ids = sample_ids(template.model, template.tokenizer, n, key["length"], key["seed"], device)
     texts = [template.tokenizer.decode(r, skip_special_tokens=True) for r in ids.tolist()]
-    return [" ".join(t.split()) for t in texts if len(t.split()) > 5]
+    texts = [" ".join(t.split()) for t in texts if len(t.split()) > 5]
+    if keep is not None:
+        try:
+            from cmc_cli.fileio import atomic_write_json
+
+            atomic_write_json(keep, {"key": key, "texts": texts})
+        except OSError as e:
+            log.warning("cannot keep the calibration texts in %s (%s); they are sampled again next time", keep, e)
+    return texts
+
+
+def _weights(lm) -> str:
+    from cmc_cli.engine.calibrecord import weights_fingerprint
+
+    return weights_fingerprint(lm.path)
 
 
 def entry(cal: Calibration, delta_dir: Path, delta, user) -> dict:
