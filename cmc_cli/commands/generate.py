@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated
 
@@ -47,21 +48,22 @@ def generate(
     from cmc_cli.engine.generate import load_decoder, read_prompts, run_generate
 
     cfg = GenerateConfig.from_sources(config, flags)
-    read_prompts(cfg)  # bad prompt files and outputs fail before the models load
+    prompts = read_prompts(cfg)  # bad prompt files and outputs fail before the models load; read once
+    run = functools.partial(run_generate, prompts=prompts)
     with status("loading models") as phase:
         dec = load_decoder(cfg, on_phase=phase)
     if cfg.prompt is not None and not cfg.output:
-        res = _stream_one(cfg, dec, run_generate)
+        res = _stream_one(cfg, dec, run)
     elif not cfg.output:  # records to stdout as JSON lines
-        res = run_generate(cfg, dec, on_records=lambda recs: [print(json.dumps(r, ensure_ascii=False), flush=True) for r in recs])
+        res = run(cfg, dec, on_records=lambda recs: [print(json.dumps(r, ensure_ascii=False), flush=True) for r in recs])
     elif UI.quiet:
-        res = run_generate(cfg, dec)
+        res = run(cfg, dec)
     else:
         cols = [TextColumn("prompts {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                 TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*cols, console=err_console) as p:
             task = p.add_task("generate", total=None)
-            res = run_generate(cfg, dec, on_batch=lambda done, total: p.update(task, completed=done, total=total))
+            res = run(cfg, dec, on_batch=lambda done, total: p.update(task, completed=done, total=total))
     summary = _summary(res, cfg)
     info(f"[green]wrote[/green] {cfg.output}: {summary}" if cfg.output else summary)
 
