@@ -36,7 +36,7 @@ def direct(u_logits, base, terms, targets, keys):
 
 def rewritten(u_logits, base, terms, targets, keys):
     sc = Scorer.__new__(Scorer)
-    sc.dec = SimpleNamespace(deltas=[SimpleNamespace(alpha=1.0)] * len(terms), expert=None)
+    sc.dec = SimpleNamespace(deltas=[SimpleNamespace(alpha=1.0)] * len(terms), expert=None, combine="log-softmax-template")
     acc = {k: ([], [], []) for k in keys}
     sc._chunk_stats(u_logits, base, terms, targets, keys, acc)
     return {k: tuple(x[0] for x in v) for k, v in acc.items()}

@@ -164,3 +164,28 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+EDGE = 1 << 20  # bytes read from each end of a file too large to hash whole
+
+
+def files_digest(files, whole_up_to: int = 0, seed: bytes = b"") -> str:
+    """sha256 over `seed` and, per file in the order given, its name, size and content: whole when at most
+    `whole_up_to` bytes, else its first and last MiB (a few MiB read even of a 7 GB model). The one way cmc
+    fingerprints files: model weights (engine/calibrecord.py) and tokenizers (adapters/vocabcache.py)."""
+    import hashlib
+
+    h = hashlib.sha256(seed)
+    for f in files:
+        size = Path(f).stat().st_size
+        h.update(f"{Path(f).name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= whole_up_to:
+                for block in iter(lambda: fh.read(EDGE), b""):
+                    h.update(block)
+                continue
+            h.update(fh.read(EDGE))
+            if size > 2 * EDGE:
+                fh.seek(size - EDGE)
+                h.update(fh.read(EDGE))
+    return h.hexdigest()

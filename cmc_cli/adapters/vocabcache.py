@@ -11,18 +11,17 @@ rebuilt; a cache that cannot be written is skipped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 
 from cmc_cli.assets import cache_dir
+from cmc_cli.fileio import atomic_write_text, files_digest
 from cmc_cli.vocab import VOCAB_FORMAT, Vocab, vocab_from_json, vocab_to_json
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".json", ".model", ".txt", ".tiktoken", ".gguf")
-WHOLE = 64 << 20
-EDGE = 1 << 20
+WHOLE = 64 << 20  # hashed whole up to this size
 
 
 def source_files(path: Path) -> list[Path]:
@@ -32,19 +31,7 @@ def source_files(path: Path) -> list[Path]:
 
 
 def vocab_key(path: Path, adapter: str) -> str:
-    h = hashlib.sha256(f"{VOCAB_FORMAT}\0{adapter}".encode())
-    for p in source_files(path):
-        size = p.stat().st_size
-        h.update(f"\0{p.name}\0{size}\0".encode())
-        with p.open("rb") as f:
-            if size <= WHOLE:
-                for block in iter(lambda: f.read(EDGE), b""):
-                    h.update(block)
-            else:
-                h.update(f.read(EDGE))
-                f.seek(-EDGE, 2)
-                h.update(f.read(EDGE))
-    return h.hexdigest()
+    return files_digest(source_files(path), WHOLE, f"{VOCAB_FORMAT}\0{adapter}".encode())
 
 
 def cached_vocab(path: Path, name: str, adapter: str, build) -> Vocab:
@@ -61,8 +48,6 @@ def cached_vocab(path: Path, name: str, adapter: str, build) -> Vocab:
             log.debug("vocabulary cache entry %s unreadable (%s); rebuilt", entry, e)
     vocab = build()
     try:
-        from cmc_cli.fileio import atomic_write_text
-
         atomic_write_text(entry, vocab_to_json(vocab))
     except OSError as e:
         log.debug("vocabulary cache not written (%s)", e)

@@ -203,11 +203,12 @@ def budget_texts(template, n: int, path: str | None, seed: int, keep: Path | Non
     kept in `keep` (DELTA/calibration-texts.json) for the next user of the same delta and template: sampling
     them is a large share of a calibration on 2 cores."""
     from cmc_cli.data.general import read_plain_text
+    from cmc_cli.engine.calibrecord import weights_fingerprint
     from cmc_cli.engine.general import sample_ids
 
     if path:
         return read_plain_text(path)[:n]
-    key = {"template": template.vocab.fingerprint, "weights": _weights(template), "n": n, "seed": seed + 1000, "length": 48}
+    key = {"template": template.vocab.fingerprint, "weights": weights_fingerprint(template.path), "n": n, "seed": seed + 1000, "length": 48}
     if keep is not None and keep.is_file():
         try:
             kept = json.loads(keep.read_text(encoding="utf-8"))
@@ -227,12 +228,6 @@ def budget_texts(template, n: int, path: str | None, seed: int, keep: Path | Non
         except OSError as e:
             log.warning("cannot keep the calibration texts in %s (%s); they are sampled again next time", keep, e)
     return texts
-
-
-def _weights(lm) -> str:
-    from cmc_cli.engine.calibrecord import weights_fingerprint
-
-    return weights_fingerprint(lm.path)
 
 
 def entry(cal: Calibration, delta_dir: Path, delta, user) -> dict:

@@ -5,19 +5,18 @@ takes the entry of its user model (engine/models.load_delta); an entry whose fin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 from cmc_cli.errors import CmcError
+from cmc_cli.fileio import files_digest
 
 log = logging.getLogger(__name__)
 
 RECORD = "calibration.json"
 FORMAT = "cmc-calibration/1"
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
-_EDGE = 1 << 20  # bytes read from each end of a weight file
 
 
 def weights_fingerprint(path: str | Path | None) -> str:
@@ -28,16 +27,7 @@ def weights_fingerprint(path: str | Path | None) -> str:
     path = Path(path)
     files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES
                                                  or f.name == "config.json")
-    h = hashlib.sha256()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(_EDGE))
-            if size > 2 * _EDGE:
-                fh.seek(size - _EDGE)
-                h.update(fh.read(_EDGE))
-    return h.hexdigest()
+    return files_digest(files)
 
 
 def map_identity(token_map) -> dict | str:

@@ -190,9 +190,11 @@ class Scorer:
         tgt = targets[:, None]
         base_t, terms_t = base.gather(-1, tgt)[:, 0], [t.gather(-1, tgt)[:, 0] for t in terms]
         if u_logits is not None:
-            alone = F.log_softmax(u_logits.float(), dim=-1)
+            plain = self.dec.expert is None and self.dec.combine != "sum"  # then base is the user's log-softmax
+            alone = base if plain else F.log_softmax(u_logits.float(), dim=-1)
             p = alone.exp()
-            p_alone, p_base, p_terms = (p * alone).sum(-1), (p * base).sum(-1), [(p * t).sum(-1) for t in terms]
+            p_alone = (p * alone).sum(-1)
+            p_base, p_terms = p_alone if plain else (p * base).sum(-1), [(p * t).sum(-1) for t in terms]
         for key in keys:
             alphas_k = [d.alpha if key is None else key for d in self.dec.deltas]
             z = base
