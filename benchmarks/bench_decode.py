@@ -99,7 +99,7 @@ def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
 
 def main() -> None:
     from cmc_cli.engine.decode import Decoder
-    from cmc_cli.engine.runner import DeltaRunner
+    from cmc_cli.engine.deltastate import DeltaStreams
     from cmc_cli.engine.models import Delta
     from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.engine.textsync import GenText
@@ -143,9 +143,9 @@ def main() -> None:
             rates[name] = B * args.new / med
             extra = ""
             if name == "cmc-cross":
-                r = dec.runners[0]
-                fed = sum(r.generated_fed())
-                needed = sum(len(t.ids) for t in r.texts) - sum(r.prompt_fed)  # the delta's tokens of the generated text
+                s, keys = dec.streams[0], list(range(B))
+                fed = sum(s.generated_fed(keys))
+                needed = sum(len(s.text(k).ids) - s.rows[k].prompt_fed for k in keys)  # the delta's tokens of the generated text
                 per = fed / max(1, dec.stats["generated"] - B)
                 extra = (f"   delta tokens computed per generated token {per:.2f}, per delta token of the text "
                          f"{fed / max(1, needed):.2f} (random models' output)")
@@ -153,16 +153,17 @@ def main() -> None:
         print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
               f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}")
     # teacher-forced prose: re-tokenization as on real text
-    runner = DeltaRunner(Delta(d_cross, 1.0, fmt, tm.index_tensor()), same_vocab=False)
-    runner.start([prompts[0]])
+    s = DeltaStreams(Delta(d_cross, 1.0, fmt, tm.index_tensor()), same_vocab=False)
+    s.add(0, prompts[0])
+    s.step([0], [""], [[]])
     ids = user.tokenizer(PROSE, add_special_tokens=False)["input_ids"]
     gt = GenText(user.tokenizer, user.tokenizer(prompts[0])["input_ids"])
     for tid in ids:
-        runner.step(torch.tensor([tid], device=device), [gt.append(tid)], [True])
-    st = runner.texts[0].stats
-    needed = len(runner.texts[0].ids) - runner.prompt_fed[0]
+        s.step([0], [gt.append(tid)], [[]])
+    st = s.text(0).stats
+    needed = len(s.text(0).ids) - s.rows[0].prompt_fed
     print(f"teacher-forced prose ({len(ids)} Llama-2 tokens, {needed} GPT-2 tokens): delta tokens computed per generated "
-          f"token {runner.generated_fed()[0] / len(ids):.2f}, per delta token of the text {runner.generated_fed()[0] / needed:.2f}; "
+          f"token {s.generated_fed([0])[0] / len(ids):.2f}, per delta token of the text {s.generated_fed([0])[0] / needed:.2f}; "
           f"tail re-encodes {st.tail_encodes}, full re-encodes {st.full_encodes}")
 
 

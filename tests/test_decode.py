@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cmc_cli.engine.decode import Decoder
-from cmc_cli.engine.runner import DeltaRunner
+from cmc_cli.engine.deltastate import DeltaStreams
 
 from cmc_cli.engine.models import load_delta, load_lm
 
@@ -75,35 +75,36 @@ def test_incremental_delta_logits_equal_a_from_scratch_recompute_at_every_step(w
     assert checked >= 30
     assert any(g.text for g in gens)
     if slack == 0:
-        assert dec.runners[0].lm.compactions > 0
+        assert dec.streams[0].lm.compactions > 0
 
 
 def test_retokenization_that_rewrites_earlier_delta_tokens_is_followed_exactly(world, user_bl, tiny_tokenizers):
     """User tokens of single characters build words that the delta's tokenizer merges into longer pieces,
     so earlier delta tokens change; the cached stream must still equal the from-scratch recompute."""
     d = load_delta(world["delta"], user_bl, alpha=1.0)
-    runner = DeltaRunner(d, same_vocab=False)
+    streams = DeltaStreams(d, same_vocab=False)
     text = " the harbour town and its sailors"
     user_tok = user_bl.tokenizer
     ids = [user_tok.convert_tokens_to_ids(user_tok.convert_ids_to_tokens(user_tok(c, add_special_tokens=False)["input_ids"])[0])
            for c in text]
     assert all(len(user_tok(c, add_special_tokens=False)["input_ids"]) == 1 for c in text)
-    runner.start([PROMPTS[0]])
+    streams.add(0, PROMPTS[0])
+    streams.step([0], [""], [[]])
     prompt_ids = user_tok(PROMPTS[0])["input_ids"]
     gt = GenText(user_tok, prompt_ids)
     rewrites = 0
     for tid in ids:
-        before = list(runner.texts[0].ids)
+        before = list(streams.text(0).ids)
         gen = gt.append(tid)
-        out = runner.step(torch.tensor([tid]), [gen], [True])
-        after = runner.texts[0].ids
+        out = streams.step([0], [gen], [[]])
+        after = streams.text(0).ids
         if after[:len(before)] != before:
             rewrites += 1  # an earlier delta token was replaced
-        assert after == runner.texts[0].full_ids(runner.texts[0].text)
+        assert after == streams.text(0).full_ids(streams.text(0).text)
         assert torch.allclose(out[0], delta_reference(d, PROMPTS[0], gen), atol=1e-4)
     assert gt.text == text
     assert rewrites >= 5
-    fed = runner.generated_fed()[0]
+    fed = streams.generated_fed([0])[0]
     assert fed < 3 * len(ids)  # recomputes only the changed tail
 
 

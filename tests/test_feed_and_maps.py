@@ -11,7 +11,7 @@ from cmc_cli.config import TrainConfig
 from cmc_cli.data.instruct import Example, bos_ids, encode
 from cmc_cli.engine.combine import map_delta_logits
 from cmc_cli.engine.decode import Decoder
-from cmc_cli.engine.runner import DeltaRunner
+from cmc_cli.engine.deltastate import DeltaStreams
 from cmc_cli.engine.models import load_delta, load_lm
 from cmc_cli.engine.train import Trainer
 from cmc_cli.eval.metrics import mean_ci, paired_bootstrap
@@ -62,9 +62,9 @@ def test_a_delta_is_fed_the_bos_recorded_at_training(pair, tmp_path):
     user = load_lm(str(pair["user"]))
     d = load_delta(tmp_path / "d", user, 1.0)
     assert d.lm.bos == meta["bos"]
-    runner = DeltaRunner(d, same_vocab=False)
-    runner.start(["Hi"])
-    assert runner.texts[0].ids[0] == t.tokenizer.bos_token_id
+    streams = DeltaStreams(d, same_vocab=False)
+    streams.add(0, "Hi")
+    assert streams.text(0).ids[0] == t.tokenizer.bos_token_id
     # a delta written before the BOS was recorded keeps the old rule: the tokenizer's bos, always
     meta.pop("bos")
     (tmp_path / "d" / "cmc.json").write_text(json.dumps(meta))

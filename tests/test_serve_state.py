@@ -12,7 +12,7 @@ import torch
 from cmc_cli.config.serve import ServeConfig, ServedDelta
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.models import load_delta, load_lm
-from cmc_cli.engine.pool import DeltaPool
+from cmc_cli.engine.deltastate import DeltaStreams
 from cmc_cli.engine.sampling import GenerationConfig
 from cmc_cli.serve.state import ServeState
 from cmc_cli.zoo.models import make_random_delta, make_tiny_llama
@@ -183,7 +183,7 @@ def test_pool_rows_added_and_dropped_keep_each_requests_delta_logits(world, user
     """The delta's logits of a request equal a from-scratch run of the delta on its text, whatever the pool
     did to other rows (added, dropped) in between."""
     d = load_delta(world["cross"], user, alpha=1.0)
-    pool = DeltaPool(d, same_vocab=False)
+    pool = DeltaStreams(d, same_vocab=False)
     texts = {"a": "", "b": ""}
     pool.add("a", PROMPTS[0])
     pool.add("b", PROMPTS[1])

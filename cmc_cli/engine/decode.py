@@ -10,7 +10,8 @@ generates. Each delta reads the same generated *text* after the prompt in its ow
 (`bos + tokenize(format(prompt) + text)`); a delta with the user's vocabulary is fed the user's ids
 directly. Across vocabularies the delta's ids are kept equal to a fresh tokenization of the text
 (textsync.DeltaText) while its KV cache keeps the longest common prefix and only the changed tail is
-recomputed (streams.ResyncLM).
+recomputed: each call's rows are keys 0..B-1 of one deltastate.DeltaStreams per delta, the state the
+logits processor and the server use too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from cmc_cli.config import check_user_format
 from cmc_cli.data.instruct import join_response, render
 from cmc_cli.engine.models import Delta, LoadedModel, check_alpha
-from cmc_cli.engine.runner import DeltaRunner, step_scores
+from cmc_cli.engine.deltastate import DeltaStreams, step_scores
 from cmc_cli.engine.sampling import GenerationConfig, choose_tokens
 from cmc_cli.engine.streams import LockstepLM, context_length
 from cmc_cli.engine.textsync import GenText
@@ -91,7 +92,7 @@ class Decoder:
                               "string such as '### Question: {prompt}\\n### Answer:'")
         self.reset_stats()
         self.trace: list[dict] | None = None  # set to [] to record every step (tests, analysis)
-        self.runners: list[DeltaRunner] = []  # the last generate call's, for their statistics
+        self.streams: list[DeltaStreams] = []  # the last generate call's delta states, for their statistics
 
     def reset_stats(self) -> None:
         """Counters over every generate call since: steps, generated tokens, delta tokens fed and look-ahead
@@ -166,7 +167,7 @@ class Decoder:
         if not prompts:
             return []
         batch = _Batch(self, prompts, cfg, seeds, force)
-        self.runners = batch.runners  # the last call's, for their statistics
+        self.streams = batch.streams  # the last call's, for their statistics
         for t in range(cfg.max_new_tokens):
             tokens = batch.choose(t)
             batch.take(t, tokens, on_text)
@@ -189,8 +190,11 @@ class _Batch:
         dec.check_context(prompts, self.user_ids)
         self.user = LockstepLM(dec.user.model, dec.user.pad_id)
         self.logits = self.user.start(self.user_ids)
-        self.runners = [DeltaRunner(d, same_vocab=d.reads_user_ids(dec.user)) for d in dec.deltas]
-        self.d_logits = [r.start(prompts) for r in self.runners]
+        self.streams = [DeltaStreams(d, same_vocab=d.reads_user_ids(dec.user)) for d in dec.deltas]
+        for s in self.streams:
+            for r, p in enumerate(prompts):
+                s.add(r, p)
+        self.d_logits = [s.step(list(range(B)), [""] * B, [[] for _ in prompts]) for s in self.streams]
         pair = (dec.expert, dec.anti_expert) if dec.expert is not None else ()
         self.experts = [LockstepLM(m.model, m.pad_id) for m in pair]
         self.e_logits = [e.start(self.user_ids) for e in self.experts]
@@ -210,7 +214,7 @@ class _Batch:
         (its log-probability recorded)."""
         dec, force = self.dec, self.force
         proxy = (dec.proxy_alpha, *self.e_logits) if self.experts else None
-        final = step_scores(self.logits, dec.deltas, self.runners, self.d_logits, self.active, dec.combine, proxy)
+        final = step_scores(self.logits, dec.deltas, self.streams, self.d_logits, self.active, dec.combine, proxy)
         if force is not None:
             lp = torch.log_softmax(final.float(), dim=-1)
             for r, f in enumerate(force):
@@ -260,13 +264,14 @@ class _Batch:
         """Feed the step's tokens to every model; a row past a delta's context window finishes ("length")."""
         active = self.active
         self.logits = self.user.step(tokens)
-        gen_texts = [x.text for x in self.texts]
-        self.d_logits = [r.step(tokens, gen_texts, active) for r in self.runners]
-        for k, runner in enumerate(self.runners):
-            for row, over in enumerate(runner.over_limit()):
-                if over and self.finish[row] is None:
+        rows = [r for r, a in enumerate(active) if a]
+        for k, s in enumerate(self.streams):
+            lg = s.step(rows, [self.texts[r].text for r in rows], [self.out_ids[r] for r in rows], batch_rows=rows)
+            self.d_logits[k] = self.d_logits[k].index_copy(0, torch.tensor(rows, device=lg.device), lg)
+            for row, over in zip(rows, s.over_limit(rows)):
+                if over:
                     log.warning("row %d reached the context window of delta %s (%d tokens); stopped", row,
-                                self.dec.deltas[k].lm.name, runner.limit)
+                                self.dec.deltas[k].lm.name, s.limit)
                     self.finish[row] = "length"
         if self.experts:
             self.e_logits = [e.step(tokens) for e in self.experts]
@@ -276,8 +281,9 @@ class _Batch:
         out = [Generation(p, self.cut[r] if self.cut[r] is not None else self.texts[r].text, self.out_ids[r],
                           self.finish[r] or "length", token_logprobs=self.forced_lp[r])
                for r, p in enumerate(self.prompts)]
-        for k, runner in enumerate(self.runners):
-            fed, peeked = runner.generated_fed(), runner.peeked()
+        keys = list(range(len(self.prompts)))
+        for k, s in enumerate(self.streams):
+            fed, peeked = s.generated_fed(keys), s.peeked(keys)
             stats["delta_tokens"][k] += sum(fed)
             stats["lookahead_tokens"][k] += sum(peeked)
             for g, n, m in zip(out, fed, peeked):

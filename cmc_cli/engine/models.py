@@ -67,7 +67,7 @@ class Delta:
 
     def term(self, logits: torch.Tensor, lookahead: tuple | None = None, alpha=None) -> tuple:
         """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
-        (rows, cols, extra) of DeltaRunner.lookahead for this step; alpha: instead of self.alpha (a float or
+        (rows, cols, extra) of DeltaStreams.lookahead for this step; alpha: instead of self.alpha (a float or
         a (B, 1) tensor of per-row strengths)."""
         a = self.alpha if alpha is None else alpha
         if isinstance(a, torch.Tensor):

@@ -8,8 +8,8 @@
     ids = tokenizer(prompts, return_tensors="pt", padding=True)  # padding_side="left"
     out = user.model.generate(**ids, logits_processor=[proc], do_sample=False, max_new_tokens=64)
 
-The processor returns the combined scores of runner.step_scores (the same deltas, maps, look-ahead
-and streams as `cmc generate`), so greedy output equals cmc's own decoder. One processor serves one
+The processor returns the combined scores of deltastate.step_scores over one deltastate.DeltaStreams per
+delta, keyed by the batch's rows (the same deltas, maps, look-ahead and delta state as `cmc generate`), so greedy output equals cmc's own decoder. One processor serves one
 `generate` call (its batch); beam search is not supported.
 """
 
@@ -19,7 +19,7 @@ import torch
 from transformers import LogitsProcessor
 
 from cmc_cli.engine.decode import combine_mode
-from cmc_cli.engine.runner import DeltaRunner, step_scores
+from cmc_cli.engine.deltastate import DeltaStreams, step_scores
 from cmc_cli.engine.models import Delta, LoadedModel
 from cmc_cli.engine.textsync import GenText
 from cmc_cli.errors import CmcError
@@ -31,7 +31,7 @@ class CMCLogitsProcessor(LogitsProcessor):
         self.user = user
         self.prompts = list(prompts)
         self.combine = combine_mode(self.deltas, combine)
-        self.runners: list[DeltaRunner] = []
+        self.streams: list[DeltaStreams] = []
         self.texts: list[GenText] = []
         self.prompt_len = None
         self.d_logits = None
@@ -48,8 +48,11 @@ class CMCLogitsProcessor(LogitsProcessor):
             while pad is not None and start < len(row) - 1 and row[start] == pad:
                 start += 1  # left padding
             self.texts.append(GenText(self.user.tokenizer, row[start:]))
-        self.runners = [DeltaRunner(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
-        self.d_logits = [r.start(self.prompts) for r in self.runners]
+        self.streams = [DeltaStreams(d, same_vocab=d.reads_user_ids(self.user)) for d in self.deltas]
+        for s in self.streams:
+            for r, p in enumerate(self.prompts):
+                s.add(r, p)
+        self.d_logits = self._step([""] * len(self.prompts), [[] for _ in self.prompts])
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -59,7 +62,11 @@ class CMCLogitsProcessor(LogitsProcessor):
         else:
             if input_ids.shape[1] != self.prompt_len + self.texts[0].n_generated + 1:
                 raise CmcError("CMCLogitsProcessor serves one generate call; make a new one for each call")
-            tokens = input_ids[:, -1]
-            gen = [t.append(int(tok)) for t, tok in zip(self.texts, tokens.tolist())]
-            self.d_logits = [r.step(tokens, gen, active) for r in self.runners]
-        return step_scores(scores, self.deltas, self.runners, self.d_logits, active, self.combine).to(scores.dtype)
+            gen = [t.append(int(tok)) for t, tok in zip(self.texts, input_ids[:, -1].tolist())]
+            self.d_logits = self._step(gen, input_ids[:, self.prompt_len:].tolist())
+        return step_scores(scores, self.deltas, self.streams, self.d_logits, active, self.combine).to(scores.dtype)
+
+    def _step(self, gen: list[str], gen_ids: list[list[int]]) -> list[torch.Tensor]:
+        """Every delta's logits after each row's generated text and ids (all rows: generate keeps finished ones)."""
+        rows = list(range(len(self.prompts)))
+        return [s.step(rows, gen, gen_ids) for s in self.streams]

@@ -14,7 +14,7 @@ tree-shaped attention mask (it attends to the shared prefix and to itself) and i
 The research code re-encodes and re-runs the whole prefix at every position: O(length²), batch 1.
 
 A delta with a look-ahead map (engine/lookahead.py) is scored by the decoder under teacher forcing
-instead: its step's candidates come from that step's user logits, and runner.step_scores is the one
+instead: its step's candidates come from that step's user logits, and deltastate.step_scores is the one
 place that computes them.
 """
 
@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from cmc_cli.engine.combine import decode_scores, delta_term
 from cmc_cli.engine.decode import Decoder
+from cmc_cli.engine.deltastate import delta_prompt
 from cmc_cli.engine.models import Delta
 from cmc_cli.engine.heads import final_hidden, head_logits
-from cmc_cli.engine.textsync import DeltaText, GenText, common_prefix_len
+from cmc_cli.engine.textsync import GenText, common_prefix_len
 
 
 @dataclass
@@ -220,16 +221,15 @@ class Scorer:
     def _delta_hidden(self, d: Delta, prompts: list[str], p_ids: list[list[int]], a_ids: list[list[int]]):
         """Delta hidden states before each answer token, in (row, position) order; continuation tokens per row."""
         lm = d.lm
-        heads = d.heads(prompts)
         if d.reads_user_ids(self.dec.user):  # fed the user's ids, as in decoding
-            h_ids = [lm.bos + list(lm.tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
+            h_ids = [delta_prompt(d, p, same_vocab=True) for p in prompts]
             seqs = [h + a for h, a in zip(h_ids, a_ids)]
             positions = [list(range(len(h) - 1, len(h) - 1 + len(a))) for h, a in zip(h_ids, a_ids)]
             return _hidden_at(lm.model, seqs, positions, lm.pad_id), [0] * len(prompts)
         rows, want, extras = [], [], []
-        for head, p, a in zip(heads, p_ids, a_ids):
+        for prompt, p, a in zip(prompts, p_ids, a_ids):
             g = GenText(self.dec.user.tokenizer, p)
-            dt = DeltaText(lm.tokenizer, head, lm.bos)
+            dt = delta_prompt(d, prompt, same_vocab=False)  # the DeltaText decoding keeps
             seqs_t = [dt.ids]  # the delta's ids before answer token t+1, t = 0..n-1
             step_lcp = []  # common prefix of consecutive id lists
             for tid in a[:-1]:

@@ -3,8 +3,8 @@
 A serving engine keeps a persistent batch: between steps requests are added at a row (with their
 prompt ids and a live reference to their output ids), removed, and moved to another row. ServeState
 follows those changes, keeps each request's generated text (textsync.GenText, one per request) and
-each delta's state for the requests that use it (engine/pool.DeltaPool), and turns a step's user
-logits into cmc's scores with runner.step_scores — the same function the decoder, the scorer and
+each delta's state for the requests that use it (engine/deltastate.DeltaStreams, keyed by request), and
+turns a step's user logits into cmc's scores with deltastate.step_scores — the same function the decoder, the scorer and
 `CMCLogitsProcessor` call — with each request's own deltas and strengths (alpha per row; a delta no
 row of the step uses does not run).
 
@@ -21,9 +21,8 @@ import torch
 
 from cmc_cli.config.serve import ServeConfig
 from cmc_cli.engine.decode import combine_mode
-from cmc_cli.engine.runner import step_scores
 from cmc_cli.engine.models import Delta, LoadedModel
-from cmc_cli.engine.pool import DeltaPool
+from cmc_cli.engine.deltastate import DeltaStreams, step_scores
 from cmc_cli.engine.textsync import GenText
 from cmc_cli.errors import CmcError
 
@@ -51,7 +50,7 @@ class ServeState:
             if d.index is not None and d.index.shape[0] > user.width:
                 raise CmcError(f"the token map of delta {name} covers {d.index.shape[0]} user tokens but the user model "
                                f"{user.name} has {user.width} logits; it was built for another model")
-        self.pools = {name: DeltaPool(d, d.reads_user_ids(user)) for name, d in deltas.items()}
+        self.streams = {name: DeltaStreams(d, d.reads_user_ids(user)) for name, d in deltas.items()}
         self.rows: dict[int, Request] = {}  # batch row -> request
         self._next_key = 0
         eos = user.tokenizer.eos_token_id
@@ -103,7 +102,7 @@ class ServeState:
             text = prompt if prompt is not None else self.prompt_text(prompt_ids)
             for name in alphas:
                 try:
-                    self.pools[name].add(req.key, text)
+                    self.streams[name].add(req.key, text)
                 except CmcError as e:
                     req.ended = str(e)
                     log.warning("request %d ended: %s", req.key, e)
@@ -111,9 +110,9 @@ class ServeState:
         return req
 
     def _drop(self, reqs: list[Request]) -> None:
-        """Drop these requests from every pool, one cache copy per pool."""
-        for name, pool in self.pools.items():
-            pool.remove([r.key for r in reqs if name in r.alphas])
+        """Drop these requests from every delta state, one cache copy per delta."""
+        for name, st in self.streams.items():
+            st.remove([r.key for r in reqs if name in r.alphas])
 
     def prompt_text(self, prompt_ids: list[int]) -> str:
         """The prompt as text, for the deltas: the user's ids decoded without its specials (its BOS)."""
@@ -121,7 +120,7 @@ class ServeState:
 
     def live_state(self) -> dict[str, int]:
         """Requests held and rows in each delta's cache: what a cancelled request must leave behind (nothing)."""
-        return {"requests": len(self.rows), **{n: len(p) for n, p in self.pools.items()}}
+        return {"requests": len(self.rows), **{n: len(p) for n, p in self.streams.items()}}
 
     # ---- the step ---------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -134,29 +133,29 @@ class ServeState:
             raise RuntimeError(f"cmc serve: batch row {missing} has no request (a batch update was missed)")
         for r in reqs:
             self._sync(r)
-        used = [n for n in self.pools if any(n in r.alphas and not r.ended for r in reqs)]
+        used = [n for n in self.streams if any(n in r.alphas and not r.ended for r in reqs)]
         ended = [b for b, r in enumerate(reqs) if r.ended]
         if used:
-            deltas, pools, d_logits, alphas = [], [], [], []
+            deltas, streams, d_logits, alphas = [], [], [], []
             for name in used:
                 rows = [b for b, r in enumerate(reqs) if name in r.alphas and not r.ended]
-                pool = self.pools[name]
-                lg = pool.step([reqs[b].key for b in rows], [reqs[b].gen.text for b in rows],
+                st = self.streams[name]
+                lg = st.step([reqs[b].key for b in rows], [reqs[b].gen.text for b in rows],
                                [reqs[b].ids for b in rows], rows)
                 full = lg.new_zeros((B, lg.shape[-1]))
                 full[rows] = lg
                 a = torch.zeros((B, 1), dtype=torch.float32)
                 a[rows, 0] = torch.tensor([reqs[b].alphas[name] for b in rows], dtype=torch.float32)
                 deltas.append(self.deltas[name])
-                pools.append(pool)
+                streams.append(st)
                 d_logits.append(full)
                 alphas.append(a.to(logits.device))
-                for b, over in zip(rows, pool.over_limit([reqs[b].key for b in rows])):
+                for b, over in zip(rows, st.over_limit([reqs[b].key for b in rows])):
                     if over:
-                        reqs[b].ended = f"it reached the context window of delta {name} ({pool.limit} tokens)"
+                        reqs[b].ended = f"it reached the context window of delta {name} ({st.limit} tokens)"
                         log.warning("request %d ended: %s", reqs[b].key, reqs[b].ended)
                         ended.append(b)
-            out = step_scores(logits, deltas, pools, d_logits, [True] * B, self.mode, alphas=alphas)
+            out = step_scores(logits, deltas, streams, d_logits, [True] * B, self.mode, alphas=alphas)
         else:
             out = logits.float()
         if ended:
