@@ -69,6 +69,11 @@ def registered_adapters() -> dict[str, RegisteredAdapter]:
         a = reg.adapter
         if not isinstance(a, Adapter) or not a.name:
             raise AdapterError(f"plugin '{reg.source}' registered {a!r}, which is not a named cmc Adapter")
+        missing = [m for m in ("load_tokenizer", "token_surfaces")  # load_model is optional (vocabulary only)
+                   if getattr(type(a), m) is getattr(Adapter, m)]
+        if missing:
+            raise AdapterError(f"adapter '{a.name}' of plugin '{reg.source}' does not implement {', '.join(missing)}; "
+                               "an Adapter must define them (or derive from HFAdapter)")
         if a.name in out:
             raise AdapterError(f"two adapters are named '{a.name}' ({out[a.name].source} and {reg.source}); "
                                "uninstall one of the plugins")

@@ -112,6 +112,27 @@ def test_not_an_adapter_is_refused(installed_plugin):
         get_adapter("hf")
 
 
+def test_an_adapter_missing_a_method_is_refused_at_registration(installed_plugin):
+    from cmc_cli.adapters.base import Adapter
+    from cmc_cli.hookspecs import hookimpl
+    from cmc_cli.plugins import get_plugin_manager
+
+    class Half(Adapter):
+        name = "half"
+
+        def load_model(self, ref, dtype=None, device="cpu"):
+            return None
+
+    class Plugin:
+        @hookimpl
+        def cmc_register_adapters(self, register):
+            register(Half())
+
+    get_plugin_manager().register(Plugin(), name="half-plugin")
+    with pytest.raises(AdapterError, match="adapter 'half' .* does not implement load_tokenizer, token_surfaces"):
+        registered_adapters()
+
+
 def test_every_hook_is_documented():
     from pathlib import Path
 

@@ -42,28 +42,28 @@ def test_paper_example_ultimate():
 
 def test_exact_match_wins_outright_and_lowest_id_among_equal_surfaces():
     delta = plain(["cat", "catalog", "cats", "cat"])
-    idx, kind = map_vocab(delta, plain(["cat"]))
+    idx, kind = map_vocab(delta, plain(["cat"]), "pm-mined")
     assert (idx[0], kind[0]) == (0, EXACT)
 
 
 def test_prefix_versus_extension_by_distance_then_lowest_id():
     # user "abcd": prefix "ab" (distance 2) vs extension "abcdef" (2) -> tie, lowest id
     delta = plain(["abcdef", "ab"])
-    assert map_vocab(delta, plain(["abcd"]))[0][0] == 0
+    assert map_vocab(delta, plain(["abcd"]), "pm-mined")[0][0] == 0
     delta = plain(["ab", "abcdef"])
-    assert map_vocab(delta, plain(["abcd"]))[0][0] == 0
+    assert map_vocab(delta, plain(["abcd"]), "pm-mined")[0][0] == 0
     # a closer extension beats a farther prefix
     delta = plain(["a", "abcde"])
-    idx, kind = map_vocab(delta, plain(["abcd"]))
+    idx, kind = map_vocab(delta, plain(["abcd"]), "pm-mined")
     assert (idx[0], kind[0]) == (1, EXTENSION)
     # among extensions of equal length, the lowest id
     delta = plain(["xyz", "abcdf", "abcde"])
-    assert map_vocab(delta, plain(["abcd"]))[0][0] == 1
+    assert map_vocab(delta, plain(["abcd"]), "pm-mined")[0][0] == 1
 
 
 def test_bare_word_start_marker_only_for_marker_tokens():
     delta = plain([W, "zz"])
-    idx, kind = map_vocab(delta, plain([W + "hello", W * 3]))
+    idx, kind = map_vocab(delta, plain([W + "hello", W * 3]), "pm-mined")
     assert (idx[0], kind[0]) == (-1, UNMAPPED)
     assert (idx[1], kind[1]) == (0, PREFIX)
 
@@ -71,9 +71,9 @@ def test_bare_word_start_marker_only_for_marker_tokens():
 def test_no_candidate_is_unmapped_unless_min_ed_fallback():
     delta = plain(["dog", "door"])
     user = plain(["cat", "doo"])
-    idx, kind = map_vocab(delta, user)
+    idx, kind = map_vocab(delta, user, "pm-mined")
     assert idx.tolist() == [-1, 1] and kind.tolist() == [UNMAPPED, EXTENSION]
-    idx, kind = map_vocab(delta, user, fallback="min-ed")
+    idx, kind = map_vocab(delta, user, "pm-mined", fallback="min-ed")
     assert idx.tolist() == [0, 1] and kind.tolist() == [EDIT, EXTENSION]  # cat: dog 3 edits, door 4
 
 
@@ -83,7 +83,7 @@ def test_specials_map_by_role_never_by_string():
     # string "<|endoftext|>" is never used for it
     user = build_vocab("u", ["<|endoftext|>", "<|im_start|>", "a"], SPM,
                        special={0: ["bos", "unk", "eos"], 1: ["turn_start"]})
-    idx, kind = map_vocab(delta, user)
+    idx, kind = map_vocab(delta, user, "pm-mined")
     assert (idx[0], kind[0]) == (1, SPECIAL)
     assert (idx[1], kind[1]) == (-1, UNMAPPED)  # the delta has no turn_start marker
     assert (idx[2], kind[2]) == (3, EXACT)
@@ -97,7 +97,7 @@ def test_pad_tokens_stay_unmapped_and_added_tokens_map_only_exactly():
     user = build_vocab("u", ["<pad>", "<eos>", "<start_of_image>", "<tool_call>", "<t", "<tool_call>x", W + "a"], SPM,
                        special={0: ["pad"], 1: ["eos"]}, raw_text_ids={2, 3})
     for fallback in ("none", "min-ed"):
-        idx, kind = map_vocab(delta, user, fallback=fallback)
+        idx, kind = map_vocab(delta, user, "pm-mined", fallback=fallback)
         assert (idx[0], kind[0]) == (-1, UNMAPPED)  # pad only: never generated
         assert (idx[1], kind[1]) == (1, SPECIAL)
         assert (idx[2], kind[2]) == (-1, UNMAPPED)  # not "<"
@@ -113,7 +113,7 @@ def test_byte_pieces_map_by_value_and_bytes_fill_missing_surfaces():
     delta = build_vocab("d", d_pieces, SPM, special={0: ["unk"]}, byte_fallback=True)
     user = build_vocab("u", ["<unk>", "<0x41>", "<0x0A>", "A", "\x01", "\n\n"], SPM, special={0: ["unk"]},
                        byte_fallback=True)
-    idx, kind = map_vocab(delta, user)
+    idx, kind = map_vocab(delta, user, "pm-mined")
     assert idx.tolist() == [0, 2, 1, 3, 4, 1]
     assert kind.tolist() == [SPECIAL, BYTE, BYTE, EXACT, EXACT, PREFIX]
     # an ordinary "A" takes the ordinary delta token, not the byte piece <0x41>
@@ -150,11 +150,11 @@ def test_min_ed_is_the_true_nearest_with_lowest_id():
 
 def test_progress_reaches_total():
     seen = []
-    map_vocab(plain(["a"]), plain(["a", "b", "c"]), progress=lambda d, t: seen.append((d, t)))
+    map_vocab(plain(["a"]), plain(["a", "b", "c"]), "pm-mined", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (3, 3)
 
 
 def test_identity_map_on_same_vocabulary():
     v = build_vocab("v", ["<unk>", "<0x00>", "a", "b", W + "ab"], SPM, special={0: ["unk"]}, byte_fallback=True)
-    idx, _ = map_vocab(v, v)
+    idx, _ = map_vocab(v, v, "pm-mined")
     assert np.array_equal(idx, np.arange(5))

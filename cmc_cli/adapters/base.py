@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from cmc_cli.adapters.gguf_vocab import repair_gguf_tokenizer
-from cmc_cli.errors import TokenizerError, cause
+from cmc_cli.errors import AdapterError, TokenizerError, cause
 from cmc_cli.refs import ModelRef
 from cmc_cli.vocab import BYTE_LEVEL, PLAIN, SPM, Vocab, build_vocab
 
@@ -61,7 +61,9 @@ class Adapter:
         raise NotImplementedError
 
     def load_model(self, ref: ModelRef, dtype=None, device: str = "cpu"):
-        raise NotImplementedError
+        """Optional: an adapter without it serves vocabularies only (map-vocab), and says so."""
+        raise AdapterError(f"the {self.name} adapter reads vocabularies only: it cannot load the model {ref.name} "
+                           "(map its vocabulary with cmc map-vocab, or use a family that loads models)")
 
     def token_surfaces(self, tokenizer, name: str = "") -> Vocab:
         raise NotImplementedError

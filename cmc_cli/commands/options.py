@@ -22,6 +22,19 @@ DTYPE = Annotated[str, Opt(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 |
 SILENCE = Annotated[float, Opt(help="Weight of the silence term: keeps the delta's logits flat (sum of squared centred logits) on the retain answers and on general text, so it changes nothing it was not trained to change; 0 = off. (default: 0.1 unlearn, 0 instruct)")]
 GENERAL = Annotated[str, Opt(help="Plain UTF-8 text the delta must stay silent on (paragraphs apart by blank lines). (default: 64 texts the template samples)")]
 CONFIG = Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")]
+# train and unlearn (each declared once here)
+RETAIN_LOSS = Annotated[str, Opt(help="unlearn retain term: nll | kl | none. (default: the method's; grad-ascent: none)")]
+REFUSALS = Annotated[str, Opt(help="idk: refusal answers, one per line. (default: cmc's list)")]
+NPO_BETA = Annotated[float, Opt(help="npo: inverse temperature beta. (default: 0.1)")]
+STOP_FORGET_LOSS = Annotated[float, Opt(help="unlearn: stop at the first evaluation whose whole-set forget CE reaches this (gradient difference is unbounded).")]
+EVAL_EVERY = Annotated[int, Opt(help="unlearn: evaluate forget/retain CE on the whole sets every N steps. (default: a fifth of the run)")]
+EVAL_LIMIT = Annotated[int, Opt(help="unlearn: evaluate on the first N examples of each set. (default: 256)")]
+RETAIN_WEIGHT = Annotated[float, Opt(help="Weight of the retain term. (default: 1.0)")]
+MAX_STEPS = Annotated[int, Opt(help="Stop after this many optimizer steps.")]
+CHECKPOINT_EVERY = Annotated[int, Opt(help="Checkpoint every N steps (0: at the end and on Ctrl-C). (default: 0)")]
+RESUME = Annotated[str, Opt(help="Continue from an output or checkpoint directory.")]
+OVERWRITE = Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")]
+NPROC = Annotated[int, Opt(help="Run on N processes: relaunches itself under `torchrun --standalone --nproc-per-node N` (one machine; several: run torchrun yourself).")]
 
 
 def model_flags(flags: dict) -> dict:

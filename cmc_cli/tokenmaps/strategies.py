@@ -131,7 +131,7 @@ class DeltaIndex:
 BASE_STRATEGIES = ("pm-mined", "min-ed", "exact", "exact-ext")
 
 
-def map_vocab(delta: Vocab, user: Vocab, strategy: str = "pm-mined", fallback: str = "none",
+def map_vocab(delta: Vocab, user: Vocab, strategy: str, fallback: str = "none",
               progress: Callable[[int, int], None] | None = None,
               index: DeltaIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Build the map user id -> delta id. Returns (index int64[|V_user|], kind uint8[|V_user|])."""
