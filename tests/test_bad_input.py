@@ -23,7 +23,7 @@ def test_missing_data_files(cli, workdir, args, needle):
     (b"lr: [1, 2]\n", "c.yaml: option 'lr' must be a number or null, got list"),
     (b"seed: 1.5\n", "option 'seed' must be a whole number, got float"),
     (b"epochs: true\n", "option 'epochs' must be a whole number or null, got bool"),
-    (b"prompt_format: 3\n", "option 'prompt_format' must be a string or null, got int"),
+    (b"prompt_format: 3\n", "option 'prompt_format' must be a string or a list or null, got int"),
     (b"\xa7\x91\x00\xff binary", "c.yaml is not a text (UTF-8) YAML file"),
     (b"lr: 1\x00\n", "c.yaml holds binary data"),
 ])

@@ -34,6 +34,7 @@ MAX_STEPS = Annotated[int, Opt(help="Stop after this many optimizer steps.")]
 CHECKPOINT_EVERY = Annotated[int, Opt(help="Checkpoint every N steps (0: at the end and on Ctrl-C). (default: 0)")]
 RESUME = Annotated[str, Opt(help="Continue from an output or checkpoint directory.")]
 OVERWRITE = Annotated[bool, Opt("--overwrite", help="Replace what --output holds (never done otherwise).")]
+PROMPT_FORMATS = Annotated[list[str], Opt("--prompt-format", help="Prompt format with {prompt}; repeat it for a delta whose users are asked in several formats (it learns each; at decoding it reads the one closest to how its user is asked). (default: a fetched real model's own, else the template adapter's, <|user|>\\n{prompt}\\n<|assistant|>\\n)")]
 NPROC = Annotated[int, Opt(help="Run on N processes: relaunches itself under `torchrun --standalone --nproc-per-node N` (one machine; several: run torchrun yourself).")]
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     eval_every: int | None = None
     eval_limit: int | None = DEFAULT_EVAL_LIMIT  # evaluate on the first N examples of each set (None: all)
     combine: str = "log-softmax-template"
-    prompt_format: str | None = None  # default: the template adapter's
+    prompt_format: str | list[str] | None = None  # one or several (the delta learns each); default: the template's
     max_length: int = 512
     lr: float | None = None
     batch_size: int | None = None
@@ -59,6 +59,12 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = only at the end (and on Ctrl-C)
     resume: str | None = None
     overwrite: bool = False  # write into a non-empty --output (a finished delta is otherwise never replaced)
+
+    def prompt_formats(self) -> list[str] | None:
+        """The prompt formats asked for (--prompt-format once or repeated), or None: the template's own."""
+        if self.prompt_format is None or self.prompt_format == []:
+            return None
+        return [self.prompt_format] if isinstance(self.prompt_format, str) else list(self.prompt_format)
 
     def retain_term(self) -> str | None:
         """The unlearning retain term in use: nll, kl or None."""
@@ -122,9 +128,7 @@ class TrainConfig:
             raise ConfigError(f"--retain is required for --method {self.loss} (its retain term is "
                               f"{self.retain_term()}); give a retain set or --retain-loss none")
         check_silence(self.silence, self.general, self.general_samples, self.general_length)
-        if self.prompt_format is not None and "{prompt}" not in self.prompt_format:
-            raise ConfigError(f"--prompt-format '{self.prompt_format}' has no {{prompt}}: the delta would never see "
-                              "the request; write e.g. 'Question: {prompt}\\nAnswer:'")
+        check_prompt_formats(self.prompt_formats())
         check_combine(self.combine)
 
     def _check_numbers(self) -> None:
@@ -161,6 +165,16 @@ class TrainConfig:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def check_prompt_formats(formats: list[str] | None) -> None:
+    """--prompt-format, given once or repeated: each a string with {prompt}, none twice."""
+    for f in formats or []:
+        if not isinstance(f, str) or "{prompt}" not in f:
+            raise ConfigError(f"--prompt-format '{f}' has no {{prompt}}: the delta would never see the request; write "
+                              "e.g. 'Question: {prompt}\\nAnswer:'")
+    if formats and len(set(formats)) != len(formats):
+        raise ConfigError("--prompt-format: the same format is given twice; give each format once")
 
 
 def check_silence(weight, general, samples: int, length: int) -> None:

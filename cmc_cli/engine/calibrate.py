@@ -148,9 +148,12 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     if d_t.index is not None and d_t.token_map is not None:
         raise CmcError(f"the template {template.name} has another vocabulary than delta {delta_dir}; give the template "
                        "the delta was trained beside (--template)")
-    t_fit, _, t_top, t_hits = measure(Decoder(template, [d_t], user_format=d_t.prompt_format), texts, [0.0, 1.0])
     d_u = load_delta(delta_dir, user, 1.0, token_maps)
-    u_fit, u_kl, u_top, u_hits = measure(Decoder(user, [d_u], user_format=user_format), texts, [0.0, *grid])
+    dec_u = Decoder(user, [d_u], user_format=user_format)
+    fmt = dec_u.deltas[0].prompt_format  # of a delta trained in several formats: the one it reads for this user
+    t_fit, _, t_top, t_hits = measure(Decoder(template, [dataclasses.replace(d_t, prompt_format=fmt)], user_format=fmt),
+                                      texts, [0.0, 1.0])
+    u_fit, u_kl, u_top, u_hits = measure(dec_u, texts, [0.0, *grid])
     budget = {k: max(COST_FLOOR, v[0] - v[1]) for k, v in t_hits.items()}
     cost = {k: [v[0] - x for x in v[1:]] for k, v in u_hits.items()}
     bound = cost if texts.budgeted else {}

@@ -23,7 +23,7 @@ import torch
 
 from cmc_cli.config import check_user_format
 from cmc_cli.data.instruct import join_response, render
-from cmc_cli.engine.models import Delta, LoadedModel, check_alpha
+from cmc_cli.engine.models import PROBE, Delta, LoadedModel, check_alpha
 from cmc_cli.engine.deltastate import DeltaStreams, step_scores
 from cmc_cli.engine.sampling import GenerationConfig, choose_tokens
 from cmc_cli.engine.streams import LockstepLM, context_length
@@ -73,6 +73,10 @@ class Decoder:
 
             user_format = asset_prompt_format(user.path) or "raw"
         self.user_format = user_format
+        if any(d.prompt_formats for d in self.deltas):  # a delta trained in several formats reads the user's own
+            check_user_format(user_format)
+            probe = self.user_prompt_text(PROBE)[0] if user_format != "chat" or _has_chat(user) else ""
+            self.deltas = [d.in_format_for(probe) for d in self.deltas]
         self.combine = combine_mode(self.deltas, combine)
         self.limit = context_length(user.model)
         self.eos_ids = self._eos_ids()
@@ -291,6 +295,10 @@ class _Batch:
                 g.lookahead_tokens.append(m)
         stats["generated"] += sum(len(x) for x in self.out_ids)
         return out
+
+
+def _has_chat(user: LoadedModel) -> bool:
+    return bool(getattr(user.tokenizer, "chat_template", None))
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -5,6 +5,7 @@ when it fits, else cmc's default map built in memory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -64,6 +65,22 @@ class Delta:
     cap: torch.Tensor | None = None  # user ids that get only suppressions (TokenMap.cap_tensor)
     lookahead: object = None  # engine.lookahead.Lookahead for a map with prefix rule "lookahead"
     alpha_source: str = "given"  # given | calibrated (DELTA/calibration.json) | default (DEFAULT_ALPHA)
+    prompt_formats: list[str] = field(default_factory=list)  # every format it was trained in (cmc.json); [] = one
+
+    def in_format_for(self, user_prompt: str) -> "Delta":
+        """This delta reading its prompts in the trained format closest to how its user is asked: user_prompt
+        is the user's prompt text for PROBE (Decoder.user_prompt_text). Closest = the longest common end of
+        the text after the question (where the answer starts), then of the text before it; ties: the first."""
+        if len(self.prompt_formats) < 2 or PROBE not in user_prompt:
+            return self
+        before, after = user_prompt.split(PROBE, 1)
+
+        def score(f: str) -> tuple[int, int]:
+            fb, fa = render(f, PROBE).split(PROBE, 1)
+            return _common_end(after, fa), _common_end(before, fb)
+
+        best = max(self.prompt_formats, key=score)  # max keeps the first of equal scores
+        return self if best == self.prompt_format else dataclasses.replace(self, prompt_format=best)
 
     def term(self, logits: torch.Tensor, lookahead: tuple | None = None, alpha=None) -> tuple:
         """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
@@ -81,6 +98,16 @@ class Delta:
     def heads(self, prompts: list[str]) -> list[str]:
         """Each prompt in the delta's own prompt format."""
         return [render(self.prompt_format, p) for p in prompts]
+
+
+PROBE = "\x00cmc-prompt\x00"  # a question no format contains: where a format puts the prompt
+
+
+def _common_end(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return n
 
 
 def check_alpha(alpha: float, what: str = "--alpha") -> float:
@@ -179,7 +206,8 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
         look = Lookahead(tm, lm.vocab, user.vocab, tm.lookahead_k)
     return Delta(lm=lm, alpha=alpha, prompt_format=meta.get("prompt_format") or "{prompt}", index=index,
                  combine=meta.get("combine", "log-softmax-template"), meta=meta, token_map=tm,
-                 cap=tm.cap_tensor() if tm is not None else None, lookahead=look, alpha_source=source)
+                 cap=tm.cap_tensor() if tm is not None else None, lookahead=look, alpha_source=source,
+                 prompt_formats=[f for f in meta.get("prompt_formats") or [] if isinstance(f, str) and "{prompt}" in f])
 
 
 def resolve_alpha(alpha, path: Path, user: LoadedModel, token_map) -> tuple[float, str]:

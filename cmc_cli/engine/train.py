@@ -89,7 +89,9 @@ class Trainer:
         self.sharded = self.dist.on
         self.adapter = get_adapter(lm.adapter)
         self.tokenizer, self.template_vocab, self.template = lm.tokenizer, lm.vocab, lm.model
-        self.prompt_format = cfg.prompt_format or asset_prompt_format(lm.path) or self.adapter.default_prompt_format
+        # the formats the delta learns (each example in each); the first is the one a user's format does not choose
+        self.prompt_formats = cfg.prompt_formats() or [asset_prompt_format(lm.path) or self.adapter.default_prompt_format]
+        self.prompt_format = self.prompt_formats[0]
         self.pad_id = lm.pad_id
         self.phase("reading data")
         self.data_hashes: dict[str, str] = {}
@@ -99,7 +101,7 @@ class Trainer:
         else:
             forget = self._load(cfg.forget, load_tofu)
             # the true answers are what is measured; idk trains on the same questions with refusals
-            self.forget_eval = encode(forget, self.tokenizer, self.prompt_format, cfg.max_length)
+            self.forget_eval = self._in_formats(forget)
             self.train_set = self._refusal_set(forget) if cfg.loss == "idk" else self.forget_eval
             self.retain_set = self._encode(cfg.retain, load_tofu) if cfg.retain and cfg.retain_term() else []
             self.retain_eval = self.retain_set or (self._encode(cfg.retain, load_tofu) if cfg.retain else [])
@@ -143,7 +145,7 @@ class Trainer:
         refusals = load_refusals(self.cfg.refusals)
         if self.cfg.refusals:
             self.data_hashes[str(self.cfg.refusals)] = sha256_file(self.cfg.refusals)
-        return encode(pair_refusals(forget, refusals, self.cfg.seed), self.tokenizer, self.prompt_format, self.cfg.max_length)
+        return self._in_formats(pair_refusals(forget, refusals, self.cfg.seed))
 
     def _load(self, path, loader) -> list:
         """The file's examples; its sha256 goes into the run's record (resume checks it)."""
@@ -151,7 +153,11 @@ class Trainer:
         return loader(path)
 
     def _encode(self, path, loader) -> list[Encoded]:
-        return encode(self._load(path, loader), self.tokenizer, self.prompt_format, self.cfg.max_length)
+        return self._in_formats(self._load(path, loader))
+
+    def _in_formats(self, examples: list) -> list[Encoded]:
+        """The examples encoded in each prompt format, one format after the other."""
+        return [e for f in self.prompt_formats for e in encode(examples, self.tokenizer, f, self.cfg.max_length)]
 
     def _make_delta(self):
         v_template = self.template.get_output_embeddings().weight.shape[0]

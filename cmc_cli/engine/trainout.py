@@ -30,6 +30,7 @@ def write_delta(trainer, history: list, stopped: str, steps: int) -> None:
         loss=cfg.loss if cfg.task == "unlearn" else "ce",
         combine=cfg.combine,
         prompt_format=trainer.prompt_format,
+        **({"prompt_formats": trainer.prompt_formats} if len(trainer.prompt_formats) > 1 else {}),
         bos=trainer.bos,
         template={"ref": cfg.template, "adapter": trainer.adapter.name,
                   "fingerprint": trainer.template_vocab.fingerprint, "vocab_size": trainer.template_vocab.size},
