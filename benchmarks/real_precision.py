@@ -114,7 +114,10 @@ def main() -> None:
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else assets.cache_dir() / "real-idk"
     dirs = fetcher.fetch_models()
-    lms = {k: load_lm(str(dirs[k])) for k in sorted(dirs)}
+    # the models of the directions only: the facts are those every one of them answers (another fetched
+    # model, e.g. the Qwen coders, would change the fact set)
+    names = sorted({k for pair in args.directions.split(",") for k in pair.split(":")})
+    lms = {k: load_lm(str(dirs[k])) for k in names}
     fmt = {k: assets.MODELS[k].prompt_format for k in lms}
     paths, sets = fact_sets(lms, fmt, work, args)
     brown, _ = general_texts(None, args.brown, 4)

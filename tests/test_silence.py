@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cmc_cli.config import TrainConfig
 from cmc_cli.data.general import encode_general, read_plain_text, windows
-from cmc_cli.engine.combine import IGNORE, combine, silence_penalty
+from cmc_cli.engine.combine import IGNORE, SILENCE_VOCAB, combine, silence_penalty
 from cmc_cli.engine.train import Trainer
 from cmc_cli.engine.trainstep import chunked_terms, template_hidden
 from cmc_cli.errors import ConfigError, DataError
@@ -20,6 +20,17 @@ def test_silence_penalty_by_hand_and_blind_to_a_per_position_constant():
     z = torch.tensor([[0.0, 3.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])  # centred row 0: -1, 2, -1, 0
     assert silence_penalty(z).item() == pytest.approx(1 + 4 + 1 + 0)
     assert silence_penalty(z + torch.tensor([[5.0], [-40.0]])).item() == pytest.approx(6.0, abs=1e-4)
+
+
+def test_a_vocabulary_beyond_silence_vocab_is_summed_at_silence_vocab_ids_worth():
+    v = 4 * SILENCE_VOCAB  # a Gemma-sized vocabulary (262,144 ids is 5.3x)
+    z = torch.zeros(2, v, dtype=torch.float64)
+    z[0, 7], z[1, 11], z[1, 12] = 3.0, -2.0, 1.0
+    by_hand = [(3 - 3 / v) ** 2 + (v - 1) * (3 / v) ** 2,  # row 0: one id at 3, mean 3/v
+               (-2 + 1 / v) ** 2 + (1 + 1 / v) ** 2 + (v - 2) * (1 / v) ** 2]  # row 1: mean -1/v
+    assert silence_penalty(z).item() == pytest.approx(sum(by_hand) / 4, rel=1e-6)  # float32 inside
+    small = z[:, :SILENCE_VOCAB]  # at or below SILENCE_VOCAB ids: the plain sum
+    assert silence_penalty(small).item() == pytest.approx(float((small - small.mean(-1, keepdim=True)).pow(2).sum()), rel=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ USER_FORMAT = Annotated[str, Opt(help="auto (a fetched real model's own format, 
 COMBINE = Annotated[str, Opt(help="log-softmax-template | sum | log-softmax-both. (default: the deltas' training mode)")]
 DEVICE = Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps. (default: auto)")]
 DTYPE = Annotated[str, Opt(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16. (default: auto)")]
-SILENCE = Annotated[float, Opt(help="Weight of the silence term: keeps the delta's logits flat (sum of squared centred logits) on the retain answers and on general text, so it changes nothing it was not trained to change; 0 = off. (default: 0.1 unlearn, 0 instruct)")]
+SILENCE = Annotated[float, Opt(help="Weight of the silence term: keeps the delta's logits flat (sum of squared centred logits, scaled to 49,152 ids for a larger vocabulary) on the retain answers and on general text, so it changes nothing it was not trained to change; 0 = off. (default: 0.1 unlearn, 0 instruct)")]
 GENERAL = Annotated[str, Opt(help="Plain UTF-8 text the delta must stay silent on (paragraphs apart by blank lines). (default: 64 texts the template samples)")]
 CONFIG = Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")]
 # train and unlearn (each declared once here)

@@ -114,12 +114,19 @@ def centre_delta(delta_logits: torch.Tensor) -> torch.Tensor:
     return d - d.mean(dim=-1, keepdim=True)
 
 
+SILENCE_VOCAB = 49_152  # ids the silence term sums at full weight; a larger vocabulary's sum is scaled to this many
+
+
 def silence_penalty(delta_logits: torch.Tensor) -> torch.Tensor:
     """Summed over positions: sum_v (z_v - mean_v z)^2, the squared norm of the centred delta logits
-    (= |V_delta| x their variance). Zero exactly when the delta is flat at a position, which is when it
-    changes no user model through any map (centre_delta); the sum over the vocabulary (not a mean) makes
-    one token moved by s cost s^2 whatever the vocabulary size. (N, V_delta) -> ()."""
-    return centre_delta(delta_logits).pow(2).sum()
+    (= |V_delta| x their variance), times min(1, SILENCE_VOCAB / |V_delta|). Zero exactly when the delta is
+    flat at a position, which is when it changes no user model through any map (centre_delta). Up to
+    SILENCE_VOCAB ids the sum (not a mean) makes one token moved by s cost s^2; beyond, the spread training
+    leaves on every untouched row grows the sum with |V| and, unscaled, a Gemma-vocabulary (262,144 ids)
+    delta at the default weight never learned its objective (docs/training.md has the figures), so the sum
+    is scaled to SILENCE_VOCAB ids' worth. (N, V_delta) -> ()."""
+    scale = min(1.0, SILENCE_VOCAB / delta_logits.shape[-1])
+    return centre_delta(delta_logits).pow(2).sum() * scale
 
 
 def neutral_baseline(delta_logits: torch.Tensor) -> torch.Tensor:
