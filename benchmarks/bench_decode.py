@@ -10,7 +10,9 @@ delta use Llama-2's tokenizer; the cross-vocabulary delta uses GPT-2's (byte-lev
 segmentation). Variants, each decoding `--new` tokens greedily for batch 1 and 8 (EOS ignored):
   (a) user        the user model alone
   (b) cmc-same    + a delta with the user's vocabulary (fed the user's ids)
-  (c) cmc-cross   + a delta with another vocabulary (text re-tokenized, KV prefix reused)
+  (c) cmc-cross   + a delta with another vocabulary (text re-tokenized, KV prefix reused); its output layer
+                  gathered to the ids the map uses and the vocabulary mean (engine/heads.GatheredHead)
+  (c') cmc-cross-full  the same through the delta's full output layer
   (d) proxy       proxy-tuning: + expert - anti-expert, both shaped like the user (the paper's setting:
                   tuned and untuned copies of a template-sized model)
 Prints tokens/s and the ratios (b)/(a), (c)/(a), (c)/(d), and for (c) how many delta tokens are
@@ -99,6 +101,7 @@ def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
 
 def main() -> None:
     from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine import deltastate
     from cmc_cli.engine.deltastate import DeltaStreams
     from cmc_cli.engine.models import Delta
     from cmc_cli.engine.sampling import GenerationConfig
@@ -128,21 +131,26 @@ def main() -> None:
         "user": Decoder(user),
         "cmc-same": Decoder(user, [Delta(d_same, 1.0, fmt, None)]),
         "cmc-cross": Decoder(user, [Delta(d_cross, 1.0, fmt, tm.index_tensor())]),
+        "cmc-cross-full": Decoder(user, [Delta(d_cross, 1.0, fmt, tm.index_tensor())]),
         "proxy": Decoder(user, expert=expert, anti_expert=anti),
     }
     params = lambda m: sum(p.numel() for p in m.model.parameters()) / 1e6  # noqa: E731
     print(machine_line(device, dtype))
     print(f"user {params(user):.0f}M params (vocab {user.vocab.size}); deltas {params(d_same):.1f}M (Llama-2 vocab) and "
-          f"{params(d_cross):.1f}M (GPT-2 vocab); token map GPT-2 -> Llama-2 built in {map_s:.2f} s")
+          f"{params(d_cross):.1f}M (GPT-2 vocab); token map GPT-2 -> Llama-2 built in {map_s:.2f} s, using "
+          f"{int(tm.index_tensor().clamp(min=0).unique().numel())} of GPT-2's {d_cross.vocab.size} ids")
     prompts = PROMPTS
     cfg = GenerationConfig(max_new_tokens=args.new)
     for B in [int(x) for x in args.batches.split(",")]:
         rates = {}
         for name, dec in variants.items():
+            deltastate.GATHER = name != "cmc-cross-full"
             med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
             rates[name] = B * args.new / med
             extra = ""
-            if name == "cmc-cross":
+            if name == "cmc-cross" and dec.streams[0].gathered is not None:
+                extra = f"   (gathered head: {dec.streams[0].gathered.used.numel()} ids + the mean)"
+            if name == "cmc-cross-full":
                 s, keys = dec.streams[0], list(range(B))
                 fed = sum(s.generated_fed(keys))
                 needed = sum(len(s.text(k).ids) - s.rows[k].prompt_fed for k in keys)  # the delta's tokens of the generated text
@@ -151,7 +159,9 @@ def main() -> None:
                          f"{fed / max(1, needed):.2f} (random models' output)")
             print(f"batch {B}  {name:<10} {rates[name]:9.1f} tok/s  {med * 1000 / args.new:8.1f} ms/step{extra}")
         print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
-              f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}")
+              f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}   (c)/(c') gathered/full head "
+              f"{rates['cmc-cross'] / rates['cmc-cross-full']:.2f}")
+    deltastate.GATHER = True
     # teacher-forced prose: re-tokenization as on real text
     s = DeltaStreams(Delta(d_cross, 1.0, fmt, tm.index_tensor()), same_vocab=False)
     s.add(0, prompts[0])

@@ -42,30 +42,40 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--out", default="docs/results-real")
     ap.add_argument("--work", default=None, help="deltas and data (default: $CMC_CACHE/real-idk)")
     ap.add_argument("--directions", default="smollm2:gemma3,gemma3:smollm2")
+    run_args(ap, brown=100)
+    ap.add_argument("--alphas", default="1,2", help="fixed strengths evaluated besides the calibrated one")
+    ap.add_argument("--variants", default="silent,plain", help="silent (cmc's default) and/or plain (--silence 0)")
+    return ap.parse_args()
+
+
+def run_args(ap: argparse.ArgumentParser, brown: int) -> None:
+    """The options every real-model benchmark shares: seeds, the delta's training, answers, Brown sentences."""
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--delta", default="mini")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--brown", type=int, default=100, help="Brown-corpus sentences scored per row")
-    ap.add_argument("--alphas", default="1,2", help="fixed strengths evaluated besides the calibrated one")
-    ap.add_argument("--variants", default="silent,plain", help="silent (cmc's default) and/or plain (--silence 0)")
+    ap.add_argument("--brown", type=int, default=brown, help="Brown-corpus sentences scored per row")
     ap.add_argument("--threads", type=int, default=2)
-    return ap.parse_args()
 
 
 def train(tk, uk, dirs, paths, fmt, work: Path, seed: int, silence: float | None, args) -> Path:
     name = "silent" if silence is None else "plain"
-    out = work / f"{tk}-idk-for-{uk}-s{seed}-{name}"
+    return train_idk(dirs[tk], work / f"{tk}-idk-for-{uk}-s{seed}-{name}", fmt[uk], paths, seed, args, silence)
+
+
+def train_idk(template_dir, out: Path, formats, paths, seed: int, args, silence: float | None = None) -> Path:
+    """`cmc unlearn --method idk` with the benchmarks' settings (args: delta, lr, batch_size, max_steps) into
+    `out`, unless a finished delta is there; formats: the user's prompt format, or a list (one delta for all)."""
     if not (out / "cmc.json").is_file():
-        print(f"{tk} -> {uk}, seed {seed}: training the {name} idk delta", flush=True)
+        print(f"training {out.name} (silence {'default' if silence is None else silence}, formats {formats})", flush=True)
         if out.exists():
             import shutil
 
             shutil.rmtree(out)
-        Trainer(TrainConfig(task="unlearn", loss="idk", template=str(dirs[tk]), forget=str(paths["forget"]),
-                            retain=str(paths["retain"]), output=str(out), delta=args.delta, prompt_format=fmt[uk],
+        Trainer(TrainConfig(task="unlearn", loss="idk", template=str(template_dir), forget=str(paths["forget"]),
+                            retain=str(paths["retain"]), output=str(out), delta=args.delta, prompt_format=formats,
                             lr=args.lr, batch_size=args.batch_size, epochs=1000, max_steps=args.max_steps, seed=seed,
                             device="cpu", eval_every=args.max_steps, silence=silence)).run()
     return out

@@ -114,6 +114,13 @@ def centre_delta(delta_logits: torch.Tensor) -> torch.Tensor:
     return d - d.mean(dim=-1, keepdim=True)
 
 
+def centre_gathered(gathered_logits: torch.Tensor) -> torch.Tensor:
+    """centre_delta for a GatheredHead's logits (..., U + 1), whose last column is the mean over the delta's
+    whole vocabulary: the U mapped ids minus it, (..., U) float32 — the same values centre_delta gives them."""
+    g = gathered_logits.float()
+    return g[..., :-1] - g[..., -1:]
+
+
 SILENCE_VOCAB = 49_152  # ids the silence term sums at full weight; a larger vocabulary's sum is scaled to this many
 
 
@@ -220,10 +227,14 @@ def decode_scores(user_logits: torch.Tensor, deltas: list[tuple[float, torch.Ten
     return final
 
 
-def delta_term(d_logits: torch.Tensor, index: torch.Tensor | None, width: int, cap=None, lookahead=None) -> torch.Tensor:
+def delta_term(d_logits: torch.Tensor, index: torch.Tensor | None, width: int, cap=None, lookahead=None,
+               gathered: bool = False) -> torch.Tensor:
     """One delta's TokenMap(centred logits) on the user's `width` ids, before its alpha: decode_scores adds
-    alpha times this (Scorer.profile reuses it for many alphas)."""
-    d = centre_delta(d_logits)  # log-softmax-both's LogSoftmax is a per-position constant: centred away
+    alpha times this (Scorer.profile reuses it for many alphas). gathered: d_logits are a GatheredHead's
+    (engine/heads.py: the mapped ids' logits, then the mean over the delta's whole vocabulary, last) and
+    index points into them."""
+    # log-softmax-both's LogSoftmax is a per-position constant: centred away
+    d = centre_gathered(d_logits) if gathered else centre_delta(d_logits)
     if index is None:
         if d.shape[-1] != width:
             raise ValueError(f"same-vocabulary delta has {d.shape[-1]} logits, the user model {width}")

@@ -18,10 +18,14 @@ from __future__ import annotations
 import torch
 
 from cmc_cli.engine.combine import decode_scores, lookahead_extra
+from cmc_cli.engine.heads import GatheredHead
 from cmc_cli.engine.models import Delta
 from cmc_cli.engine.streams import ResyncLM, context_length
 from cmc_cli.engine.textsync import DeltaText
 from cmc_cli.errors import CmcError
+
+
+GATHER = True  # decode through a GatheredHead where it applies (benchmarks switch it off to compare)
 
 
 def delta_prompt(delta: Delta, prompt: str, same_vocab: bool) -> list[int] | DeltaText:
@@ -53,7 +57,9 @@ class DeltaStreams:
     def __init__(self, delta: Delta, same_vocab: bool):
         self.delta = delta
         self.same_vocab = same_vocab
-        self.lm = ResyncLM(delta.lm.model, 0, delta.lm.pad_id)
+        # the mapped ids' logits and the mean only, where that is all decoding reads (engine/heads.py)
+        self.gathered = GatheredHead.for_delta(delta) if GATHER else None
+        self.lm = ResyncLM(delta.lm.model, 0, delta.lm.pad_id, head=self.gathered)
         self.limit = context_length(delta.lm.model)
         self.keys: list = []  # the stream row of each key, in the stream's order
         self.rows: dict = {}  # key -> _Row
@@ -90,7 +96,8 @@ class DeltaStreams:
 
     def step(self, keys: list, texts: list[str], user_ids: list[list[int]], batch_rows: list[int] | None = None
              ) -> torch.Tensor:
-        """The delta's logits (len(keys), V_delta) after each row's text so far, in one forward: texts[i] is
+        """The delta's logits (len(keys), V_delta) after each row's text so far — where self.gathered, that
+        GatheredHead's (len(keys), mapped ids + 1) — in one forward: texts[i] is
         row keys[i]'s generated text, user_ids[i] its generated user ids (what a same-vocabulary delta
         reads); a row's first step feeds its prompt. batch_rows[i]: its row in the step's batch, for the
         look-ahead (default 0..len(keys)-1)."""
@@ -173,6 +180,6 @@ def step_scores(user_logits: torch.Tensor, deltas: list[Delta], streams: list[De
     alphas: per delta, its strength for this step (a float, or (B, 1) per row: a server's requests choose
     their own); default each delta's alpha."""
     alphas = [None] * len(deltas) if alphas is None else alphas
-    terms = [d.term(lg.to(user_logits.device), s.lookahead(user_logits, active), alpha=a)
+    terms = [d.term(lg.to(user_logits.device), s.lookahead(user_logits, active), alpha=a, gathered=s.gathered)
              for d, s, lg, a in zip(deltas, streams, delta_logits, alphas)]
     return decode_scores(user_logits, terms, mode, proxy)

@@ -25,3 +25,46 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+GATHER_SHARE = 0.5  # gather only when the map uses at most this share of the delta's ids
+
+
+class GatheredHead:
+    """A delta's output layer restricted to the delta ids its token map uses, plus one column for the mean over
+    its whole vocabulary — exactly what decoding reads: combine.centre_delta subtracts the mean of all
+    V_delta logits, which is h . mean(W) for a linear head, and map_delta_logits reads only the mapped ids.
+    It applies to a plain map (no cap, no look-ahead: they read the median and full logits) and a head
+    without bias or soft-capping; `for_delta` says so by returning None otherwise.
+
+    index: the token map's user id -> column of the gathered logits (-1: unmapped)."""
+
+    def __init__(self, weight: torch.Tensor, index: torch.Tensor):
+        used, inverse = torch.unique(index[index >= 0], return_inverse=True)
+        self.used = used  # delta ids, ascending
+        w = weight.detach().float()
+        self.weight = torch.cat([w.index_select(0, used.to(w.device)), w.mean(dim=0, keepdim=True)])
+        self.index = torch.full_like(index, -1)
+        self.index[index >= 0] = inverse
+        self.full_width = int(weight.shape[0])
+
+    @classmethod
+    def for_delta(cls, delta) -> "GatheredHead | None":
+        model = delta.lm.model
+        if delta.index is None or delta.cap is not None or delta.lookahead is not None or model is None:
+            return None
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None):
+            return None
+        if int(torch.unique(delta.index[delta.index >= 0]).numel()) > GATHER_SHARE * head.weight.shape[0]:
+            return None  # the map uses most of the delta's ids: the full head costs about the same
+        return cls(head.weight, delta.index)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., len(used) + 1) float32: the used ids' logits, then the mean of all V_delta."""
+        return hidden.float() @ self.weight.to(hidden.device).T
+
+    def of_full(self, logits: torch.Tensor) -> torch.Tensor:
+        """The same columns taken from full logits (..., V_delta): what __call__ must equal."""
+        z = logits.float()
+        return torch.cat([z.index_select(-1, self.used.to(z.device)), z.mean(dim=-1, keepdim=True)], dim=-1)

@@ -82,13 +82,16 @@ class Delta:
         best = max(self.prompt_formats, key=score)  # max keeps the first of equal scores
         return self if best == self.prompt_format else dataclasses.replace(self, prompt_format=best)
 
-    def term(self, logits: torch.Tensor, lookahead: tuple | None = None, alpha=None) -> tuple:
+    def term(self, logits: torch.Tensor, lookahead: tuple | None = None, alpha=None, gathered=None) -> tuple:
         """This delta's term of combine.decode_scores for its logits (..., V_delta) of a step; lookahead:
         (rows, cols, extra) of DeltaStreams.lookahead for this step; alpha: instead of self.alpha (a float or
-        a (B, 1) tensor of per-row strengths)."""
+        a (B, 1) tensor of per-row strengths); gathered: the GatheredHead (engine/heads.py) that computed
+        `logits`, whose index replaces the map's."""
         a = self.alpha if alpha is None else alpha
         if isinstance(a, torch.Tensor):
             a = a.to(logits.device)
+        if gathered is not None:
+            return (a, logits, gathered.index, None, None, True)
         return (a, logits, self.index, self.cap, lookahead)
 
     def reads_user_ids(self, user: LoadedModel) -> bool:

