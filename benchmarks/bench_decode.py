@@ -101,7 +101,7 @@ def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
 
 def main() -> None:
     from cmc_cli.engine.decode import Decoder
-    from cmc_cli.engine import deltastate
+    from cmc_cli.engine import heads
     from cmc_cli.engine.deltastate import DeltaStreams
     from cmc_cli.engine.models import Delta
     from cmc_cli.engine.sampling import GenerationConfig
@@ -144,7 +144,7 @@ def main() -> None:
     for B in [int(x) for x in args.batches.split(",")]:
         rates = {}
         for name, dec in variants.items():
-            deltastate.GATHER = name != "cmc-cross-full"
+            heads.GATHER = name != "cmc-cross-full"
             med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
             rates[name] = B * args.new / med
             extra = ""
@@ -161,7 +161,7 @@ def main() -> None:
         print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
               f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}   (c)/(c') gathered/full head "
               f"{rates['cmc-cross'] / rates['cmc-cross-full']:.2f}")
-    deltastate.GATHER = True
+    heads.GATHER = True
     # teacher-forced prose: re-tokenization as on real text
     s = DeltaStreams(Delta(d_cross, 1.0, fmt, tm.index_tensor()), same_vocab=False)
     s.add(0, prompts[0])

@@ -4,7 +4,7 @@ against the full head — the same term of the combined scores, the same decodin
 import pytest
 import torch
 
-from cmc_cli.engine import deltastate, heads
+from cmc_cli.engine import heads
 from cmc_cli.engine.combine import delta_term
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.heads import GatheredHead
@@ -48,7 +48,7 @@ def test_decoding_through_the_gathered_head_equals_the_full_head_at_every_step(p
     monkeypatch.setattr(heads, "GATHER_SHARE", 1.0)  # the tiny map uses most ids: gather anyway
     runs = {}
     for gather in (True, False):
-        monkeypatch.setattr(deltastate, "GATHER", gather)
+        monkeypatch.setattr(heads, "GATHER", gather)
         dec = Decoder(user, [load_delta(delta_dir, user, 1.5)])
         dec.trace = []
         runs[gather] = ([g.text for g in dec.generate(PROMPTS, cfg)], dec.trace, dec.streams[0].gathered)
@@ -69,3 +69,23 @@ def test_gathered_only_where_decoding_reads_nothing_else(pair, tiny_tokenizers, 
     assert GatheredHead.for_delta(load_delta(delta_dir, user, 1.0, [capped])) is None
     monkeypatch.setattr(heads, "GATHER_SHARE", 0.01)  # a map that uses most of the ids: the full head
     assert GatheredHead.for_delta(load_delta(delta_dir, user, 1.0)) is None
+
+
+def test_scoring_through_the_gathered_head_equals_the_full_head(pair, monkeypatch):
+    """Scorer.profile (calibrate, eval) reads the delta as decoding does: log-probabilities, KL and hits per alpha."""
+    from cmc_cli.engine.score import Scorer
+
+    user, delta_dir = pair
+    monkeypatch.setattr(heads, "GATHER_SHARE", 1.0)
+    prompts, answers = PROMPTS, ["It is blue.", "Hello there!", "Once upon a time, boats."]
+    out = {}
+    for gather in (True, False):
+        monkeypatch.setattr(heads, "GATHER", gather)
+        sc = Scorer(Decoder(user, [load_delta(delta_dir, user, 1.0)]))
+        assert (sc.gathered[0] is not None) == gather
+        out[gather] = sc.profile(prompts, answers, [0.5, 2.0])
+    for a in (0.5, 2.0):
+        for g, f in zip(out[True][a], out[False][a]):
+            assert g.top1 == f.top1
+            assert g.token_logprobs == pytest.approx(f.token_logprobs, abs=1e-4)
+            assert g.kl == pytest.approx(f.kl, abs=1e-4)

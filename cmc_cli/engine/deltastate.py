@@ -25,8 +25,6 @@ from cmc_cli.engine.textsync import DeltaText
 from cmc_cli.errors import CmcError
 
 
-GATHER = True  # decode through a GatheredHead where it applies (benchmarks switch it off to compare)
-
 
 def delta_prompt(delta: Delta, prompt: str, same_vocab: bool) -> list[int] | DeltaText:
     """The delta's start of one request: its ids of `bos + format(prompt)` (same vocabulary) or the
@@ -58,7 +56,7 @@ class DeltaStreams:
         self.delta = delta
         self.same_vocab = same_vocab
         # the mapped ids' logits and the mean only, where that is all decoding reads (engine/heads.py)
-        self.gathered = GatheredHead.for_delta(delta) if GATHER else None
+        self.gathered = GatheredHead.for_delta(delta)
         self.lm = ResyncLM(delta.lm.model, 0, delta.lm.pad_id, head=self.gathered)
         self.limit = context_length(delta.lm.model)
         self.keys: list = []  # the stream row of each key, in the stream's order

@@ -27,6 +27,7 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+GATHER = True  # gather where it applies (benchmarks and tests switch it off to compare with the full head)
 GATHER_SHARE = 0.5  # gather only when the map uses at most this share of the delta's ids
 
 
@@ -51,7 +52,7 @@ class GatheredHead:
     @classmethod
     def for_delta(cls, delta) -> "GatheredHead | None":
         model = delta.lm.model
-        if delta.index is None or delta.cap is not None or delta.lookahead is not None or model is None:
+        if not GATHER or delta.index is None or delta.cap is not None or delta.lookahead is not None or model is None:
             return None
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None):

@@ -29,7 +29,7 @@ from cmc_cli.engine.combine import decode_scores, delta_term
 from cmc_cli.engine.decode import Decoder
 from cmc_cli.engine.deltastate import delta_prompt
 from cmc_cli.engine.models import Delta
-from cmc_cli.engine.heads import final_hidden, head_logits
+from cmc_cli.engine.heads import GatheredHead, final_hidden, head_logits
 from cmc_cli.engine.textsync import GenText, common_prefix_len
 
 
@@ -115,6 +115,7 @@ class Scorer:
     def __init__(self, decoder: Decoder, chunk: int = 256):
         self.dec = decoder
         self.chunk = chunk
+        self.gathered = [GatheredHead.for_delta(d) for d in decoder.deltas]  # as decoding reads them (heads.py)
 
     @torch.inference_mode()
     def score(self, prompts: list[str], answers: list[str]) -> list[Scored]:
@@ -177,8 +178,9 @@ class Scorer:
             u_logits = head_logits(user.model, h_user[s:e])
             # decode_scores with each delta's mapped term computed once for every strength
             base = decode_scores(u_logits, [], dec.combine, proxy)
-            terms = [delta_term(head_logits(d.lm.model, h[s:e]), d.index, u_logits.shape[-1], d.cap)
-                     for d, h in zip(dec.deltas, h_deltas)]
+            terms = [delta_term(g(h[s:e]), g.index, u_logits.shape[-1], None, None, True) if g is not None
+                     else delta_term(head_logits(d.lm.model, h[s:e]), d.index, u_logits.shape[-1], d.cap)
+                     for d, h, g in zip(dec.deltas, h_deltas, self.gathered)]
             self._chunk_stats(u_logits if full else None, base, terms, targets[s:e], keys, acc)
         return {k: tuple(torch.cat(x).tolist() if x else [] for x in v) for k, v in acc.items()}, extras
 
