@@ -25,7 +25,6 @@ from cmc_cli.engine.textsync import DeltaText
 from cmc_cli.errors import CmcError
 
 
-
 def delta_prompt(delta: Delta, prompt: str, same_vocab: bool) -> list[int] | DeltaText:
     """The delta's start of one request: its ids of `bos + format(prompt)` (same vocabulary) or the
     DeltaText that keeps them in step with the generated text (across vocabularies)."""

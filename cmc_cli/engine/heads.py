@@ -51,15 +51,25 @@ class GatheredHead:
 
     @classmethod
     def for_delta(cls, delta) -> "GatheredHead | None":
+        """The delta's gathered head, or None where it does not apply; built once per loaded Delta (every
+        generate call, stream and Scorer of it reads the same one)."""
+        if not GATHER:
+            return None
+        if "_gathered" not in vars(delta):
+            vars(delta)["_gathered"] = cls._build(delta)
+        return vars(delta)["_gathered"]
+
+    @classmethod
+    def _build(cls, delta) -> "GatheredHead | None":
         model = delta.lm.model
-        if not GATHER or delta.index is None or delta.cap is not None or delta.lookahead is not None or model is None:
+        if delta.index is None or delta.cap is not None or delta.lookahead is not None or model is None:
             return None
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None):
             return None
-        if int(torch.unique(delta.index[delta.index >= 0]).numel()) > GATHER_SHARE * head.weight.shape[0]:
-            return None  # the map uses most of the delta's ids: the full head costs about the same
-        return cls(head.weight, delta.index)
+        g = cls(head.weight, delta.index)
+        # the map uses most of the delta's ids: the full head costs about the same
+        return g if g.used.numel() <= GATHER_SHARE * g.full_width else None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., len(used) + 1) float32: the used ids' logits, then the mean of all V_delta."""

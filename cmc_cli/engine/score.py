@@ -178,11 +178,17 @@ class Scorer:
             u_logits = head_logits(user.model, h_user[s:e])
             # decode_scores with each delta's mapped term computed once for every strength
             base = decode_scores(u_logits, [], dec.combine, proxy)
-            terms = [delta_term(g(h[s:e]), g.index, u_logits.shape[-1], None, None, True) if g is not None
-                     else delta_term(head_logits(d.lm.model, h[s:e]), d.index, u_logits.shape[-1], d.cap)
-                     for d, h, g in zip(dec.deltas, h_deltas, self.gathered)]
+            terms = [self._term(d, g, h[s:e], u_logits.shape[-1]) for d, h, g in zip(dec.deltas, h_deltas, self.gathered)]
             self._chunk_stats(u_logits if full else None, base, terms, targets[s:e], keys, acc)
         return {k: tuple(torch.cat(x).tolist() if x else [] for x in v) for k, v in acc.items()}, extras
+
+    @staticmethod
+    def _term(d: Delta, gathered, h: torch.Tensor, width: int) -> torch.Tensor:
+        """One delta's mapped, centred term at these positions, read as decoding reads it (Delta.term picks
+        the index and cap; the look-ahead's values come from the decoder, _score_by_decoding)."""
+        logits = gathered(h) if gathered is not None else head_logits(d.lm.model, h)
+        _, logits, index, *rest = d.term(logits, gathered=gathered)
+        return delta_term(logits, index, width, *rest)
 
     def _chunk_stats(self, u_logits, base, terms, targets, keys, acc) -> None:
         """One chunk's per-strength log-probabilities of the targets, KL(user alone || combined) and argmax hits
