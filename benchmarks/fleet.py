@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_idk import fact_sets  # noqa: E402
+from real_idk import _pooled, fact_sets  # noqa: E402
 from real_precision import _cell, row, run_args, train_idk  # noqa: E402
 
 from cmc_cli import assets  # noqa: E402
@@ -118,14 +118,14 @@ def markdown(res: dict) -> str:
         alone = res["rows"][f"{user} alone"]
         dh = db = dc = ""
         if runs is not alone:
-            m, lo, hi = paired_bootstrap(_pooled(runs, "heldout", "key_hit"), _pooled(alone * n, "heldout", "key_hit"))
+            m, lo, hi = paired_bootstrap(_pooled(runs, "heldout", "key_hit", n), _pooled(alone, "heldout", "key_hit", n))
             dh = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
             m, lo, hi = paired_bootstrap([v for r in runs for v in r["brown"]["per_text_nll"]],
                                          [v for r in alone * n for v in r["brown"]["per_text_nll"]])
             db = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
             ctrl = res["rows"].get(f"{name} | shuffled")
             if kind == "delta" and ctrl:
-                m, lo, hi = paired_bootstrap(_pooled(runs, "forget", "refusal"), _pooled(ctrl, "forget", "refusal"))
+                m, lo, hi = paired_bootstrap(_pooled(runs, "forget", "refusal", n), _pooled(ctrl, "forget", "refusal", n))
                 dc = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
         shown = f"{name.replace(' -> ', ' → ')} ({res['params'][user] / 1e6:.0f}M)" + (f", {kind} map" if kind else "")
         lines.append(f"| {shown} | {_cell(runs, lambda r: r.get('alpha'))} | {_cell(runs, lambda r: r['forget']['refusal'])} | "
@@ -140,10 +140,6 @@ def markdown(res: dict) -> str:
     if "seconds" in res:
         lines.append(f"\nWall time: {res['seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
-
-
-def _pooled(runs, name, metric) -> list[float]:
-    return [v for r in runs for v in r[name]["per_item"][metric]]
 
 
 if __name__ == "__main__":
