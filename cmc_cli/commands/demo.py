@@ -28,7 +28,7 @@ def demo(
 ) -> None:
     """The whole pipeline on the built-in model world: map-vocab, train, apply to 3 models, eval, over seeds."""
     from cmc_cli.commands.tables import rich_table
-    from cmc_cli.zoo.demo import INSTRUCT_HEADER, UNLEARN_HEADER, DemoConfig, headline, instruct_table, run_demo, unlearn_table
+    from cmc_cli.zoo.demo import INSTRUCT_HEADER, UNLEARN_HEADER, DemoConfig, headline, instruct_rows, run_demo, unlearn_rows
 
     cfg = DemoConfig(size=size, root=root, out=out, seeds=seeds, method=method, alpha=alpha, instruct_alpha=instruct_alpha,
                      silence=silence, eval_limit=eval_limit, jobs=jobs, seed=seed, maps=tuple(m.strip() for m in maps.split(",") if m.strip()))
@@ -42,9 +42,9 @@ def demo(
     res = run_demo(cfg, on_phase=phase, on_event=on_event)
     for title, header, rows in (
             (f"Unlearning ({cfg.method}, forget{cfg.forget_split:02d}): behaviour first, likelihood beside it "
-             f"(mean ± 95% CI over {cfg.seeds} seeds)", UNLEARN_HEADER, unlearn_table(res)),
+             f"(mean ± 95% CI over {cfg.seeds} seeds)", UNLEARN_HEADER, unlearn_rows(res)),
             ("Instruction tuning: questions about authors the delta never saw in QA form", INSTRUCT_HEADER,
-             instruct_table(res))):
+             instruct_rows(res))):
         console.print(rich_table(title, header, rows))
     info(headline(res))
     info(f"[green]wrote[/green] {res.out}/report.md ({', '.join(f'{k} {v:.0f} s' for k, v in res.seconds.items())})")

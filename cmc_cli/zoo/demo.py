@@ -280,7 +280,7 @@ def _behaviour(cfg: DemoConfig) -> tuple[str, str]:
 INSTRUCT_HEADER = ["model (base)", "key acc.", "ROUGE-L", "answer log-lik", "Δ ROUGE-L vs alone", "Δ vs shuffled map"]
 
 
-def unlearn_table(res: DemoResult) -> list[list[str]]:
+def unlearn_rows(res: DemoResult) -> list[list[str]]:
     n = res.cfg.seeds
     alone = {r.model: r for r in res.unlearn if r.kind == "alone"}
     control = next((r for r in res.unlearn if r.map == CONTROL), None)
@@ -295,7 +295,7 @@ def unlearn_table(res: DemoResult) -> list[list[str]]:
     return out
 
 
-def instruct_table(res: DemoResult) -> list[list[str]]:
+def instruct_rows(res: DemoResult) -> list[list[str]]:
     n = res.cfg.seeds
     alone = {r.model: r for r in res.instruct if r.kind == "alone"}
     control = next((r for r in res.instruct if r.map == CONTROL), None)
@@ -357,9 +357,9 @@ def _write(res: DemoResult) -> None:
           f"{cfg.max_new_tokens} new tokens. Cells: mean ± 95% CI over seeds (Student t); Δ: paired per-item "
           "difference pooled over seeds, [95% bootstrap CI].", "",
           f"## Unlearning ({cfg.method}) forget{cfg.forget_split:02d} — behaviour first, the likelihood beside it", ""]
-    md += md_table(UNLEARN_HEADER, unlearn_table(res))
+    md += md_table(UNLEARN_HEADER, unlearn_rows(res))
     md += ["", "## Instruction tuning — questions about authors the delta never saw in QA form", ""]
-    md += md_table(INSTRUCT_HEADER, instruct_table(res))
+    md += md_table(INSTRUCT_HEADER, instruct_rows(res))
     md += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()), ""]
     atomic_write_text(res.out / "report.md", "\n".join(md))
 
