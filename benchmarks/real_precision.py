@@ -4,20 +4,26 @@ For each direction (SmolLM2-135M template -> Gemma-3-270M user, and back) and se
 with `cmc unlearn --method idk`'s defaults (real_idk.py's settings, the delta trained in the user's format):
 `silent` (the silence term at its default weight) and `plain` (--silence 0). Each is applied to the user
 through cmc's default map at alpha 1, 2 and the strength `cmc calibrate` chooses (its wall time recorded),
-the silent one at its calibrated alpha also through the shuffled control. Per row: greedy forget refusal,
+the silent one also at calibrated -/+ 1 (--around) and at its calibrated alpha through the shuffled control. Per row: greedy forget refusal,
 retain and held-out key accuracy (benchmarks/real_facts.py), and on the Brown corpus (`cmc fetch text`;
 never trained on) the NLL per token and KL to the user alone (`cmc eval general`'s computation).
 
     cmc fetch models && cmc fetch text
-    python benchmarks/real_precision.py      # writes docs/results-real/precision.{md,json}
+    python benchmarks/real_precision.py      # writes docs/results-real/precision.{md,json,png}
+    python benchmarks/real_precision.py --reuse docs/results-real/precision.partial.json   # resumes a cut run
+
+precision.png plots forget refusal against held-out accuracy over alpha, plain against silent. Rows are
+deterministic given their delta and settings: --reuse takes those an earlier run's JSON already has.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -45,7 +51,33 @@ def parse() -> argparse.Namespace:
     run_args(ap, brown=100)
     ap.add_argument("--alphas", default="1,2", help="fixed strengths evaluated besides the calibrated one")
     ap.add_argument("--variants", default="silent,plain", help="silent (cmc's default) and/or plain (--silence 0)")
+    ap.add_argument("--around", type=float, default=1.0,
+                    help="also evaluate the silent delta at calibrated -/+ this (0: not; alpha <= 0 is the user alone)")
+    ap.add_argument("--reuse", default="", help="earlier precision JSONs (a partial one resumes): rows and calibrations "
+                    "of the same direction, seed and label are taken from them when their settings match")
     return ap.parse_args()
+
+
+SHAPING = ("delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown")  # settings a row depends on
+
+
+def reusable(files: str, args, facts: dict) -> dict:
+    """{(direction, label, seed): row} and {(direction, delta, seed): calibration} from earlier runs' JSONs whose
+    row-shaping settings and fact set are this run's (a row is deterministic given them and its delta)."""
+    found: dict = {}
+    for f in (x for x in files.split(",") if x):
+        res = json.loads(Path(f).read_text(encoding="utf-8"))
+        s = res.get("settings", {})
+        if any(s.get(k) != getattr(args, k) for k in SHAPING) or res.get("facts", facts) != facts:
+            print(f"not reusing {f}: its settings or facts differ from this run's", flush=True)
+            continue
+        for pair, d in res.get("directions", {}).items():
+            for label, runs in d["rows"].items():
+                for i, r in enumerate(runs):
+                    found[(pair, label, r.get("seed", i))] = r
+            for c in d.get("calibration", []):
+                found[(pair, c["delta"], c["seed"])] = c
+    return found
 
 
 def run_args(ap: argparse.ArgumentParser, brown: int) -> None:
@@ -82,6 +114,7 @@ def train_idk(template_dir, out: Path, formats, paths, seed: int, args, silence:
 
 
 def row(dec: Decoder, sets, brown, args) -> dict:
+    """One model (with its deltas): greedy answers to the fact sets, NLL and KL on the Brown sentences."""
     res = {k: v.as_dict() | {"per_item": v.per_item} for k, v in evaluate(dec, sets, args).items()}
     nll, kl, n = score_row(dec, brown, 4, 16)
     res["brown"] = {"nll": sum(x * k for x, k in zip(nll, n)) / sum(n), "kl": sum(x * k for x, k in zip(kl, n)) / sum(n),
@@ -89,33 +122,51 @@ def row(dec: Decoder, sets, brown, args) -> dict:
     return res
 
 
-def direction(tk, uk, lms, fmt, dirs, paths, sets, brown, work, args, out) -> dict:
-    template, user = lms[tk], lms[uk]
+def direction(pair: str, ctx, args, res: dict, out: Path) -> dict:
+    """Every row of one direction (template:user), seed by seed; the results so far are written after each seed
+    to `out` (give it to --reuse to resume)."""
+    tk, uk = pair.split(":")
+    template, user = ctx.lms[tk], ctx.lms[uk]
     default_map = TokenMap.build(template.vocab, user.vocab)
-    rows = {f"{uk} alone": [row(Decoder(user, [], user_format=fmt[uk]), sets, brown, args)]}
-    cal_info = []
+    alone = ctx.done.get((pair, f"{uk} alone", 0))
+    alone = alone or row(Decoder(user, [], user_format=ctx.fmt[uk]), ctx.sets, ctx.brown, args)
+    d = res["directions"][pair] = {"template": tk, "user": uk, "rows": {f"{uk} alone": [alone]}, "calibration": []}
     for seed in range(args.seeds):
-        control = default_map.shuffled(seed)
         for name, silence in [v for v in (("silent", None), ("plain", 0.0)) if v[0] in args.variants.split(",")]:
-            d_dir = train(tk, uk, dirs, paths, fmt, work, seed, silence, args)
-            t0 = time.perf_counter()
-            texts = training_texts(d_dir, 32, template, {}, None)
-            cal, _ = calibrate(d_dir, user, template, texts, [default_map], fmt[uk])
-            cal_info.append({"seed": seed, "delta": name, "alpha": cal.alpha, "seconds": time.perf_counter() - t0,
-                             "reason": cal.reason})
-            print(f"  {name} seed {seed}: calibrated alpha {cal.alpha:g} ({cal_info[-1]['seconds']:.0f} s)", flush=True)
-            variants = [(f"{name} a={a:g}", a, default_map) for a in (float(x) for x in args.alphas.split(",") if x)]
-            variants.append((f"{name} a=calibrated", cal.alpha, default_map))
-            if name == "silent":
-                variants.append(("silent a=calibrated (shuffled map)", cal.alpha, control))
-            for label, a, tm in variants:
-                print(f"  {uk} + {label} (alpha {a:g})", flush=True)
-                d = load_delta(d_dir, user, a, [tm])
-                r = row(Decoder(user, [d], user_format=fmt[uk]), sets, brown, args)
-                r["alpha"] = a
-                rows.setdefault(f"{uk} + {label}", []).append(r)
-        atomic_write_json(out, {"partial": True, "rows": rows, "calibration": cal_info})
-    return {"template": tk, "user": uk, "rows": rows, "calibration": cal_info}
+            d_dir = train(tk, uk, ctx.dirs, ctx.paths, ctx.fmt, ctx.work, seed, silence, args)
+            cal = ctx.done.get((pair, name, seed)) or calibration(d_dir, template, user, default_map, ctx.fmt[uk])
+            d["calibration"].append(cal | {"seed": seed, "delta": name})
+            print(f"  {name} seed {seed}: calibrated alpha {cal['alpha']:g} ({cal['seconds']:.0f} s)", flush=True)
+            for label, a, tm in variants(name, cal["alpha"], default_map, default_map.shuffled(seed), args):
+                r = ctx.done.get((pair, f"{uk} + {label}", seed))
+                if r is None and a <= 0:  # no delta: the user alone (the flat-delta no-op, tests/test_noop.py)
+                    r = dict(alone)
+                if r is None:
+                    print(f"  {uk} + {label} (alpha {a:g}), seed {seed}", flush=True)
+                    dec = Decoder(user, [load_delta(d_dir, user, a, [tm])], user_format=ctx.fmt[uk])
+                    r = row(dec, ctx.sets, ctx.brown, args)
+                d["rows"].setdefault(f"{uk} + {label}", []).append(r | {"alpha": a, "seed": seed})
+        atomic_write_json(out, res | {"partial": True})
+    return d
+
+
+def calibration(d_dir: Path, template, user, tmap, fmt: str) -> dict:
+    t0 = time.perf_counter()
+    cal, _ = calibrate(d_dir, user, template, training_texts(d_dir, 32, template, {}, None), [tmap], fmt)
+    return {"alpha": cal.alpha, "seconds": time.perf_counter() - t0, "reason": cal.reason}
+
+
+def variants(name: str, cal: float, tmap, control, args) -> list[tuple[str, float, object]]:
+    """(label, alpha, map) of one delta's rows: the fixed alphas, the calibrated one, for the silent delta
+    calibrated -/+ --around and the shuffled control at the calibrated alpha."""
+    out = [(f"{name} a={a:g}", a, tmap) for a in (float(x) for x in args.alphas.split(",") if x)]
+    out.append((f"{name} a=calibrated", cal, tmap))
+    if name == "silent":
+        if args.around:
+            out += [(f"silent a=calibrated-{args.around:g}", max(0.0, cal - args.around), tmap),
+                    (f"silent a=calibrated+{args.around:g}", cal + args.around, tmap)]
+        out.append(("silent a=calibrated (shuffled map)", cal, control))
+    return out
 
 
 def main() -> None:
@@ -130,18 +181,60 @@ def main() -> None:
     lms = {k: load_lm(str(dirs[k])) for k in names}
     fmt = {k: assets.MODELS[k].prompt_format for k in lms}
     paths, sets = fact_sets(lms, fmt, work, args)
-    brown, _ = general_texts(None, args.brown, 4)
-    results = {"settings": vars(args), "facts": {k: len(v) for k, v in sets.items()}, "directions": {}}
+    facts = {k: len(v) for k, v in sets.items()}
+    ctx = SimpleNamespace(lms=lms, fmt=fmt, dirs=dirs, paths=paths, sets=sets, work=work,
+                          brown=general_texts(None, args.brown, 4)[0], done=reusable(args.reuse, args, facts))
+    results = {"settings": vars(args), "facts": facts, "directions": {}}
     out = Path(args.out)
     for pair in args.directions.split(","):
-        tk, uk = pair.split(":")
-        results["directions"][pair] = direction(tk, uk, lms, fmt, dirs, paths, sets, brown, work, args,
-                                                out / f"precision-{tk}-{uk}.partial.json")
-        atomic_write_json(out / "precision.json", results)
+        direction(pair, ctx, args, results, out / "precision.partial.json")
     results["seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "precision.json", results)
     atomic_write_text(out / "precision.md", markdown(results))
+    plot(results, out / "precision.png")
     print(markdown(results))
+
+
+def plot(res: dict, path: Path) -> None:
+    """Forget refusal against held-out key accuracy, one point per (delta, alpha) mean over seeds, plain against
+    silent, one panel per direction; the numbers beside the points are the alphas (cal: calibrated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dirs = res["directions"]
+    fig, axes = plt.subplots(1, len(dirs), figsize=(5.5 * len(dirs), 4.5), squeeze=False)
+    for ax, (pair, d) in zip(axes[0], dirs.items()):
+        alone = d["rows"][f"{d['user']} alone"][0]
+        ax.scatter([alone["forget"]["refusal"]], [alone["heldout"]["key_accuracy"]], c="k", marker="s", label="alone")
+        for name, colour in (("plain", "tab:red"), ("silent", "tab:blue")):
+            pts = sorted((_mean(runs, "alpha"), _mean(runs, "forget", "refusal"), _mean(runs, "heldout", "key_accuracy"),
+                          label.split(" a=")[1]) for label, runs in d["rows"].items()
+                         if label.startswith(f"{d['user']} + {name} a=") and "shuffled" not in label)
+            if not pts:
+                continue
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", c=colour, label=f"{name} (alpha order)")
+            cal = [p for p in pts if p[3] == "calibrated"]
+            ax.scatter([p[1] for p in cal], [p[2] for p in cal], c=colour, marker="*", s=160, zorder=3,
+                       label=f"{name} calibrated")
+            for a, x, y, lab in pts:
+                ax.annotate(lab.replace("calibrated", "cal") if "cal" in lab else f"{a:g}", (x, y), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set(title=f"idk delta beside {d['template']} -> {d['user']}", xlabel="forget refusal",
+               ylabel="held-out key accuracy", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05))
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _mean(runs, *keys) -> float:
+    vals = []
+    for r in runs:
+        for k in keys:
+            r = r[k]
+        vals.append(r)
+    return sum(vals) / len(vals)
 
 
 def _cell(runs, get) -> str:
