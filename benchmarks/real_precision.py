@@ -150,6 +150,25 @@ def direction(pair: str, ctx, args, res: dict, out: Path) -> dict:
     return d
 
 
+def neighbours(sets) -> list[bool]:
+    """Per held-out fact: does its question name a forget question's subject (e.g. "What language is mainly
+    spoken in France?" beside "What is the capital of France?")? Subjects: the capitalised words of the
+    forget questions after their first word."""
+    subjects = {w.strip("?.,") for it in sets["forget"] for w in it.question.split()[1:] if w[:1].isupper()}
+    return [any(w.strip("?.,") in subjects for w in it.question.split()[1:]) for it in sets["heldout"]]
+
+
+def neighbour_line(res: dict, runs: list) -> str:
+    """Held-out accuracy of one row on the facts whose subject the forget set names, and on the others."""
+    flags = res.get("neighbours")
+    if not flags:
+        return ""
+    hits = [(f, h) for r in runs for f, h in zip(flags, r["heldout"]["per_item"]["key_hit"])]
+    near, far = [h for f, h in hits if f], [h for f, h in hits if not f]
+    return (f"held-out facts about a forget subject ({sum(flags)} of {len(flags)}): {sum(near) / max(1, len(near)):.2f}, "
+            f"the others: {sum(far) / max(1, len(far)):.2f}")
+
+
 def calibration(d_dir: Path, template, user, tmap, fmt: str) -> dict:
     t0 = time.perf_counter()
     cal, _ = calibrate(d_dir, user, template, training_texts(d_dir, 32, template, {}, None), [tmap], fmt)
@@ -184,7 +203,7 @@ def main() -> None:
     facts = {k: len(v) for k, v in sets.items()}
     ctx = SimpleNamespace(lms=lms, fmt=fmt, dirs=dirs, paths=paths, sets=sets, work=work,
                           brown=general_texts(None, args.brown, 4)[0], done=reusable(args.reuse, args, facts))
-    results = {"settings": vars(args), "facts": facts, "directions": {}}
+    results = {"settings": vars(args), "facts": facts, "directions": {}, "neighbours": neighbours(sets)}
     out = Path(args.out)
     for pair in args.directions.split(","):
         direction(pair, ctx, args, results, out / "precision.partial.json")
@@ -277,6 +296,9 @@ def markdown(res: dict) -> str:
                          f"{_cell(runs, lambda r: r['heldout']['key_accuracy'])} | {dh} | "
                          f"{_cell(runs, lambda r: r['brown']['nll'])} | {db} | {_cell(runs, lambda r: r['brown']['kl'])} | {dc} |")
         cal = d["calibration"]
+        for label in (f"{uk} + silent a=calibrated", f"{uk} + plain a=calibrated"):
+            if rows.get(label) and neighbour_line(res, rows[label]):
+                lines += ["", f"{label}, pooled over seeds: {neighbour_line(res, rows[label])}."]
         lines += ["", "Calibrated alphas: " + ", ".join(f"{c['delta']} seed {c['seed']}: {c['alpha']:g} "
                                                         f"({c['seconds']:.0f} s)" for c in cal), ""]
     if "seconds" in res:
