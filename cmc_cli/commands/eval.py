@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cmc_cli.commands import options as O
 from cmc_cli.commands._common import UI, console, err_console, handle_errors, info
-from cmc_cli.config import EvalTofuConfig
 
 Opt = typer.Option
 eval_app = typer.Typer(help="Evaluate user LLMs with and without deltas.", no_args_is_help=True)
@@ -44,6 +42,7 @@ def tofu(
     """TOFU unlearning metrics (ROUGE-L, probability, truth ratio, forget quality, model utility)."""
     flags = O.model_flags({k: v for k, v in locals().items() if k != "config"})  # the options, before any import
     from cmc_cli.commands.tables import behaviour_table, tofu_table
+    from cmc_cli.config import EvalTofuConfig
     from cmc_cli.eval.tofu import run_tofu_eval
 
     cfg = EvalTofuConfig.from_sources(config, flags)
@@ -126,6 +125,8 @@ def _with_progress(run, unit: str):
     """run(on_progress) with one progress bar per evaluated model (none under --quiet)."""
     if UI.quiet:
         return run(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     cols = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} " + unit),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*cols, console=err_console, transient=True) as p:

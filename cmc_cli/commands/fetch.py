@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cmc_cli import assets
-from cmc_cli import fetch as fetcher
 from cmc_cli.commands._common import handle_errors, info, status
 from cmc_cli.errors import CmcError
 
@@ -33,6 +32,8 @@ def fetch(
     if unknown:
         raise CmcError(f"--only: unknown asset(s) {', '.join(unknown)}; available: "
                        f"{', '.join(list(assets.TOKENIZERS) + list(assets.MODELS) + list(assets.TEXTS))}")
+    from cmc_cli import fetch as fetcher
+
     done = {}
     with status("fetching") as phase:
         report = lambda m: (phase(m), info(m))  # noqa: E731

@@ -7,11 +7,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cmc_cli.commands import options as O
 from cmc_cli.commands._common import UI, console, err_console, handle_errors, info, status
-from cmc_cli.config import GenerateConfig
 
 Opt = typer.Option
 
@@ -45,6 +43,7 @@ def generate(
 ) -> None:
     """Decode a user LLM with deltas trained on another model (any vocabulary)."""
     flags = O.model_flags({k: v for k, v in locals().items() if k != "config"})  # the options, before any import
+    from cmc_cli.config import GenerateConfig
     from cmc_cli.engine.generate import load_decoder, read_prompts, run_generate
 
     cfg = GenerateConfig.from_sources(config, flags)
@@ -59,6 +58,8 @@ def generate(
     elif UI.quiet:
         res = run(cfg, dec)
     else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         cols = [TextColumn("prompts {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                 TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*cols, console=err_console) as p:

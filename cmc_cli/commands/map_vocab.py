@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cmc_cli.commands._common import UI, console, handle_errors, info, status
-from cmc_cli.config import FALLBACKS, STRATEGIES, MapVocabConfig
+from cmc_cli.config import FALLBACKS, STRATEGIES
 
 
 Strategy = Enum("Strategy", {s: s for s in STRATEGIES}, type=str)
@@ -32,6 +32,7 @@ def map_vocab(
     show: Annotated[bool, typer.Option("--show", help="Print the coverage table and sample mappings.")] = False,
 ) -> None:
     """Build a token map (user vocabulary -> delta vocabulary), saved as safetensors."""
+    from cmc_cli.config import MapVocabConfig
     from cmc_cli.engine.maps import map_vocab_files, sample_mappings  # here: `cmc --help` loads no numpy
 
     cfg = MapVocabConfig(delta=delta, user=user, output=output, strategy=Strategy(strategy).value,

@@ -7,18 +7,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cmc_cli.commands import options as O
 from cmc_cli.commands._common import UI, err_console, handle_errors, info, status
-from cmc_cli.config import TrainConfig
 
 Opt = typer.Option
 FORGET_TERM_NAMES = {"ascent": "forget CE", "refusal": "refusal CE", "npo": "NPO loss"}  # config.UNLEARN_METHODS
 
 
 def _run(flags: dict, config: Path | None) -> None:
-    from cmc_cli.config import UNLEARN_METHODS
+    from cmc_cli.config import UNLEARN_METHODS, TrainConfig
     from cmc_cli.engine.train import Trainer
 
     cfg = TrainConfig.from_sources(config, flags)
@@ -31,6 +29,8 @@ def _run(flags: dict, config: Path | None) -> None:
     if UI.quiet:
         result = trainer.run()
     else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         cols = [TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*cols, console=err_console) as p:

@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from cmc_cli.errors import ConfigError
 
@@ -45,6 +44,8 @@ def project_file_path() -> Path | None:
 
 def read_yaml_mapping(path: Path) -> dict:
     """Read a YAML file that must hold a mapping; errors name the file and line."""
+    import yaml  # here, not at import: `cmc --help` reads no YAML
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
