@@ -2,6 +2,8 @@
 
     python benchmarks/bench_serve.py                   # CPU (needs `cmc fetch tokenizers` and the serve extra)
     python benchmarks/bench_serve.py --shape 7b        # GPU: a 7B-shaped bf16 user, a 110M delta
+    python benchmarks/bench_serve.py --user $CMC_CACHE/models/qwen-coder-1.5b --delta DELTA_DIR --batches 1,8
+                                                       # real models: a fetched user, a trained delta
 
 Random-weight Llama-architecture models with real tokenizers, written to --workdir once: the user with
 Llama-2's vocabulary, the delta with GPT-2's (another segmentation: its text is re-tokenized every step).
@@ -40,6 +42,11 @@ PROMPTS = ["Write a short story about a lighthouse keeper who predicts storms.",
            "List three fish.", "Why is the sea salty?", "Describe the customs house.", "What is rope made of?",
            "Tell me about nets.", "Hello!"]
 FMT = "<|user|>\n{prompt}\n<|assistant|>\n"
+
+
+def text_config(cfg: dict) -> dict:
+    """A model's config.json, or its text model's where the language model is nested (Gemma-3's text_config)."""
+    return {**cfg, **cfg.get("text_config", {})}
 
 
 def macs_per_token(cfg: dict) -> int:
@@ -152,28 +159,34 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="median of N")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cmc-bench-serve")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--user", type=Path, help="a real user model directory (instead of the random --shape ones)")
+    ap.add_argument("--delta", type=Path, help="a trained delta directory, with --user")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: bfloat16 on a GPU, else float32")
     ap.add_argument("--only", help=argparse.SUPPRESS)  # one variant, in a child process: prints its JSON
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     import torch
 
-    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    user, delta = build(args.workdir, args.shape)
+    dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    if (args.user is None) != (args.delta is None):
+        raise SystemExit("give --user and --delta together (or neither: random models of --shape)")
+    user, delta = (args.user, args.delta) if args.user else build(args.workdir, args.shape)
     if args.only:
         fn, with_delta = VARIANTS[args.only]
         print("RESULT " + json.dumps(fn(user, delta if with_delta else None, batches, args.new, args.repeats, dtype)))
         return
-    ucfg, dcfg = (json.loads((p / "config.json").read_text()) for p in (user, delta))
+    ucfg, dcfg = (text_config(json.loads((p / "config.json").read_text())) for p in (user, delta))
     share = macs_per_token(dcfg) / macs_per_token(ucfg)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
     print(f"{dev}, {os.cpu_count()} cores, torch {torch.__version__}, dtype {dtype}")
-    print(f"user {macs_per_token(ucfg) / 1e6:.0f}M MACs/token (Llama-2 vocab), delta {macs_per_token(dcfg) / 1e6:.1f}M "
-          f"(GPT-2 vocab): the delta is {share:.1%} of the user's compute; {args.new} new tokens per request, median of "
-          f"{args.repeats}")
+    print(f"user {user.name} {macs_per_token(ucfg) / 1e6:.0f}M MACs/token ({ucfg['vocab_size']:,} ids), delta "
+          f"{macs_per_token(dcfg) / 1e6:.1f}M ({dcfg['vocab_size']:,} ids): the delta is {share:.1%} of the user's compute "
+          f"(limit of the ratio {1 - share:.2f}); {args.new} new tokens per request, median of {args.repeats}")
     rates = {}
     for name in args.variants.split(","):
         cmd = [sys.executable, __file__, "--only", name, "--shape", args.shape, "--new", str(args.new), "--batches",
-               args.batches, "--repeats", str(args.repeats), "--workdir", str(args.workdir)]
+               args.batches, "--repeats", str(args.repeats), "--workdir", str(args.workdir), "--dtype", dtype]
+        cmd += ["--user", str(user), "--delta", str(delta)] if args.user else []
         t = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
