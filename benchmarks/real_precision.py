@@ -128,17 +128,17 @@ def direction(pair: str, ctx, args, res: dict, out: Path) -> dict:
     tk, uk = pair.split(":")
     template, user = ctx.lms[tk], ctx.lms[uk]
     default_map = TokenMap.build(template.vocab, user.vocab)
-    alone = ctx.done.get((pair, f"{uk} alone", 0))
+    alone = taken(ctx, (pair, f"{uk} alone", 0))
     alone = alone or row(Decoder(user, [], user_format=ctx.fmt[uk]), ctx.sets, ctx.brown, args)
     d = res["directions"][pair] = {"template": tk, "user": uk, "rows": {f"{uk} alone": [alone]}, "calibration": []}
     for seed in range(args.seeds):
         for name, silence in [v for v in (("silent", None), ("plain", 0.0)) if v[0] in args.variants.split(",")]:
             d_dir = train(tk, uk, ctx.dirs, ctx.paths, ctx.fmt, ctx.work, seed, silence, args)
-            cal = ctx.done.get((pair, name, seed)) or calibration(d_dir, template, user, default_map, ctx.fmt[uk])
+            cal = taken(ctx, (pair, name, seed)) or calibration(d_dir, template, user, default_map, ctx.fmt[uk])
             d["calibration"].append(cal | {"seed": seed, "delta": name})
             print(f"  {name} seed {seed}: calibrated alpha {cal['alpha']:g} ({cal['seconds']:.0f} s)", flush=True)
             for label, a, tm in variants(name, cal["alpha"], default_map, default_map.shuffled(seed), args):
-                r = ctx.done.get((pair, f"{uk} + {label}", seed))
+                r = taken(ctx, (pair, f"{uk} + {label}", seed))
                 if r is None and a <= 0:  # no delta: the user alone (the flat-delta no-op, tests/test_noop.py)
                     r = dict(alone)
                 if r is None:
@@ -148,6 +148,14 @@ def direction(pair: str, ctx, args, res: dict, out: Path) -> dict:
                 d["rows"].setdefault(f"{uk} + {label}", []).append(r | {"alpha": a, "seed": seed})
         atomic_write_json(out, res | {"partial": True})
     return d
+
+
+def taken(ctx, key):
+    """The row or calibration an earlier run (--reuse) has under `key`, noted as reused; None if none."""
+    found = ctx.done.get(key)
+    if found is not None:
+        ctx.used.add(str(key))
+    return found
 
 
 def neighbours(sets) -> list[bool]:
@@ -202,12 +210,14 @@ def main() -> None:
     paths, sets = fact_sets(lms, fmt, work, args)
     facts = {k: len(v) for k, v in sets.items()}
     ctx = SimpleNamespace(lms=lms, fmt=fmt, dirs=dirs, paths=paths, sets=sets, work=work,
-                          brown=general_texts(None, args.brown, 4)[0], done=reusable(args.reuse, args, facts))
+                          brown=general_texts(None, args.brown, 4)[0], done=reusable(args.reuse, args, facts),
+                          used=set())
     results = {"settings": vars(args), "facts": facts, "directions": {}, "neighbours": neighbours(sets)}
     out = Path(args.out)
     for pair in args.directions.split(","):
         direction(pair, ctx, args, results, out / "precision.partial.json")
     results["seconds"] = time.perf_counter() - t0
+    results["reused"] = sorted({str(k) for k in ctx.done} & ctx.used)
     atomic_write_json(out / "precision.json", results)
     atomic_write_text(out / "precision.md", markdown(results))
     plot(results, out / "precision.png")
@@ -302,7 +312,8 @@ def markdown(res: dict) -> str:
         lines += ["", "Calibrated alphas: " + ", ".join(f"{c['delta']} seed {c['seed']}: {c['alpha']:g} "
                                                         f"({c['seconds']:.0f} s)" for c in cal), ""]
     if "seconds" in res:
-        lines.append(f"Wall time: {res['seconds']:.0f} s.")
+        reused = f" ({len(res['reused'])} rows and calibrations taken from earlier runs: --reuse)" if res.get("reused") else ""
+        lines.append(f"Wall time: {res['seconds']:.0f} s{reused}.")
     return "\n".join(lines) + "\n"
 
 
