@@ -77,37 +77,26 @@ class Adapter:
 
 
 def _adapter_classes() -> list[type[Adapter]]:
-    """The classes whose family facts count: those of the adapters registered with the plugin manager (built-in
-    and installed plugins, the one registry) and their bases. A subclass nobody registered changes nothing."""
-    from cmc_cli.plugins import registered_adapters  # plugins imports this module
-
-    out: dict[type, None] = {Adapter: None}
-    for reg in registered_adapters().values():
-        out.update(dict.fromkeys(c for c in reversed(type(reg.adapter).__mro__) if issubclass(c, Adapter)))
-    return list(out)
+    out, todo = [], [Adapter]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c.__subclasses__())
+    return out
 
 
 def family_marker_roles() -> dict[str, str]:
-    """Role of every chat marker a registered adapter declares, with the generic special-token names."""
+    """Role of every chat marker any loaded adapter declares, with the generic special-token names."""
     roles = dict(KNOWN_SPECIAL_ROLES)
     for c in _adapter_classes():
-        roles.update(c.__dict__.get("marker_roles", {}))
+        roles.update(c.marker_roles)
     return roles
 
 
 def family_filler() -> re.Pattern:
-    """Added tokens that only pad or reserve space, by any registered adapter's patterns: special, with no role."""
-    pats = sorted({p for c in _adapter_classes() for p in c.__dict__.get("filler_patterns", ())})
+    """Added tokens that only pad or reserve space, by any loaded adapter's patterns: special, with no role."""
+    pats = sorted({p for c in _adapter_classes() for p in c.filler_patterns})
     return re.compile("^(" + "|".join(pats) + ")$")
-
-
-def family_digest() -> str:
-    """What the family facts are, as a hash: part of a cached vocabulary's key, so that installing or removing a
-    plugin that declares a marker or filler reads vocabularies anew (adapters/vocabcache.py)."""
-    import hashlib
-
-    facts = json.dumps([sorted(family_marker_roles().items()), family_filler().pattern])
-    return hashlib.sha256(facts.encode()).hexdigest()[:16]
 
 
 class HFAdapter(Adapter):

@@ -1,7 +1,6 @@
 """Vocabularies cached on disk: a tokenizer read once through its adapter (transformers, seconds) is kept as
-JSON in $CMC_CACHE/vocabs/, keyed by its adapter, its files and the family facts of the registered adapters
-(adapters/base.family_digest), so that `cmc map-vocab` of the same tokenizer again reads one JSON file and
-imports neither torch nor transformers.
+JSON in $CMC_CACHE/vocabs/, keyed by its adapter and its files, so that `cmc map-vocab` of the same tokenizer
+again reads one JSON file and imports neither torch nor transformers.
 
 The key hashes every file the tokenizer can be read from (the reference itself, or a directory's .json,
 .model, .txt, .tiktoken and .gguf files): whole when up to 64 MiB, else its size with its first and last MiB
@@ -32,10 +31,7 @@ def source_files(path: Path) -> list[Path]:
 
 
 def vocab_key(path: Path, adapter: str) -> str:
-    """The files, the adapter's name and the family facts every adapter reads a vocabulary with."""
-    from cmc_cli.adapters.base import family_digest
-
-    return files_digest(source_files(path), WHOLE, f"{VOCAB_FORMAT}\0{adapter}\0{family_digest()}".encode())
+    return files_digest(source_files(path), WHOLE, f"{VOCAB_FORMAT}\0{adapter}".encode())
 
 
 def cached_vocab(path: Path, name: str, adapter: str, build) -> Vocab:
