@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -137,14 +138,16 @@ def direction(pair: str, ctx, args, res: dict, out: Path) -> dict:
             cal = taken(ctx, (pair, name, seed)) or calibration(d_dir, template, user, default_map, ctx.fmt[uk])
             d["calibration"].append(cal | {"seed": seed, "delta": name})
             print(f"  {name} seed {seed}: calibrated alpha {cal['alpha']:g} ({cal['seconds']:.0f} s)", flush=True)
+            same = {}  # (alpha, map) -> this delta's row: calibrated -/+ 1 or calibrated often equals a fixed alpha
             for label, a, tm in variants(name, cal["alpha"], default_map, default_map.shuffled(seed), args):
-                r = taken(ctx, (pair, f"{uk} + {label}", seed))
+                r = taken(ctx, (pair, f"{uk} + {label}", seed)) or same.get((a, id(tm)))
                 if r is None and a <= 0:  # no delta: the user alone (the flat-delta no-op, tests/test_noop.py)
                     r = dict(alone)
                 if r is None:
                     print(f"  {uk} + {label} (alpha {a:g}), seed {seed}", flush=True)
                     dec = Decoder(user, [load_delta(d_dir, user, a, [tm])], user_format=ctx.fmt[uk])
                     r = row(dec, ctx.sets, ctx.brown, args)
+                same[(a, id(tm))] = r
                 d["rows"].setdefault(f"{uk} + {label}", []).append(r | {"alpha": a, "seed": seed})
         atomic_write_json(out, res | {"partial": True})
     return d
@@ -238,7 +241,8 @@ def plot(res: dict, path: Path) -> None:
         alone = d["rows"][f"{d['user']} alone"][0]
         ax.scatter([alone["forget"]["refusal"]], [alone["heldout"]["key_accuracy"]], c="k", marker="s", label="alone")
         for name, colour in (("plain", "tab:red"), ("silent", "tab:blue")):
-            pts = sorted((_mean(runs, "alpha"), _mean(runs, "forget", "refusal"), _mean(runs, "heldout", "key_accuracy"),
+            pts = sorted((_mean(runs, lambda r: r["alpha"]), _mean(runs, lambda r: r["forget"]["refusal"]),
+                          _mean(runs, lambda r: r["heldout"]["key_accuracy"]),
                           label.split(" a=")[1]) for label, runs in d["rows"].items()
                          if label.startswith(f"{d['user']} + {name} a=") and "shuffled" not in label)
             if not pts:
@@ -257,13 +261,8 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _mean(runs, *keys) -> float:
-    vals = []
-    for r in runs:
-        for k in keys:
-            r = r[k]
-        vals.append(r)
-    return sum(vals) / len(vals)
+def _mean(runs, get) -> float:
+    return statistics.fmean(get(r) for r in runs)
 
 
 def _cell(runs, get) -> str:

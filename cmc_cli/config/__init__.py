@@ -27,8 +27,4 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["COMBINE_MODES", "DEFAULT_EVAL_LIMIT", "DEFAULT_STRATEGY", "DemoConfig", "EvalGeneralConfig", "DELTA_PRESETS", "DTYPE_NAMES", "FALLBACKS", "METHOD_DEFAULTS", "PROJECT_FILE",
-           "RETAIN_TERMS", "SMALL_PRESET_LR", "STRATEGIES", "TASK_DEFAULTS", "TASKS", "UNLEARN_LOSSES", "UNLEARN_METHODS", "USER_FORMATS",
-           "DeltaSpec", "EvalInstructConfig", "EvalTofuConfig", "GenerateConfig", "MapVocabConfig", "ModelEntry", "ModelSelection", "ShiftConfig",
-           "ProjectConfig", "TrainConfig", "check_device", "check_prompt_text", "check_sampling", "check_user_format", "load_project_config",
-           "project_file_path"]
+__all__ = sorted(_HOME)
