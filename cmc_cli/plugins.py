@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import pluggy
 
 from cmc_cli import hookspecs
-from cmc_cli.adapters.base import Adapter
+from cmc_cli.adapters import BUILTIN_FAMILIES
+from cmc_cli.adapters.base import Adapter, declare_family, forget_families
 from cmc_cli.errors import AdapterError
 
 BUILTIN_MODULES = (
@@ -51,6 +52,7 @@ def reset_plugin_manager() -> None:
     """Forget the loaded plugins (tests; after installing a plugin in-process)."""
     global _pm
     _pm = None
+    forget_families({a.name for a in BUILTIN_FAMILIES})
 
 
 def registered_adapters() -> dict[str, RegisteredAdapter]:
@@ -78,6 +80,7 @@ def registered_adapters() -> dict[str, RegisteredAdapter]:
             raise AdapterError(f"two adapters are named '{a.name}' ({out[a.name].source} and {reg.source}); "
                                "uninstall one of the plugins")
         out[a.name] = reg
+        declare_family(a)
     builtin = [n for n, r in out.items() if r.source == "built-in"]
     plugin = [n for n, r in out.items() if r.source != "built-in"]
     generic = [n for n in builtin if n == "hf"]

@@ -147,7 +147,9 @@ def test_every_hook_is_documented():
 
 
 def test_family_facts_are_declared_by_the_adapters_and_read_by_the_shared_code():
-    from cmc_cli.adapters.base import HFAdapter, family_filler, family_marker_roles
+    from cmc_cli.adapters.base import HFAdapter, family_facts_digest, family_filler, family_marker_roles
+    from cmc_cli.hookspecs import hookimpl
+    from cmc_cli.plugins import get_plugin_manager
     from cmc_cli.adapters.gemma import GemmaAdapter
     from cmc_cli.adapters.llama import LlamaAdapter
     from cmc_cli.adapters.qwen import QwenAdapter
@@ -160,10 +162,22 @@ def test_family_facts_are_declared_by_the_adapters_and_read_by_the_shared_code()
     assert family_filler().match("<unused17>") and family_filler().match("<|reserved_special_token_3|>")
     assert not family_filler().match("<unused>")
 
-    class ToyAdapter(HFAdapter):  # a third-party family declares its own marker
+    class ToyAdapter(HFAdapter):  # a subclass nobody registers changes nothing
         name = "toy"
         marker_roles = {"<|toy_turn|>": "turn_start"}
         filler_patterns = (r"<toy_pad_\d+>",)
 
+    before = family_facts_digest()
+    assert "<|toy_turn|>" not in family_marker_roles() and not family_filler().match("<toy_pad_4>")
+
+    class Plugin:  # registered by a plugin, its facts are read by every vocabulary (and key the vocabulary cache)
+        @hookimpl
+        def cmc_register_adapters(self, register):
+            register(ToyAdapter())
+
+    get_plugin_manager().register(Plugin(), name="toy-plugin")
+    assert "toy" in registered_adapters()
     assert family_marker_roles()["<|toy_turn|>"] == "turn_start" and family_filler().match("<toy_pad_4>")
-    assert ToyAdapter.name == "toy"
+    assert family_facts_digest() != before
+    reset_plugin_manager()  # forgetting the plugin forgets its facts
+    assert "<|toy_turn|>" not in family_marker_roles() and family_facts_digest() == before

@@ -45,7 +45,7 @@ class Adapter:
     default_prompt_format: str = DEFAULT_PROMPT_FORMAT
     # Family facts the shared code reads. A chat marker's role and a filler's pattern mean the same in every
     # vocabulary that holds them (SmolLM2, a Llama, uses Qwen's ChatML markers), so every vocabulary is read
-    # with those of all the adapters loaded (`family_marker_roles`, `family_filler`).
+    # with those of all the declared families (`declare_family`, `family_marker_roles`, `family_filler`).
     marker_roles: dict[str, str] = {"<|end|>": "turn_end", "<|user|>": "user", "<|assistant|>": "assistant",
                                     "<|system|>": "system"}  # Phi-3 and the generic chat format
     filler_patterns: tuple[str, ...] = (r"\[PAD\d+\]",)  # added tokens that only pad or reserve space
@@ -76,26 +76,43 @@ class Adapter:
                             lambda: self.token_surfaces(self.load_tokenizer(ref), name=ref.name))
 
 
-def _adapter_classes() -> list[type[Adapter]]:
-    out, todo = [], [Adapter]
-    while todo:
-        c = todo.pop()
-        out.append(c)
-        todo.extend(c.__subclasses__())
-    return out
+# The family facts every vocabulary is read with: family name -> (marker_roles, filler_patterns). Declared, not
+# discovered: the built-in families at import (adapters/__init__.py), a plugin's adapters when the plugin
+# manager registers them; a subclass nobody registers changes nothing.
+_DECLARED: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "generic": (dict(Adapter.marker_roles), tuple(Adapter.filler_patterns))}
+
+
+def declare_family(adapter: Adapter | type[Adapter]) -> None:
+    """Make an adapter's chat markers and fillers part of every vocabulary's reading (idempotent)."""
+    _DECLARED[adapter.name] = (dict(adapter.marker_roles), tuple(adapter.filler_patterns))
+
+
+def forget_families(keep: set[str]) -> None:
+    """Drop the declared families not in `keep` (the plugin manager, when it forgets its plugins)."""
+    for name in set(_DECLARED) - keep - {"generic"}:
+        del _DECLARED[name]
+
+
+def family_facts_digest() -> str:
+    """A fingerprint of the declared facts: a cached vocabulary read with other facts is read again."""
+    import hashlib
+
+    facts = sorted((n, sorted(r.items()), sorted(f)) for n, (r, f) in _DECLARED.items())
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
 def family_marker_roles() -> dict[str, str]:
-    """Role of every chat marker any loaded adapter declares, with the generic special-token names."""
+    """Role of every chat marker a declared family names, with the generic special-token names."""
     roles = dict(KNOWN_SPECIAL_ROLES)
-    for c in _adapter_classes():
-        roles.update(c.marker_roles)
+    for markers, _ in _DECLARED.values():
+        roles.update(markers)
     return roles
 
 
 def family_filler() -> re.Pattern:
-    """Added tokens that only pad or reserve space, by any loaded adapter's patterns: special, with no role."""
-    pats = sorted({p for c in _adapter_classes() for p in c.filler_patterns})
+    """Added tokens that only pad or reserve space, by the declared families' patterns: special, with no role."""
+    pats = sorted({p for _, fillers in _DECLARED.values() for p in fillers})
     return re.compile("^(" + "|".join(pats) + ")$")
 
 

@@ -1,5 +1,5 @@
 """Vocabularies cached on disk: a tokenizer read once through its adapter (transformers, seconds) is kept as
-JSON in $CMC_CACHE/vocabs/, keyed by its adapter and its files, so that `cmc map-vocab` of the same tokenizer
+JSON in $CMC_CACHE/vocabs/, keyed by its adapter, its files and the declared family facts, so that `cmc map-vocab` of the same tokenizer
 again reads one JSON file and imports neither torch nor transformers.
 
 The key hashes every file the tokenizer can be read from (the reference itself, or a directory's .json,
@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from cmc_cli.adapters.base import family_facts_digest
 from cmc_cli.assets import cache_dir
 from cmc_cli.fileio import atomic_write_text, files_digest
 from cmc_cli.vocab import VOCAB_FORMAT, Vocab, vocab_from_json, vocab_to_json
@@ -31,7 +32,9 @@ def source_files(path: Path) -> list[Path]:
 
 
 def vocab_key(path: Path, adapter: str) -> str:
-    return files_digest(source_files(path), WHOLE, f"{VOCAB_FORMAT}\0{adapter}".encode())
+    """The files' digest with the adapter and the declared family facts (a plugin's markers change the reading)."""
+    extra = f"{VOCAB_FORMAT}\0{adapter}\0{family_facts_digest()}".encode()
+    return files_digest(source_files(path), WHOLE, extra)
 
 
 def cached_vocab(path: Path, name: str, adapter: str, build) -> Vocab:
