@@ -12,12 +12,14 @@ Qwen2.5-Coder-0.5B and -1.5B — at the strength `cmc calibrate` chooses for it,
 beside the model alone and the shuffled map at the same strength: forget refusal, retain and held-out key
 accuracy on the facts every model answers correctly (benchmarks/real_facts.py; capitals forgotten), and
 NLL per token on Brown-corpus sentences (never trained on). Deltas, screening and the split are cached
-in $CMC_CACHE/fleet; a partial JSON is written after every seed.
+in $CMC_CACHE/fleet; the JSON is written (marked partial) after every row, and a run with the same settings
+resumes from it (more --seeds extend it): `--out` again, and only the missing rows and calibrations are computed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,7 +53,28 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, out) -> None:
+SHAPING = ("delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown")
+
+
+def resumed(out: Path, res: dict) -> dict:
+    """`res` with the rows and calibrations of a cut run at `out` (same facts and shaping settings); rows are
+    deterministic given the delta and settings, so a resumed run equals an uncut one."""
+    if not out.is_file():
+        return res
+    old = json.loads(out.read_text())
+    same = all(old["settings"].get(k) == res["settings"][k] for k in SHAPING) and old["facts"] == res["facts"]
+    if not same:
+        raise SystemExit(f"{out}: written with other settings or facts; give another --out or remove it")
+    print(f"resuming from {out}: {sum(map(len, old['rows'].values()))} rows, {len(old['calibration'])} calibrations",
+          flush=True)
+    return res | {k: old[k] for k in ("rows", "calibration", "delta_params")} | {"seconds": old.get("seconds", 0)}
+
+
+def done(res: dict, label: str, seed: int) -> dict | None:
+    return next((r for r in res["rows"].get(label, []) if r.get("seed", 0) == seed), None)
+
+
+def one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, save) -> None:
     formats = list(dict.fromkeys(fmt[u] for u in users))
     maps = {u: TokenMap.build(lms[t].vocab, lms[u].vocab) for u in users}
     for seed in range(args.seeds):
@@ -59,26 +82,34 @@ def one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, 
         res["delta_params"][t] = sum(p.numel() for p in load_lm(str(d_dir)).model.parameters())
         texts = training_texts(d_dir, 32, lms[t], {}, None)
         for u in users:
-            t0 = time.perf_counter()
-            cal, _ = calibrate(d_dir, lms[u], lms[t], texts, [maps[u]], fmt[u])
-            secs = time.perf_counter() - t0
-            print(f"  {t} -> {u}, seed {seed}: calibrated alpha {cal.alpha:g} ({secs:.0f} s)", flush=True)
-            res["calibration"].append({"template": t, "user": u, "seed": seed, "alpha": cal.alpha, "seconds": secs,
-                                       "reason": cal.reason})
+            alpha = calibrated(t, u, seed, d_dir, lms, texts, maps[u], fmt[u], res)
             for label, tm in (("delta", maps[u]), ("shuffled", maps[u].shuffled(seed))):
-                d = load_delta(d_dir, lms[u], cal.alpha, [tm])
-                r = row(Decoder(lms[u], [d], user_format=fmt[u]), sets, brown, args)
-                r["alpha"] = cal.alpha
+                if done(res, f"{t} -> {u} | {label}", seed):
+                    continue
+                d = load_delta(d_dir, lms[u], alpha, [tm])
+                r = row(Decoder(lms[u], [d], user_format=fmt[u]), sets, brown, args) | {"alpha": alpha, "seed": seed}
                 res["rows"].setdefault(f"{t} -> {u} | {label}", []).append(r)
+                save()
                 print(f"    {label}: refusal {r['forget']['refusal']:.2f} retain {r['retain']['key_accuracy']:.2f} "
                       f"held-out {r['heldout']['key_accuracy']:.2f} Brown {r['brown']['nll']:.3f}", flush=True)
-        atomic_write_json(out, res | {"partial": True})
+
+
+def calibrated(t, u, seed, d_dir, lms, texts, tm, fmt, res) -> float:
+    """`cmc calibrate`'s alpha for template t's delta on user u (recorded in res; a resumed run's is kept)."""
+    old = next((c for c in res["calibration"] if (c["template"], c["user"], c["seed"]) == (t, u, seed)), None)
+    if old is None:
+        t0 = time.perf_counter()
+        cal, _ = calibrate(d_dir, lms[u], lms[t], texts, [tm], fmt)
+        old = {"template": t, "user": u, "seed": seed, "alpha": cal.alpha, "seconds": time.perf_counter() - t0,
+               "reason": cal.reason}
+        res["calibration"].append(old)
+    print(f"  {t} -> {u}, seed {seed}: calibrated alpha {old['alpha']:g} ({old['seconds']:.0f} s)", flush=True)
+    return old["alpha"]
 
 
 def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
     work = Path(args.work) if args.work else assets.cache_dir() / "fleet"
     wanted = sorted(set(args.users.split(",")) | set(args.templates.split(",")), key=MODELS.index)
     dirs = fetcher.fetch_models(wanted)
@@ -89,12 +120,20 @@ def main() -> None:
     res = {"settings": vars(args), "facts": {k: len(v) for k, v in sets.items()}, "rows": {}, "calibration": [],
            "params": {k: sum(p.numel() for p in lm.model.parameters()) for k, lm in lms.items()}, "delta_params": {}}
     out = Path(args.out) / "fleet.json"
+    res = resumed(out, res)
+    t0 = time.perf_counter() - res.get("seconds", 0)  # a resumed run's wall time includes the cut run's
+
+    def save() -> None:
+        atomic_write_json(out, res | {"partial": True, "seconds": time.perf_counter() - t0})
+
     for u in lms:
-        print(f"{u} alone", flush=True)
-        res["rows"][f"{u} alone"] = [row(Decoder(lms[u], [], user_format=fmt[u]), sets, brown, args)]
+        if not done(res, f"{u} alone", 0):
+            print(f"{u} alone", flush=True)
+            res["rows"][f"{u} alone"] = [row(Decoder(lms[u], [], user_format=fmt[u]), sets, brown, args) | {"seed": 0}]
+            save()
     for t in args.templates.split(","):
         users = [u for u in lms if u != t and u in args.users.split(",")]
-        one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, out)
+        one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, save)
     res["seconds"] = time.perf_counter() - t0
     atomic_write_json(out, res)
     atomic_write_text(out.with_suffix(".md"), markdown(res))
