@@ -2,7 +2,7 @@
 
     python benchmarks/bench_serve.py                   # CPU (needs `cmc fetch tokenizers` and the serve extra)
     python benchmarks/bench_serve.py --shape 7b        # GPU: a 7B-shaped bf16 user, a 110M delta
-    python benchmarks/bench_serve.py --user $CMC_CACHE/models/qwen-coder-1.5b --delta DELTA_DIR --batches 1,8
+    python benchmarks/bench_serve.py --user $CMC_CACHE/models/qwen-coder-1.5b --delta DELTA_DIR --batches 1,8 --mem-fraction 0.5
                                                        # real models: a fetched user, a trained delta
 
 Random-weight Llama-architecture models with real tokenizers, written to --workdir once: the user with
@@ -91,7 +91,8 @@ def build(workdir: Path, shape: str) -> tuple[Path, Path]:
     return user_dir, delta_dir
 
 
-def run_vllm(user: Path, delta: Path | None, batches: list[int], new: int, repeats: int, dtype: str) -> dict:
+def run_vllm(user: Path, delta: Path | None, batches: list[int], new: int, repeats: int, dtype: str,
+             mem: float = 0.3) -> dict:
     from vllm import LLM, SamplingParams
 
     kw = {}
@@ -104,7 +105,7 @@ def run_vllm(user: Path, delta: Path | None, batches: list[int], new: int, repea
 
     cpu = not torch.cuda.is_available()
     llm = LLM(model=str(user), dtype=dtype, enforce_eager=cpu, max_model_len=1024, seed=0,
-              gpu_memory_utilization=0.3 if cpu else 0.85, **kw)
+              gpu_memory_utilization=mem if cpu else 0.85, **kw)
     extra = {"cmc_deltas": ["d"]} if delta is not None else None
     sp = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True, extra_args=extra)
     out = {}
@@ -162,6 +163,8 @@ def main() -> None:
     ap.add_argument("--user", type=Path, help="a real user model directory (instead of the random --shape ones)")
     ap.add_argument("--delta", type=Path, help="a trained delta directory, with --user")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: bfloat16 on a GPU, else float32")
+    ap.add_argument("--mem-fraction", type=float, default=0.3,
+                    help="vLLM on CPU: share of the machine's memory for the weights and KV cache (0.5 for a 1.5B fp32 user in 24 GiB)")
     ap.add_argument("--only", help=argparse.SUPPRESS)  # one variant, in a child process: prints its JSON
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -173,7 +176,8 @@ def main() -> None:
     user, delta = (args.user, args.delta) if args.user else build(args.workdir, args.shape)
     if args.only:
         fn, with_delta = VARIANTS[args.only]
-        print("RESULT " + json.dumps(fn(user, delta if with_delta else None, batches, args.new, args.repeats, dtype)))
+        extra = {"mem": args.mem_fraction} if fn is run_vllm else {}
+        print("RESULT " + json.dumps(fn(user, delta if with_delta else None, batches, args.new, args.repeats, dtype, **extra)))
         return
     ucfg, dcfg = (text_config(json.loads((p / "config.json").read_text())) for p in (user, delta))
     share = macs_per_token(dcfg) / macs_per_token(ucfg)
@@ -185,7 +189,8 @@ def main() -> None:
     rates = {}
     for name in args.variants.split(","):
         cmd = [sys.executable, __file__, "--only", name, "--shape", args.shape, "--new", str(args.new), "--batches",
-               args.batches, "--repeats", str(args.repeats), "--workdir", str(args.workdir), "--dtype", dtype]
+               args.batches, "--repeats", str(args.repeats), "--workdir", str(args.workdir), "--dtype", dtype,
+               "--mem-fraction", str(args.mem_fraction)]
         cmd += ["--user", str(user), "--delta", str(delta)] if args.user else []
         t = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
