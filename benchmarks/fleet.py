@@ -13,7 +13,7 @@ Qwen2.5-Coder-0.5B and -1.5B — at the strength `cmc calibrate` chooses for it,
 beside the model alone and the shuffled map at the same strength: forget refusal, retain and held-out key
 accuracy on the facts every model answers correctly (benchmarks/real_facts.py; capitals forgotten), and
 NLL per token on Brown-corpus sentences (never trained on). Deltas, screening and the split are cached
-in $CMC_CACHE/fleet; the JSON is written (marked partial) after every row, and a run with the same settings
+in $CMC_CACHE/fleet/<the models>; the JSON is written (marked partial) after every row, and a run with the same settings
 resumes from it (more --seeds extend it): `--out` again, and only the missing rows and calibrations are computed.
 """
 
@@ -47,7 +47,8 @@ MODELS = ("smollm2", "gemma3", "qwen-coder-0.5b", "qwen-coder-1.5b")
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/results-real")
-    ap.add_argument("--work", default=None, help="deltas and data (default: $CMC_CACHE/fleet)")
+    ap.add_argument("--work", default=None, help="deltas and data, in a folder per set of models (the facts every "
+                    "one of them knows differ, and so do the deltas trained on them; default: $CMC_CACHE/fleet)")
     ap.add_argument("--templates", default="smollm2,gemma3")
     ap.add_argument("--users", default=",".join(MODELS), help="the models each delta is applied to (not its template)")
     ap.add_argument("--eval-items", type=int, default=None,
@@ -113,8 +114,8 @@ def calibrated(t, u, seed, d_dir, lms, texts, tm, fmt, res) -> float:
 def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
-    work = Path(args.work) if args.work else assets.cache_dir() / "fleet"
     wanted = sorted(set(args.users.split(",")) | set(args.templates.split(",")), key=MODELS.index)
+    work = (Path(args.work) if args.work else assets.cache_dir() / "fleet") / "+".join(wanted)
     dirs = fetcher.fetch_models(wanted)
     lms = {k: load_lm(str(dirs[k])) for k in wanted}
     fmt = {k: assets.MODELS[k].prompt_format for k in lms}
