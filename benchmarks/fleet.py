@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_idk import _pooled, fact_sets  # noqa: E402
-from real_precision import _cell, row, run_args, train_idk  # noqa: E402
+from real_precision import _cell, old_settings, row, run_args, train_idk  # noqa: E402
 
 from cmc_cli import assets  # noqa: E402
 from cmc_cli import fetch as fetcher  # noqa: E402
@@ -57,7 +57,7 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-SHAPING = ("eval_items", "delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown")
+SHAPING = ("eval_items", "delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown", "retain_loss")
 
 
 def resumed(out: Path, res: dict) -> dict:
@@ -66,7 +66,7 @@ def resumed(out: Path, res: dict) -> dict:
     if not out.is_file():
         return res
     old = json.loads(out.read_text())
-    same = all(old["settings"].get(k) == res["settings"][k] for k in SHAPING) and old["facts"] == res["facts"]
+    same = all(old_settings(old["settings"]).get(k) == res["settings"][k] for k in SHAPING) and old["facts"] == res["facts"]
     if not same:
         raise SystemExit(f"{out}: written with other settings or facts; give another --out or remove it")
     print(f"resuming from {out}: {sum(map(len, old['rows'].values()))} rows, {len(old['calibration'])} calibrations",
@@ -82,7 +82,7 @@ def one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, 
     formats = list(dict.fromkeys(fmt[u] for u in users))
     maps = {u: TokenMap.build(lms[t].vocab, lms[u].vocab) for u in users}
     for seed in range(args.seeds):
-        d_dir = train_idk(dirs[t], work / f"{t}-idk-s{seed}", formats, paths, seed, args)
+        d_dir = train_idk(dirs[t], work / f"{t}-idk-s{seed}-{args.retain_loss}", formats, paths, seed, args)
         res["delta_params"][t] = sum(p.numel() for p in load_lm(str(d_dir)).model.parameters())
         texts = training_texts(d_dir, 32, lms[t], {}, None)
         for u in users:

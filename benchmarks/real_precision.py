@@ -34,6 +34,7 @@ from real_idk import _pooled, evaluate, fact_sets  # noqa: E402
 from cmc_cli import assets  # noqa: E402
 from cmc_cli import fetch as fetcher  # noqa: E402
 from cmc_cli.config import TrainConfig  # noqa: E402
+from cmc_cli.config.options import RETAIN_TERMS, UNLEARN_METHODS  # noqa: E402
 from cmc_cli.engine.calibrate import calibrate, training_texts  # noqa: E402
 from cmc_cli.engine.decode import Decoder  # noqa: E402
 from cmc_cli.engine.models import load_delta, load_lm  # noqa: E402
@@ -59,7 +60,7 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-SHAPING = ("delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown")  # settings a row depends on
+SHAPING = ("delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown", "retain_loss")  # settings a row depends on
 
 
 def reusable(files: str, args, facts: dict) -> dict:
@@ -68,7 +69,7 @@ def reusable(files: str, args, facts: dict) -> dict:
     found: dict = {}
     for f in (x for x in files.split(",") if x):
         res = json.loads(Path(f).read_text(encoding="utf-8"))
-        s = res.get("settings", {})
+        s = old_settings(res.get("settings", {}))
         if any(s.get(k) != getattr(args, k) for k in SHAPING) or res.get("facts", facts) != facts:
             print(f"not reusing {f}: its settings or facts differ from this run's", flush=True)
             continue
@@ -91,11 +92,20 @@ def run_args(ap: argparse.ArgumentParser, brown: int) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--brown", type=int, default=brown, help="Brown-corpus sentences scored per row")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--retain-loss", default=UNLEARN_METHODS["idk"][1], choices=RETAIN_TERMS,
+                    help="the idk delta's retain term (default: cmc unlearn's; recorded, and part of each delta's name)")
+
+
+def old_settings(s: dict) -> dict:
+    """An earlier run's settings, with the retain term it trained with where it predates the option (nll,
+    the default then)."""
+    return {"retain_loss": "nll"} | s
 
 
 def train(tk, uk, dirs, paths, fmt, work: Path, seed: int, silence: float | None, args) -> Path:
     name = "silent" if silence is None else "plain"
-    return train_idk(dirs[tk], work / f"{tk}-idk-for-{uk}-s{seed}-{name}", fmt[uk], paths, seed, args, silence)
+    out = work / f"{tk}-idk-for-{uk}-s{seed}-{name}-{args.retain_loss}"
+    return train_idk(dirs[tk], out, fmt[uk], paths, seed, args, silence)
 
 
 def train_idk(template_dir, out: Path, formats, paths, seed: int, args, silence: float | None = None) -> Path:
@@ -110,7 +120,8 @@ def train_idk(template_dir, out: Path, formats, paths, seed: int, args, silence:
         Trainer(TrainConfig(task="unlearn", loss="idk", template=str(template_dir), forget=str(paths["forget"]),
                             retain=str(paths["retain"]), output=str(out), delta=args.delta, prompt_format=formats,
                             lr=args.lr, batch_size=args.batch_size, epochs=1000, max_steps=args.max_steps, seed=seed,
-                            device="cpu", eval_every=args.max_steps, silence=silence)).run()
+                            device="cpu", eval_every=args.max_steps, silence=silence,
+                            retain_loss=args.retain_loss)).run()
     return out
 
 

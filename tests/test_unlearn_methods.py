@@ -104,7 +104,7 @@ def test_method_options_are_validated(data_files):
         TrainConfig(task="unlearn", template="t", output="o", forget="f", loss="npo")
     c = TrainConfig(task="unlearn", template="t", output="o", forget="f", loss="npo", retain_loss="none")
     assert c.retain_term() is None
-    assert TrainConfig(task="unlearn", template="t", output="o", forget="f", retain="r", loss="idk").retain_term() == "nll"
+    assert TrainConfig(task="unlearn", template="t", output="o", forget="f", retain="r", loss="idk").retain_term() == "kl"
     with pytest.raises(ConfigError, match="--prompt-format 'Q:' has no {prompt}"):
         TrainConfig(task="unlearn", template="t", output="o", forget="f", retain="r", prompt_format="Q:")
     with pytest.raises(ConfigError, match="--lr must be a positive finite number, got nan"):

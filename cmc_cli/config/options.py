@@ -25,7 +25,7 @@ UNLEARN_METHODS = {
     "grad-diff": ("ascent", "nll"),
     "grad-ascent": ("ascent", None),
     "kl": ("ascent", "kl"),
-    "idk": ("refusal", "nll"),
+    "idk": ("refusal", "kl"),
     "npo": ("npo", "nll"),
 }
 RETAIN_TERMS = ("nll", "kl", "none")
