@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cmc_cli.config.options import UNLEARN_METHODS
+
 Opt = typer.Option
 
 USERS = Annotated[list[str], Opt("--user", "-u", help="User LLM (repeat for several): path, cmc.yaml name or hub id in the local cache.")]
@@ -23,7 +25,8 @@ SILENCE = Annotated[float, Opt(help="Weight of the silence term: keeps the delta
 GENERAL = Annotated[str, Opt(help="Plain UTF-8 text the delta must stay silent on (paragraphs apart by blank lines). (default: 64 texts the template samples)")]
 CONFIG = Annotated[Path, Opt("--config", "-c", help="YAML file of these options; flags override it.")]
 # train and unlearn (each declared once here)
-RETAIN_LOSS = Annotated[str, Opt(help="unlearn retain term: nll | kl | none. (default: the method's: kl for idk and kl, none for grad-ascent, nll otherwise)")]
+RETAIN_LOSS = Annotated[str, Opt(help="unlearn retain term: nll | kl | none. (default: the method's — "
+                                       + ", ".join(f"{m} {r or 'none'}" for m, (_, r) in UNLEARN_METHODS.items()) + ")")]
 REFUSALS = Annotated[str, Opt(help="idk: refusal answers, one per line. (default: cmc's list)")]
 NPO_BETA = Annotated[float, Opt(help="npo: inverse temperature beta. (default: 0.1)")]
 STOP_FORGET_LOSS = Annotated[float, Opt(help="unlearn: stop at the first evaluation whose whole-set forget CE reaches this (gradient difference is unbounded).")]
