@@ -4,6 +4,7 @@
     python benchmarks/fleet.py                                # -> docs/results-real/fleet.{md,json}
     python benchmarks/fleet.py --templates smollm2 --seeds 1 --eval-items 10 --brown 20 --out /tmp/fleet
                                                               # the story in one seed (README's tour)
+    python benchmarks/fleet.py --report --out X               # X/fleet.md from a cut run's X/fleet.json
 
 Per template (SmolLM2-135M-Instruct, Gemma-3-270M) and seed, one `cmc unlearn --method idk` delta with cmc's
 defaults (mini preset as benchmarks/real_idk.py: lr 3e-3, batch 8, 150 steps; the silence term at its
@@ -53,6 +54,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--users", default=",".join(MODELS), help="the models each delta is applied to (not its template)")
     ap.add_argument("--eval-items", type=int, default=None,
                     help="evaluate the first N facts of each set (the delta still trains on all its facts)")
+    ap.add_argument("--report", action="store_true", help="only write fleet.md from --out's fleet.json (a cut run: "
+                    "the rows every seed has, the others named and left out); runs nothing")
     run_args(ap, brown=60)
     return ap.parse_args()
 
@@ -111,8 +114,38 @@ def calibrated(t, u, seed, d_dir, lms, texts, tm, fmt, res) -> float:
     return old["alpha"]
 
 
+def complete(res: dict) -> tuple[dict, list[str]]:
+    """`res` with only the templates whose every row (each user, delta and shuffled map) has all seeds, and the
+    templates left out: what a cut run can report."""
+    st = res["settings"]
+    users = st["users"].split(",")
+    labels = {t: [f"{t} -> {u} | {k}" for u in users if u != t for k in ("delta", "shuffled")]
+              for t in st["templates"].split(",")}
+    cut = [t for t, ls in labels.items() if any(len(res["rows"].get(label, [])) < st["seeds"] for label in ls)]
+    rows = {k: v for k, v in res["rows"].items() if k.split(" -> ")[0] not in cut}
+    return res | {"rows": rows, "calibration": [c for c in res["calibration"] if c["template"] not in cut],
+                  "delta_params": {t: p for t, p in res["delta_params"].items() if t not in cut}}, cut
+
+
+def report(out: Path) -> None:
+    """fleet.md from a (possibly cut) fleet.json."""
+    if not out.is_file():
+        raise SystemExit(f"{out}: no such file; run the benchmark with this --out first")
+    res, left = complete(json.loads(out.read_text()))
+    cut_at = res.pop("seconds", 0) if res.get("partial") else None
+    text = markdown(res)
+    if cut_at is not None:
+        text += f"\nA cut run, written after {cut_at:.0f} s of wall time.\n"
+    if left:
+        text += "\nA cut run: the delta beside " + ", ".join(left) + " is left out (not every row has every seed).\n"
+    atomic_write_text(out.with_suffix(".md"), text)
+    print(text)
+
+
 def main() -> None:
     args = parse()
+    if args.report:
+        return report(Path(args.out) / "fleet.json")
     torch.set_num_threads(args.threads)
     wanted = sorted(set(args.users.split(",")) | set(args.templates.split(",")), key=MODELS.index)
     work = (Path(args.work) if args.work else assets.cache_dir() / "fleet") / "+".join(wanted)
