@@ -99,13 +99,56 @@ def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
     return statistics.median(times)
 
 
+def one_batch(B: int, variants: dict, prompts: list[str], args, device) -> None:
+    """Every variant at batch B (median of args.repeats), then the ratios."""
+    from cmc_cli.engine import heads
+    from cmc_cli.engine.sampling import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=args.new)
+    rates = {}
+    for name, dec in variants.items():
+        heads.GATHER = name != "cmc-cross-full"
+        med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
+        rates[name] = B * args.new / med
+        extra = ""
+        if name == "cmc-cross" and dec.streams[0].gathered is not None:
+            extra = f"   (gathered head: {dec.streams[0].gathered.used.numel()} ids + the mean)"
+        if name == "cmc-cross-full":
+            s, keys = dec.streams[0], list(range(B))
+            fed = sum(s.generated_fed(keys))
+            needed = sum(len(s.text(k).ids) - s.rows[k].prompt_fed for k in keys)  # the delta's tokens of the generated text
+            per = fed / max(1, dec.stats["generated"] - B)
+            extra = (f"   delta tokens computed per generated token {per:.2f}, per delta token of the text "
+                     f"{fed / max(1, needed):.2f} (random models' output)")
+        print(f"batch {B}  {name:<10} {rates[name]:9.1f} tok/s  {med * 1000 / args.new:8.1f} ms/step{extra}")
+    heads.GATHER = True
+    print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
+          f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}   (c)/(c') gathered/full head "
+          f"{rates['cmc-cross'] / rates['cmc-cross-full']:.2f}")
+
+
+def teacher_forced_prose(user, delta, prompt: str) -> None:
+    """Re-tokenization as on real text: the delta follows PROSE, fed as the user's tokens one at a time."""
+    from cmc_cli.engine.deltastate import DeltaStreams
+    from cmc_cli.engine.textsync import GenText
+
+    s = DeltaStreams(delta, same_vocab=False)
+    s.add(0, prompt)
+    s.step([0], [""], [[]])
+    ids = user.tokenizer(PROSE, add_special_tokens=False)["input_ids"]
+    gt = GenText(user.tokenizer, user.tokenizer(prompt)["input_ids"])
+    for tid in ids:
+        s.step([0], [gt.append(tid)], [[]])
+    st = s.text(0).stats
+    needed = len(s.text(0).ids) - s.rows[0].prompt_fed
+    print(f"teacher-forced prose ({len(ids)} Llama-2 tokens, {needed} GPT-2 tokens): delta tokens computed per generated "
+          f"token {s.generated_fed([0])[0] / len(ids):.2f}, per delta token of the text {s.generated_fed([0])[0] / needed:.2f}; "
+          f"tail re-encodes {st.tail_encodes}, full re-encodes {st.full_encodes}")
+
+
 def main() -> None:
     from cmc_cli.engine.decode import Decoder
-    from cmc_cli.engine import heads
-    from cmc_cli.engine.deltastate import DeltaStreams
     from cmc_cli.engine.models import Delta
-    from cmc_cli.engine.sampling import GenerationConfig
-    from cmc_cli.engine.textsync import GenText
     from cmc_cli.tokenmaps.tokenmap import TokenMap
 
     ap = argparse.ArgumentParser()
@@ -139,42 +182,9 @@ def main() -> None:
     print(f"user {params(user):.0f}M params (vocab {user.vocab.size}); deltas {params(d_same):.1f}M (Llama-2 vocab) and "
           f"{params(d_cross):.1f}M (GPT-2 vocab); token map GPT-2 -> Llama-2 built in {map_s:.2f} s, using "
           f"{int(tm.index_tensor().clamp(min=0).unique().numel())} of GPT-2's {d_cross.vocab.size} ids")
-    prompts = PROMPTS
-    cfg = GenerationConfig(max_new_tokens=args.new)
     for B in [int(x) for x in args.batches.split(",")]:
-        rates = {}
-        for name, dec in variants.items():
-            heads.GATHER = name != "cmc-cross-full"
-            med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
-            rates[name] = B * args.new / med
-            extra = ""
-            if name == "cmc-cross" and dec.streams[0].gathered is not None:
-                extra = f"   (gathered head: {dec.streams[0].gathered.used.numel()} ids + the mean)"
-            if name == "cmc-cross-full":
-                s, keys = dec.streams[0], list(range(B))
-                fed = sum(s.generated_fed(keys))
-                needed = sum(len(s.text(k).ids) - s.rows[k].prompt_fed for k in keys)  # the delta's tokens of the generated text
-                per = fed / max(1, dec.stats["generated"] - B)
-                extra = (f"   delta tokens computed per generated token {per:.2f}, per delta token of the text "
-                         f"{fed / max(1, needed):.2f} (random models' output)")
-            print(f"batch {B}  {name:<10} {rates[name]:9.1f} tok/s  {med * 1000 / args.new:8.1f} ms/step{extra}")
-        print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
-              f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}   (c)/(c') gathered/full head "
-              f"{rates['cmc-cross'] / rates['cmc-cross-full']:.2f}")
-    heads.GATHER = True
-    # teacher-forced prose: re-tokenization as on real text
-    s = DeltaStreams(Delta(d_cross, 1.0, fmt, tm.index_tensor()), same_vocab=False)
-    s.add(0, prompts[0])
-    s.step([0], [""], [[]])
-    ids = user.tokenizer(PROSE, add_special_tokens=False)["input_ids"]
-    gt = GenText(user.tokenizer, user.tokenizer(prompts[0])["input_ids"])
-    for tid in ids:
-        s.step([0], [gt.append(tid)], [[]])
-    st = s.text(0).stats
-    needed = len(s.text(0).ids) - s.rows[0].prompt_fed
-    print(f"teacher-forced prose ({len(ids)} Llama-2 tokens, {needed} GPT-2 tokens): delta tokens computed per generated "
-          f"token {s.generated_fed([0])[0] / len(ids):.2f}, per delta token of the text {s.generated_fed([0])[0] / needed:.2f}; "
-          f"tail re-encodes {st.tail_encodes}, full re-encodes {st.full_encodes}")
+        one_batch(B, variants, PROMPTS, args, device)
+    teacher_forced_prose(user, Delta(d_cross, 1.0, fmt, tm.index_tensor()), PROMPTS[0])
 
 
 if __name__ == "__main__":

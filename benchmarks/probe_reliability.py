@@ -104,6 +104,11 @@ def without(args: list[str], opt: str) -> list[str]:
 
 def cases():
     """(class, args, needle the first line must hold, setup(root) or None)."""
+    return overwrite_cases() + bad_value_cases() + bad_file_cases() + bad_content_cases()
+
+
+def overwrite_cases():
+    """Silent overwrites and runs resumed with other settings."""
     c = []
     add = lambda cls, args, needle, setup=None: c.append((cls, args, needle, setup))  # noqa: E731
     # silent overwrites
@@ -122,6 +127,12 @@ def cases():
         add("mixed run", without(G, opt) + ["--prompts", "p.jsonl", "-o", "gen.jsonl", "--resume", opt, val], opt)
     add("mixed run", [a if a != "delta:1" else "delta:2" for a in G] + ["--prompts", "p.jsonl", "-o", "gen.jsonl",
                                                                         "--resume"], "gen.jsonl")
+    return c
+
+
+def bad_value_cases():
+    c = []
+    add = lambda cls, args, needle, setup=None: c.append((cls, args, needle, setup))  # noqa: E731
     # bad values
     for opt, val in (("--lr", "nan"), ("--lr", "inf"), ("--lr", "-1"), ("--batch-size", "0"), ("--max-steps", "-3"),
                      ("--micro-batch-size", "0"), ("--warmup-ratio", "2"), ("--epochs", "0"), ("--clip", "-1"),
@@ -140,6 +151,12 @@ def cases():
     add("bad value", ["map-vocab", "tok-spm", "tok-bl", "-o", "m2.safetensors", "--strategy", "fuzzy"], "--strategy")
     add("bad value", ["map-vocab", "tok-spm", "tok-bl", "-o", "m3.safetensors", "--strategy", "pm-lookahead",
                       "--lookahead-k", "0"], "--lookahead-k")
+    return c
+
+
+def bad_file_cases():
+    c = []
+    add = lambda cls, args, needle, setup=None: c.append((cls, args, needle, setup))  # noqa: E731
     # missing or wrong files
     add("bad file", [a if a != "d.jsonl" else "nope.jsonl" for a in T] + ["-o", "new3"], "nope.jsonl")
     add("bad file", [a if a != "forget.jsonl" else "gone.jsonl" for a in U] + ["-o", "new4"], "gone.jsonl")
@@ -157,6 +174,12 @@ def cases():
     add("bad file", ["eval", "tofu", "-u", "user", "--forget", "nowhere.jsonl"], "nowhere.jsonl")
     add("bad file", ["eval", "tofu", "-u", "user", "--forget", "forget.jsonl", "--retain", "gone.jsonl"], "gone.jsonl")
     add("bad file", ["eval", "instruct", "-u", "user", "--prompts", "nowhere.jsonl"], "nowhere.jsonl")
+    return c
+
+
+def bad_content_cases():
+    c = []
+    add = lambda cls, args, needle, setup=None: c.append((cls, args, needle, setup))  # noqa: E731
     # file contents
     contents = {
         "bad.jsonl": b'{"instruction": "a", "output": "b"}\n{oops\n',

@@ -19,7 +19,6 @@ Steps, every one through cmc's library:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -159,7 +158,7 @@ def _pooled(runs, name, metric, n) -> list[float]:
 
 def markdown(res: dict) -> str:
     n = res["settings"]["seeds"]
-    lines = [f"Facts both models answer correctly: " + ", ".join(f"{k} {v}" for k, v in res["facts"].items())
+    lines = ["Facts both models answer correctly: " + ", ".join(f"{k} {v}" for k, v in res["facts"].items())
              + f"; {n} seeds; greedy, {res['settings']['max_new_tokens']} new tokens; each model asked in its own format, "
              "the delta trained in the user's.", ""]
     for pair, d in res["directions"].items():

@@ -158,8 +158,8 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def direction(tk, uk, lms, fmt, dirs, paths, sets, item_keys, alphas, work, args, timings) -> dict:
-    template, user = lms[tk], lms[uk]
+def train_delta(tk, dirs, paths, fmt, work, args, timings) -> tuple[Path, Path, str]:
+    """The unlearning delta beside template tk (unless this run's folder holds it): (run folder, delta, command)."""
     settings = {k: getattr(args, k) for k in ("delta", "lr", "batch_size", "max_steps", "retain_weight",
                                                "stop_forget_loss", "seed", "max_new_tokens")}
     sig = hashlib.sha256(json.dumps([settings, fmt[tk], [p.read_text() for p in paths.values()]]).encode()).hexdigest()[:12]
@@ -179,6 +179,12 @@ def direction(tk, uk, lms, fmt, dirs, paths, sets, item_keys, alphas, work, args
                             max_steps=args.max_steps, retain_weight=args.retain_weight,
                             stop_forget_loss=args.stop_forget_loss, seed=args.seed, device=args.device)).run()
     timings[f"train {tk}"] = time.perf_counter() - t
+    return run, delta_dir, cmd
+
+
+def direction(tk, uk, lms, fmt, dirs, paths, sets, item_keys, alphas, work, args, timings) -> dict:
+    template, user = lms[tk], lms[uk]
+    run, delta_dir, cmd = train_delta(tk, dirs, paths, fmt, work, args, timings)
     meta = json.loads((delta_dir / "cmc.json").read_text())
 
     t = time.perf_counter()
