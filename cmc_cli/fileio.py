@@ -10,8 +10,15 @@ from pathlib import Path
 from cmc_cli.errors import CmcError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temp file and `os.replace`; a failure leaves `path` untouched."""
+    """Write `data` to `path` via a temp file and `os.replace`; a failure leaves `path` untouched. The file gets
+    the mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +30,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)

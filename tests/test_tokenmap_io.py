@@ -109,3 +109,16 @@ def test_shuffled_control_keeps_coverage_and_moves_targets():
     assert sorted(sh.index[sh.index >= 0]) == sorted(index[index >= 0])
     assert (sh.index != index).any() and sh.meta["strategy"].startswith("shuffled(pm-mined")
     assert (tm.shuffled(seed=1).index == sh.index).all()
+
+
+def test_atomic_writes_get_the_mode_open_gives(tmp_path):
+    """A file written atomically (token maps, results, JSON) is as readable as one written with open():
+    mkstemp's private 0600 must not leak into what users share."""
+    import stat
+
+    from cmc_cli.fileio import atomic_write_json, atomic_write_text
+
+    (tmp_path / "plain.txt").write_text("x")
+    want = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    for f in (atomic_write_text(tmp_path / "a.md", "x"), atomic_write_json(tmp_path / "b.json", {"a": 1})):
+        assert stat.S_IMODE(f.stat().st_mode) == want
