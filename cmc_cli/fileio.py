@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from cmc_cli.errors import CmcError
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temp file beside `path`, created as open() creates files (0666 less the umask, which the kernel
+    applies), where mkstemp would make it private (0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temp file and `os.replace`; a failure leaves `path` untouched. The file gets
-    the mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600."""
+    the mode a plain open() would give it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _temp_beside(path)
     except OSError as e:
         raise CmcError(f"cannot write {path}: {e.strerror or e}; choose a writable output path") from None
     try:
@@ -30,7 +35,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
