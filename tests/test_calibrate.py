@@ -180,3 +180,88 @@ def test_the_sampled_general_texts_are_kept_for_the_next_user(trained, monkeypat
     monkeypatch.undo()
     (delta / KEPT_TEXTS).write_text("{damaged")
     assert training_texts(delta, 6, template, {}, None).general == first.general  # same seed: same texts
+
+
+def test_the_refusal_scan_on_constructed_rates():
+    """idk deltas: from the greedy-hits choice up, in REFUSAL_STEP multiples within the budget, the first alpha that
+    refuses within one prompt of template + delta; none: the smallest with the most refusals. It decodes no more
+    alphas than it needs."""
+    from cmc_cli.engine.calibrate import scan_refusals
+
+    grid = list(GRID)
+    rates = {1.0: 11 / 18, 1.5: 10 / 18, 2.0: 13 / 18, 2.5: 15 / 18, 3.0: 17 / 18, 3.5: 17 / 18, 4.0: 1.0}
+    asked = []
+
+    def rate(a):
+        asked.append(a)
+        return rates.get(a, 0.0)
+
+    everything = list(range(len(grid)))
+    a, why, scan = scan_refusals(grid, everything, 1.0, 1.0, rate, 18)  # 17 of 18 is within one prompt of 1.00
+    assert a == 3.0 and asked == [1.0, 1.5, 2.0, 2.5, 3.0] and scan[-1] == [3.0, 17 / 18] and "within one prompt" in why
+    asked.clear()  # a start off the step lattice is tried first, then the lattice above it
+    assert scan_refusals(grid, everything, 1.25, 1.0, rate, 18)[0] == 3.0 and asked[:2] == [1.25, 1.5]
+    asked.clear()  # the budget ends at 2.5: nothing reaches; the most refusals' smallest alpha
+    a, why, scan = scan_refusals(grid, [i for i, g in enumerate(grid) if g <= 2.5], 1.0, 1.0, rate, 18)
+    assert a == 2.5 and asked == [1.0, 1.5, 2.0, 2.5] and "most refusals" in why
+    # the start already refuses like the template: kept, one decode
+    asked.clear()
+    assert scan_refusals(grid, everything, 1.0, 0.6, rate, 18)[0] == 1.0 and asked == [1.0]
+    # more prompts, a tighter tolerance: 0.94 is more than one prompt of 50 short of 1.00
+    assert scan_refusals(grid, everything, 1.0, 1.0, rate, 50)[0] == 4.0
+    # a plateau below the target: its first alpha
+    flat = {1.0: 0.5, 1.5: 0.8, 2.0: 0.8, 2.5: 0.7}
+    assert scan_refusals(grid, [i for i, g in enumerate(grid) if g <= 2.5], 1.0, 1.0, flat.get, 18)[0] == 1.5
+    # the start outside the budget (nothing allowed): no scan, the caller keeps its choice
+    assert scan_refusals(grid, [], 1.0, 1.0, rate, 18) == (1.0, "", [])
+
+
+@pytest.fixture(scope="module")
+def refusing(train_world, tmp_path_factory):
+    """An idk delta that has learnt its two refusals (3 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("refusing")
+    (root / "refusals.txt").write_text("No idea.\nNot known.\n")
+    out = root / "idk"
+    Trainer(TrainConfig(task="unlearn", loss="idk", template=str(train_world / "template"), output=str(out),
+                        forget=str(train_world / "forget.jsonl"), retain=str(train_world / "retain.jsonl"), batch_size=4,
+                        epochs=60, lr=1e-2, device="cpu", general_samples=8, general_length=16,
+                        refusals=str(root / "refusals.txt"))).run()
+    return out
+
+
+def test_an_idk_delta_is_calibrated_on_its_greedy_refusals(refusing, train_world, monkeypatch, tmp_path):
+    """The refusal rate the scan reads is what decoding each prompt alone, longer, and checking it with is_refusal
+    against the delta's own --refusals gives; the target is template + delta's at alpha 1; the scan starts at the
+    greedy-hits choice (forced low here) and stops at the first alpha within one prompt of the target."""
+    from cmc_cli.data.refusals import is_refusal
+    from cmc_cli.engine import calibrate as C
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import load_delta, load_lm
+    from cmc_cli.engine.sampling import GenerationConfig
+
+    from safetensors.torch import load_file, save_file
+
+    template = load_lm(str(train_world / "template"))
+    sharp = tmp_path / "sharp"  # the template with its logits x8 (its final norm's scale): a user it takes more alpha to move
+    shutil.copytree(train_world / "template", sharp)
+    w = load_file(sharp / "model.safetensors")
+    save_file(w | {"model.norm.weight": w["model.norm.weight"] * 8}, sharp / "model.safetensors", metadata={"format": "pt"})
+    user = load_lm(str(sharp))
+    fmt = json.loads((refusing / "cmc.json").read_text())["prompt_format"]
+    texts = C.training_texts(refusing, 8, template, {}, None)
+    assert texts.refusals == ["No idea.", "Not known."]
+    monkeypatch.setattr(C, "choose", lambda *a: (0.25, "forced"))
+    cal, _ = C.calibrate(refusing, user, template, texts, (), fmt)
+    prompts = [p for p, _ in texts.objective[:C.REFUSAL_ITEMS]]
+    scanned = [a for a, _ in cal.refusal]
+    assert scanned == [0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0][:len(scanned)]
+    for a, r in cal.refusal:
+        dec = Decoder(user, [load_delta(refusing, user, a)], user_format=fmt)
+        one_by_one = [dec.generate([p], GenerationConfig(max_new_tokens=24))[0].text for p in prompts]
+        assert r == pytest.approx(sum(is_refusal(t, texts.refusals) for t in one_by_one) / len(prompts))
+    dec_t = Decoder(template, [load_delta(refusing, template, 1.0)], user_format=fmt)
+    assert cal.target_refusal == C.refusal_rate(dec_t, prompts, texts.refusals) == 1.0  # it has learnt them
+    reached = [a for a, r in cal.refusal if r >= cal.target_refusal - 1 / len(prompts)]
+    assert reached and cal.alpha == reached[0] == scanned[-1] and "within one prompt" in cal.reason
+    assert len(scanned) > 1 and cal.refusal[0][1] < cal.target_refusal - 1 / len(prompts)  # 0.25 was too weak
+    assert cal.as_dict()["refusal"] == cal.refusal  # recorded

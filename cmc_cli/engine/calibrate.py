@@ -16,6 +16,17 @@ share of answer tokens that are the combined model's argmax, teacher-forced — 
               does, the one closest to it (the best greedy fit the user can get: the smallest alpha within
               TIE of it); if no alpha is within budget, the smallest of the grid.
 
+An idk delta (its objective answers are refusals) is then checked on what it was trained to do, not on its exact
+wording: the hit rates read the one refusal each question was paired with, and on other vocabularies they *fall*
+as alpha rises while the refusals themselves rise (SmolLM2's delta on Gemma-3, seed 0: exact-refusal token hits
+0.87 -> 0.69 from alpha 1 to 3, greedy refusals 0.61 -> 0.94, held-out facts 1.00 throughout). So:
+
+    refusal = the share of objective prompts whose greedy answer begins with a refusal (data/refusals.py,
+              the delta's --refusals), by decoding REFUSAL_ITEMS of them for a few new tokens
+    alpha*  = of the hits rule's alpha and the multiples of REFUSAL_STEP above it within the off-target budget,
+              tried upward, the first whose refusal is within one prompt of template + delta's at alpha 1; if
+              none is, the smallest with the most refusals.
+
 An instruction delta has no off-target text: its job is to change how the model continues any prompt, and
 it is trained without the silence term. Its cost on general text is measured and shown, never binding: on the
 world it was what held `other` at a=0.75-1 (template + delta loses 10% of its greedy hits on sampled text at
@@ -49,6 +60,8 @@ COST_FLOOR = 0.02  # share of tokens: losing this few greedy hits is allowed eve
 TIE = 0.005  # hit rates this close are one plateau: the smallest alpha on it is chosen
 KEPT_TEXTS = "calibration-texts.json"  # the template's sampled general texts, kept beside the delta
 RAISE_METHODS = ("grad-diff", "grad-ascent", "kl", "npo")  # their objective raises the forget answers' NLL
+REFUSAL_STEP = 0.5  # the refusal scan's step up the grid
+REFUSAL_ITEMS = 16  # objective prompts decoded at each alpha of the scan
 
 
 @dataclass
@@ -60,6 +73,7 @@ class Texts:
     retain: list[tuple[str, str]] = field(default_factory=list)
     general: list[str] = field(default_factory=list)
     budgeted: bool = True  # the off-target cost binds (unlearning); False: measured and shown only (instruct)
+    refusals: list[str] = field(default_factory=list)  # idk: the answers that count as refusing (the refusal scan)
 
 
 @dataclass
@@ -77,14 +91,21 @@ class Calibration:
     kl: dict[str, list[float]] = field(default_factory=dict)  # KL(user || user + alpha * delta) off-target (shown)
     user_alone_top1: float = 0.0
     seconds: float = 0.0
+    refusal: list[list[float]] = field(default_factory=list)  # idk: [alpha, greedy refusal rate] per scanned alpha
+    target_refusal: float | None = None  # idk: template + delta's greedy refusal rate on the same prompts
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+def within_budget(grid, cost: dict[str, list[float]], budget: dict[str, float]) -> list[int]:
+    """The grid indices whose off-target cost is within the budget on every text."""
+    return [i for i in range(len(grid)) if all(cost[k][i] <= budget[k] for k in cost)]
+
+
 def choose(grid, hits, target: float, direction: str, cost: dict[str, list[float]], budget: dict[str, float]) -> tuple[float, str]:
     """The rule above, on measured curves: (alpha, why). hits: the objective's greedy hits per grid alpha."""
-    allowed = [i for i in range(len(grid)) if all(cost[k][i] <= budget[k] for k in cost)]
+    allowed = within_budget(grid, cost, budget)
     if not allowed:
         return grid[0], "every alpha loses more greedy hits off-target than the delta does on its template: the smallest"
     reach = [i for i in allowed if (hits[i] >= target if direction == "lower" else hits[i] <= target)]
@@ -93,6 +114,38 @@ def choose(grid, hits, target: float, direction: str, cost: dict[str, list[float
     best = min(abs(hits[i] - target) for i in allowed)
     near = [i for i in allowed if abs(hits[i] - target) <= best + TIE]
     return grid[near[0]], "no allowed alpha reaches template + delta's greedy hits: the smallest allowed alpha closest to them"
+
+
+def scan_refusals(grid, allowed: list[int], start: float, target: float, rate, n: int) -> tuple[float, str, list]:
+    """The refusal rule above: (alpha, why, [[alpha, refusal rate], ...] as scanned). rate(alpha) decodes the
+    n objective prompts at alpha; tried: `start`, then the multiples of REFUSAL_STEP above it, within budget."""
+    on_step = [grid[i] for i in allowed if grid[i] > start + 1e-9
+               and abs(grid[i] / REFUSAL_STEP - round(grid[i] / REFUSAL_STEP)) < 1e-6]
+    steps = ([start] if any(abs(grid[i] - start) < 1e-9 for i in allowed) else []) + on_step
+    if not steps:
+        return start, "", []
+    scan = []
+    for a in steps:
+        scan.append([a, rate(a)])
+        if scan[-1][1] >= target - 1.0 / max(1, n) - 1e-9:
+            return a, f"the smallest alpha from the greedy-hits choice up whose greedy refusals ({scan[-1][1]:.2f}) are " \
+                      f"within one prompt of template + delta's ({target:.2f}), within the off-target budget", scan
+    best = max(r for _, r in scan)
+    a = next(x for x, r in scan if r == best)
+    return a, f"no alpha within the off-target budget refuses within one prompt of template + delta ({target:.2f}): " \
+              f"the smallest with the most refusals ({best:.2f})", scan
+
+
+def refusal_rate(dec, prompts: list[str], refusals: list[str]) -> float:
+    """The share of prompts whose greedy answer begins with a refusal (data/refusals.is_refusal), decoding only
+    as many new tokens as the longest refusal needs."""
+    from cmc_cli.data.refusals import is_refusal
+    from cmc_cli.engine.sampling import GenerationConfig
+
+    tok = dec.user.tokenizer
+    n_new = max(len(tok.encode(" " + r, add_special_tokens=False)) for r in refusals) + 2
+    gens = dec.generate(prompts, GenerationConfig(max_new_tokens=n_new))
+    return sum(is_refusal(g.text, refusals) for g in gens) / max(1, len(gens))
 
 
 def mean_over(scored: list, attr: str, sign: float = 1.0) -> float:
@@ -160,9 +213,20 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     alpha, why = choose(list(grid), u_top[1:], t_top[1], texts.direction, bound, budget)
     if not texts.budgeted:
         why += " (an instruction delta: the off-target cost is shown, not bound)"
+    scan, t_ref = [], None
+    if texts.refusals and texts.direction == "lower":
+        prompts = [p for p, _ in texts.objective[:REFUSAL_ITEMS]]
+        t_ref = refusal_rate(Decoder(template, [dataclasses.replace(d_t, prompt_format=fmt)], user_format=fmt),
+                             prompts, texts.refusals)
 
+        def rate(a: float) -> float:
+            return refusal_rate(Decoder(user, [dataclasses.replace(d_u, alpha=a)], user_format=user_format), prompts,
+                                texts.refusals)
+
+        scanned = scan_refusals(list(grid), within_budget(grid, bound, budget), alpha, t_ref, rate, len(prompts))
+        alpha, why, scan = scanned if scanned[2] else (alpha, why, [])
     cal = Calibration(alpha, why, list(grid), t_fit[1], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[1],
-                      {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0)
+                      {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0, scan, t_ref)
     return cal, d_u
 
 
@@ -178,6 +242,7 @@ def training_texts(delta_dir: Path, items: int, template, data: dict, general: s
     cfg_path = Path(delta_dir) / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     cfg = {**(cfg or {}), **{k: v for k, v in data.items() if v}}
+    refusals: list[str] = []
 
     def need(key: str) -> str:
         path = cfg.get(key)
@@ -191,13 +256,15 @@ def training_texts(delta_dir: Path, items: int, template, data: dict, general: s
     else:
         forget = load_tofu(need("forget"))
         if cfg.get("loss") == "idk":
-            objective, direction = pair_refusals(forget, load_refusals(cfg.get("refusals")), int(cfg.get("seed") or 0)), "lower"
+            refusals = load_refusals(cfg.get("refusals"))
+            objective, direction = pair_refusals(forget, refusals, int(cfg.get("seed") or 0)), "lower"
         else:
             objective, direction = forget, "raise" if cfg.get("loss") in RAISE_METHODS else "lower"
     retain = load_tofu(cfg["retain"])[:items] if cfg.get("retain") and Path(cfg["retain"]).is_file() else []
     texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain],
                   budgeted=cfg.get("task") != "instruct")
     texts.general = budget_texts(template, items, general, seed, Path(delta_dir) / KEPT_TEXTS)
+    texts.refusals = refusals
     return texts
 
 
