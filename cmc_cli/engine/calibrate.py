@@ -224,7 +224,8 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
                                 texts.refusals)
 
         scanned = scan_refusals(list(grid), within_budget(grid, bound, budget), alpha, t_ref, rate, len(prompts))
-        alpha, why, scan = scanned if scanned[2] else (alpha, why, [])
+        if scanned[2]:  # nothing within budget: no scan, the hits rule's choice stands
+            alpha, why, scan = scanned
     cal = Calibration(alpha, why, list(grid), t_fit[1], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[1],
                       {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0, scan, t_ref)
     return cal, d_u
@@ -262,9 +263,8 @@ def training_texts(delta_dir: Path, items: int, template, data: dict, general: s
             objective, direction = forget, "raise" if cfg.get("loss") in RAISE_METHODS else "lower"
     retain = load_tofu(cfg["retain"])[:items] if cfg.get("retain") and Path(cfg["retain"]).is_file() else []
     texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain],
-                  budgeted=cfg.get("task") != "instruct")
+                  budgeted=cfg.get("task") != "instruct", refusals=refusals)
     texts.general = budget_texts(template, items, general, seed, Path(delta_dir) / KEPT_TEXTS)
-    texts.refusals = refusals
     return texts
 
 
