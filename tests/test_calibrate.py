@@ -135,26 +135,66 @@ def test_cli_calibrate_bad_input_is_one_line(trained, cli, args, msg):
 
 
 def test_an_instruction_delta_shows_its_off_target_cost_without_binding_it(trained, tmp_path):
-    """Instruction deltas change text everywhere: their general-text cost is measured, never a budget."""
+    """Instruction deltas change text everywhere: their general-text cost is measured, never a budget. After the
+    hits rule, the answer scan decodes the delta's own prompts from its choice up; each scanned ROUGE-L is what
+    decoding each prompt alone and scoring it with eval's ROUGE-L gives, and the smallest alpha within one prompt
+    of the best is chosen."""
     import yaml
 
-    from cmc_cli.engine.calibrate import calibrate, training_texts
-    from cmc_cli.engine.models import load_lm
+    from cmc_cli.engine import calibrate as C
+    from cmc_cli.engine import calscan
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import load_delta, load_lm
+    from cmc_cli.engine.sampling import GenerationConfig
+    from cmc_cli.eval.metrics import rouge_l
 
     template = load_lm(str(trained["template"]))
     inst = tmp_path / "instruct-delta"
     shutil.copytree(trained["delta"], inst)
     data = trained["template"].parent / "train.json"
     (inst / "config.yaml").write_text(yaml.safe_dump({"task": "instruct", "data": str(data)}))
-    texts = training_texts(inst, 6, template, {}, None)
-    assert not texts.budgeted and texts.objective and not texts.retain and texts.general
+    texts = C.training_texts(inst, 6, template, {}, None)
+    assert not texts.budgeted and texts.objective and not texts.retain and texts.general and texts.scan == "rouge_l"
     user = load_lm(str(trained["user"]))
-    free, _ = calibrate(inst, user, template, texts, (), "Q: {prompt}\nA:")
-    assert free.alpha == choose(free.grid, free.top1, free.target_top1, "lower", {}, {})[0]
+    fmt = "Q: {prompt}\nA:"
+    free, _ = C.calibrate(inst, user, template, texts, (), fmt)
+    start = choose(free.grid, free.top1, free.target_top1, "lower", {}, {})[0]
     assert "not bound" in free.reason and len(free.cost["general"]) == len(free.grid)
-    texts.budgeted = True  # the same curves under the unlearning rule: the budget applies
-    bound, _ = calibrate(inst, user, template, texts, (), "Q: {prompt}\nA:")
+    assert [a for a, _ in free.rouge_l] == [start] + [x for x in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0) if x > start]
+    items = texts.objective[:C.ANSWER_ITEMS]
+    n_new = min(calscan.ANSWER_TOKENS, max(len(user.tokenizer.encode(" " + r, add_special_tokens=False)) for _, r in items))
+    for a, score in free.rouge_l:
+        dec = Decoder(user, [load_delta(inst, user, a)], user_format=fmt)
+        alone = [dec.generate([p], GenerationConfig(max_new_tokens=n_new))[0].text for p, _ in items]
+        assert score == pytest.approx(sum(rouge_l(g, r)[0] for g, (_, r) in zip(alone, items)) / len(items))
+    best = max(s for _, s in free.rouge_l)
+    assert free.alpha == next(a for a, s in free.rouge_l if s >= best - 1 / len(items) - 1e-9)
+    assert free.target_rouge_l is not None and free.as_dict()["rouge_l"] == free.rouge_l
+    texts.budgeted = True  # the same curves under the unlearning rule: the budget applies, no answer scan
+    bound, _ = C.calibrate(inst, user, template, texts, (), fmt)
     assert bound.alpha == choose(bound.grid, bound.top1, bound.target_top1, "lower", bound.cost, bound.budget)[0]
+    assert bound.rouge_l == [] and bound.refusal == []
+
+
+def test_the_answer_scan_on_constructed_scores():
+    """Instruction deltas: every step from the hits choice up is decoded, and the smallest alpha within one
+    prompt's worth (1/n) of the best ROUGE-L is chosen; nothing allowed: no scan."""
+    from cmc_cli.engine.calibrate import scan_answers
+
+    grid = list(GRID)
+    scores = {1.5: 0.155, 2.0: 0.194, 2.5: 0.223, 3.0: 0.221, 3.5: 0.228, 4.0: 0.208}  # the world's other, seed 0
+    asked = []
+
+    def score(a):
+        asked.append(a)
+        return scores[a]
+
+    everything = list(range(len(grid)))
+    a, why, scan = scan_answers(grid, everything, 1.5, score, 32)
+    assert asked == [1.5, 2.0, 2.5, 3.0, 3.5, 4.0] and a == 2.5 and scan[2] == [2.5, 0.223] and "best ROUGE-L" in why
+    assert scan_answers(grid, everything, 1.5, scores.get, 1000)[0] == 3.5  # a tighter tie: the best itself
+    assert scan_answers(grid, [i for i, g in enumerate(grid) if g <= 2.0], 1.5, scores.get, 32)[0] == 2.0
+    assert scan_answers(grid, [], 1.5, scores.get, 32) == (1.5, "", [])
 
 
 def test_the_sampled_general_texts_are_kept_for_the_next_user(trained, monkeypatch, tmp_path):

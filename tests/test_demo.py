@@ -69,9 +69,11 @@ def test_instruction_delta_makes_base_models_answer_about_unseen_authors(demo_re
     rows = res["instruct"]
     for key, label in (("template", "template + delta"), ("large", "large + delta")):
         assert _mean(_row(rows, label), "retain", "RL") > _mean(_row(rows, key), "retain", "RL") + 0.05, key
-    # the reference answers' likelihood rises on the template (alpha 1); on `large` the calibrated strength (greedy
-    # hits, 2-2.5 on the reduced world) buys the answers above with likelihood, which may fall
-    assert _mean(_row(rows, "template + delta"), "retain", "P") > _mean(_row(rows, "template"), "retain", "P")
+    # through cmc's default map `other`'s answers beat the shuffled control's; the likelihood of the reference
+    # answers is not asserted: the calibrated strength (the answer scan: 2 on the template, 1.5-2.5 elsewhere)
+    # buys the answers above with it on the reduced world (template: P 0.033 alone -> 0.019 at alpha 2)
+    other = _row(rows, "other + delta (exact-ext map)")
+    assert _mean(other, "retain", "RL") > _mean(_row(rows, "other + delta (shuffled map)"), "retain", "RL") + 0.05
 
 
 def test_baselines_sit_beside_cmc(demo_result):

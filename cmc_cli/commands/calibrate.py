@@ -53,8 +53,9 @@ def calibrate(
     rows.append(["template + delta", f"{cal.target_top1:.3f} (target)", f"{cal.target:.3f}"]
                 + [f"{cal.budget[k]:.3f} (budget)" for k in kinds] + [""] * len(cal.kl) + [""])
     console.print(rich_table(f"{delta} on {ent['user']['name']}", header, rows))
-    if cal.refusal:
-        scanned = ", ".join(f"{a:g}: {r:.2f}" + (" (chosen)" if a == cal.alpha else "") for a, r in cal.refusal)
-        info(f"greedy refusals on the objective prompts: template + delta {cal.target_refusal:.2f}; user + alpha * "
-             f"delta at {scanned}")
+    for scan, what, target in ((cal.refusal, "greedy refusals", cal.target_refusal),
+                               (cal.rouge_l, "ROUGE-L of the greedy answers", cal.target_rouge_l)):
+        if scan:
+            scanned = ", ".join(f"{a:g}: {r:.2f}" + (" (chosen)" if a == cal.alpha else "") for a, r in scan)
+            info(f"{what} on the objective prompts: template + delta {target:.2f}; user + alpha * delta at {scanned}")
     info(f"alpha {cal.alpha:g}: {cal.reason} ({cal.seconds:.1f} s); recorded in {path}")

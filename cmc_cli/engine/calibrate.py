@@ -30,8 +30,14 @@ as alpha rises while the refusals themselves rise (SmolLM2's delta on Gemma-3, s
 An instruction delta has no off-target text: its job is to change how the model continues any prompt, and
 it is trained without the silence term. Its cost on general text is measured and shown, never binding: on the
 world it was what held `other` at a=0.75-1 (template + delta loses 10% of its greedy hits on sampled text at
-a=1, `other` 9% at 1 and 34% at 2), where its answers got worse than alone (ROUGE-L 0.18 -> 0.06), while the
-objective's hits peak at a=1.75-2 and answers to new prompts improve up to 2-2.5 (docs/world.md).
+a=1, `other` 9% at 1 and 34% at 2), where its answers got worse than alone (ROUGE-L 0.18 -> 0.06). Its hits
+peak before its answers do (the world's `other`: hits at 1.5, ROUGE-L of greedy answers to new questions 0.20
+there, 0.30 at 2.5; docs/world.md), so it is checked on its answers:
+
+    rouge_l = mean ROUGE-L recall of the greedy answers to ANSWER_ITEMS objective prompts against their
+              training answers (data/answers.py, as `cmc eval`)
+    alpha*  = of the hits rule's alpha and the multiples of REFUSAL_STEP above it (all tried), the smallest
+              whose rouge_l is within one prompt's worth (1/n) of the best.
 
 Why hits and not likelihood or KL (docs/decoding.md has the figures): on the real pair the objective's NLL
 is lowest at 1.25 while greedy hits peak at 1.0, where refusals, retain and held-out answers are all best;
@@ -51,6 +57,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmc_cli.engine.calscan import ANSWER_ITEMS, REFUSAL_ITEMS, answer_rouge, refusal_rate, scan_answers, scan_refusals
 from cmc_cli.errors import CmcError
 
 log = logging.getLogger(__name__)
@@ -60,8 +67,6 @@ COST_FLOOR = 0.02  # share of tokens: losing this few greedy hits is allowed eve
 TIE = 0.005  # hit rates this close are one plateau: the smallest alpha on it is chosen
 KEPT_TEXTS = "calibration-texts.json"  # the template's sampled general texts, kept beside the delta
 RAISE_METHODS = ("grad-diff", "grad-ascent", "kl", "npo")  # their objective raises the forget answers' NLL
-REFUSAL_STEP = 0.5  # the refusal scan's step up the grid
-REFUSAL_ITEMS = 16  # objective prompts decoded at each alpha of the scan
 
 
 @dataclass
@@ -74,6 +79,13 @@ class Texts:
     general: list[str] = field(default_factory=list)
     budgeted: bool = True  # the off-target cost binds (unlearning); False: measured and shown only (instruct)
     refusals: list[str] = field(default_factory=list)  # idk: the answers that count as refusing (the refusal scan)
+
+    @property
+    def scan(self) -> str:
+        """Which behaviour scan follows the hits rule: "refusal" (idk), "rouge_l" (instruction), "" (none)."""
+        if self.refusals and self.direction == "lower":
+            return "refusal"
+        return "" if self.budgeted else "rouge_l"
 
 
 @dataclass
@@ -93,6 +105,8 @@ class Calibration:
     seconds: float = 0.0
     refusal: list[list[float]] = field(default_factory=list)  # idk: [alpha, greedy refusal rate] per scanned alpha
     target_refusal: float | None = None  # idk: template + delta's greedy refusal rate on the same prompts
+    rouge_l: list[list[float]] = field(default_factory=list)  # instruct: [alpha, ROUGE-L of greedy answers] per scan step
+    target_rouge_l: float | None = None  # instruct: template + delta's on the same prompts (shown, not a target)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,38 +128,6 @@ def choose(grid, hits, target: float, direction: str, cost: dict[str, list[float
     best = min(abs(hits[i] - target) for i in allowed)
     near = [i for i in allowed if abs(hits[i] - target) <= best + TIE]
     return grid[near[0]], "no allowed alpha reaches template + delta's greedy hits: the smallest allowed alpha closest to them"
-
-
-def scan_refusals(grid, allowed: list[int], start: float, target: float, rate, n: int) -> tuple[float, str, list]:
-    """The refusal rule above: (alpha, why, [[alpha, refusal rate], ...] as scanned). rate(alpha) decodes the
-    n objective prompts at alpha; tried: `start`, then the multiples of REFUSAL_STEP above it, within budget."""
-    on_step = [grid[i] for i in allowed if grid[i] > start + 1e-9
-               and abs(grid[i] / REFUSAL_STEP - round(grid[i] / REFUSAL_STEP)) < 1e-6]
-    steps = ([start] if any(abs(grid[i] - start) < 1e-9 for i in allowed) else []) + on_step
-    if not steps:
-        return start, "", []
-    scan = []
-    for a in steps:
-        scan.append([a, rate(a)])
-        if scan[-1][1] >= target - 1.0 / max(1, n) - 1e-9:
-            return a, f"the smallest alpha from the greedy-hits choice up whose greedy refusals ({scan[-1][1]:.2f}) are " \
-                      f"within one prompt of template + delta's ({target:.2f}), within the off-target budget", scan
-    best = max(r for _, r in scan)
-    a = next(x for x, r in scan if r == best)
-    return a, f"no alpha within the off-target budget refuses within one prompt of template + delta ({target:.2f}): " \
-              f"the smallest with the most refusals ({best:.2f})", scan
-
-
-def refusal_rate(dec, prompts: list[str], refusals: list[str]) -> float:
-    """The share of prompts whose greedy answer begins with a refusal (data/refusals.is_refusal), decoding only
-    as many new tokens as the longest refusal needs."""
-    from cmc_cli.data.refusals import is_refusal
-    from cmc_cli.engine.sampling import GenerationConfig
-
-    tok = dec.user.tokenizer
-    n_new = max(len(tok.encode(" " + r, add_special_tokens=False)) for r in refusals) + 2
-    gens = dec.generate(prompts, GenerationConfig(max_new_tokens=n_new))
-    return sum(is_refusal(g.text, refusals) for g in gens) / max(1, len(gens))
 
 
 def mean_over(scored: list, attr: str, sign: float = 1.0) -> float:
@@ -204,8 +186,8 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     d_u = load_delta(delta_dir, user, 1.0, token_maps)
     dec_u = Decoder(user, [d_u], user_format=user_format)
     fmt = dec_u.deltas[0].prompt_format  # of a delta trained in several formats: the one it reads for this user
-    t_fit, _, t_top, t_hits = measure(Decoder(template, [dataclasses.replace(d_t, prompt_format=fmt)], user_format=fmt),
-                                      texts, [0.0, 1.0])
+    dec_t = Decoder(template, [dataclasses.replace(d_t, prompt_format=fmt)], user_format=fmt)
+    t_fit, _, t_top, t_hits = measure(dec_t, texts, [0.0, 1.0])
     u_fit, u_kl, u_top, u_hits = measure(dec_u, texts, [0.0, *grid])
     budget = {k: max(COST_FLOOR, v[0] - v[1]) for k, v in t_hits.items()}
     cost = {k: [v[0] - x for x in v[1:]] for k, v in u_hits.items()}
@@ -213,22 +195,39 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     alpha, why = choose(list(grid), u_top[1:], t_top[1], texts.direction, bound, budget)
     if not texts.budgeted:
         why += " (an instruction delta: the off-target cost is shown, not bound)"
-    scan, t_ref = [], None
-    if texts.refusals and texts.direction == "lower":
-        prompts = [p for p, _ in texts.objective[:REFUSAL_ITEMS]]
-        t_ref = refusal_rate(Decoder(template, [dataclasses.replace(d_t, prompt_format=fmt)], user_format=fmt),
-                             prompts, texts.refusals)
-
-        def rate(a: float) -> float:
-            return refusal_rate(Decoder(user, [dataclasses.replace(d_u, alpha=a)], user_format=user_format), prompts,
-                                texts.refusals)
-
-        scanned = scan_refusals(list(grid), within_budget(grid, bound, budget), alpha, t_ref, rate, len(prompts))
-        if scanned[2]:  # nothing within budget: no scan, the hits rule's choice stands
-            alpha, why, scan = scanned
+    scans = behaviour_scan(texts, dec_t, dec_u, list(grid), within_budget(grid, bound, budget), alpha)
+    if scans[2]:  # nothing within budget: no scan, the hits rule's choice stands
+        alpha, why = scans[0], scans[1] + (" (the off-target cost is shown, not bound)" if not texts.budgeted else "")
     cal = Calibration(alpha, why, list(grid), t_fit[1], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[1],
-                      {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0, scan, t_ref)
+                      {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0)
+    if texts.scan == "refusal":
+        cal.refusal, cal.target_refusal = scans[2], scans[3]
+    elif texts.scan == "rouge_l":
+        cal.rouge_l, cal.target_rouge_l = scans[2], scans[3]
     return cal, d_u
+
+
+def behaviour_scan(texts: Texts, dec_t, dec_u, grid: list, allowed: list[int], start: float) -> tuple:
+    """The scan that follows the hits rule's choice `start` (Texts.scan): (alpha, why, [[alpha, value], ...],
+    template + delta's value on the same prompts); no scan: (start, "", [], None). dec_t: template + delta,
+    dec_u: user + delta (its strength replaced per step)."""
+    from cmc_cli.engine.decode import Decoder
+
+    d_u = dec_u.deltas[0]
+
+    def at(a: float):
+        return Decoder(dec_u.user, [dataclasses.replace(d_u, alpha=a)], user_format=dec_u.user_format)
+
+    if texts.scan == "refusal":
+        prompts = [p for p, _ in texts.objective[:REFUSAL_ITEMS]]
+        target = refusal_rate(dec_t, prompts, texts.refusals)
+        return *scan_refusals(grid, allowed, start, target, lambda a: refusal_rate(at(a), prompts, texts.refusals),
+                              len(prompts)), target
+    if texts.scan == "rouge_l":
+        items = texts.objective[:ANSWER_ITEMS]
+        return *scan_answers(grid, allowed, start, lambda a: answer_rouge(at(a), items), len(items)), \
+            answer_rouge(dec_t, items)
+    return start, "", [], None
 
 
 def training_texts(delta_dir: Path, items: int, template, data: dict, general: str | None, seed: int = 0) -> Texts:

@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-_ROUGE = None
-
-
-def rouge_l(generation: str, reference: str) -> tuple[float, float]:
-    """(recall, F-measure) of ROUGE-L, `rouge_score` with Porter stemming (as TOFU and most papers)."""
-    global _ROUGE
-    if _ROUGE is None:
-        from rouge_score import rouge_scorer
-
-        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    s = _ROUGE.score(reference, generation)["rougeL"]
-    return float(s.recall), float(s.fmeasure)
+from cmc_cli.data.answers import rouge_l  # noqa: F401  (here for eval/; computed in data/answers.py)
 
 
 def harmonic_mean(values: list[float]) -> float:
