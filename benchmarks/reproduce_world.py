@@ -40,33 +40,27 @@ from cmc_cli.zoo.demo import UNLEARN_SETTINGS
 KEYS = ("template", "large", "other")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="full")
-    ap.add_argument("--out", default="results/world")
-    ap.add_argument("--limit", type=int, default=60)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--alphas", default="0.25,0.5,1,1.5,2")
-    args = ap.parse_args()
-    t_start = time.perf_counter()
-    out = Path(args.out)
-    zoo = build_zoo(zoo_from_size(args.size))
-    ul = UNLEARN_SETTINGS[args.size]
-    lim = args.limit
-    sets = {"forget": load_tofu_eval(zoo.data("forget10"), "forget")[:lim],
-            "retain": load_tofu_eval(zoo.data("retain90"), "retain")[:lim]}
-    prompts = load_prompts(zoo.data("instruct_eval"))[:lim]
-    models = {f"{k}-{s}": load_lm(str(zoo.model(f"{k}-{s}"))) for k in KEYS for s in ("base", "tofu")}
-    tpl = models["template-tofu"].vocab
-    oth = models["other-tofu"].vocab
-    # the paper's protocol: PM-MinED for every cross-vocabulary row (named: cmc's default is exact-ext since
-    # 2026-12-01, docs/tokenmaps.md), its ablations, cmc's default beside them, and the shuffled PM-MinED control
-    maps = {s: TokenMap.build(tpl, oth, strategy=s) for s in ("pm-mined", "min-ed", "exact-ext")}
-    maps["exact-only"] = TokenMap.build(tpl, oth, strategy="exact")
-    maps["shuffled"] = maps["pm-mined"].shuffled(0)
-    results: dict = {"size": args.size, "limit": lim}
+class World:
+    """The built world's models, data and maps, and the benchmark's operations on them: training a delta,
+    a decoder for a model with a delta through a map, and the TOFU / instruction metrics of a decoder."""
 
-    def train(task: str, name: str, **kw) -> Path:
+    def __init__(self, size: str, lim: int):
+        self.zoo = zoo = build_zoo(zoo_from_size(size))
+        self.ul = UNLEARN_SETTINGS[size]
+        self.lim = lim
+        self.sets = {"forget": load_tofu_eval(zoo.data("forget10"), "forget")[:lim],
+                     "retain": load_tofu_eval(zoo.data("retain90"), "retain")[:lim]}
+        self.prompts = load_prompts(zoo.data("instruct_eval"))[:lim]
+        self.models = {f"{k}-{s}": load_lm(str(zoo.model(f"{k}-{s}"))) for k in KEYS for s in ("base", "tofu")}
+        tpl, oth = self.models["template-tofu"].vocab, self.models["other-tofu"].vocab
+        # the paper's protocol: PM-MinED for every cross-vocabulary row (named: cmc's default is exact-ext since
+        # 2026-12-01, docs/tokenmaps.md), its ablations, cmc's default beside them, and the shuffled PM-MinED control
+        self.maps = {s: TokenMap.build(tpl, oth, strategy=s) for s in ("pm-mined", "min-ed", "exact-ext")}
+        self.maps["exact-only"] = TokenMap.build(tpl, oth, strategy="exact")
+        self.maps["shuffled"] = self.maps["pm-mined"].shuffled(0)
+
+    def train(self, task: str, name: str, **kw) -> Path:
+        zoo, ul = self.zoo, self.ul
         d = zoo.root / "reproduce" / "deltas" / name  # weights stay in the cache, out of the repository
         base = dict(task=task, output=str(d), prompt_format=QA_FORMAT, max_length=128, device="cpu", delta="tiny")
         if task == "unlearn":
@@ -81,83 +75,107 @@ def main() -> None:
         Trainer(TrainConfig(**base)).run()
         return d
 
-    def decoder(user_key: str, delta_dir: Path | None, alpha=1.0, tm: str = "pm-mined", combine=None):
-        user = models[user_key]
+    def decoder(self, user_key: str, delta_dir: Path | None, alpha=1.0, tm: str = "pm-mined", combine=None):
+        user = self.models[user_key]
         if delta_dir is None:
             return Decoder(user, user_format=QA_FORMAT)
-        d = load_delta(delta_dir, user, alpha, [maps[tm]] if user_key.startswith("other") else [])
+        d = load_delta(delta_dir, user, alpha, [self.maps[tm]] if user_key.startswith("other") else [])
         return Decoder(user, [d], user_format=QA_FORMAT, combine=combine)
 
-    def tofu(dec) -> dict:
-        r = TofuEvaluator(dec, sets, max_new_tokens=32, batch_size=16).run()
+    def tofu(self, dec) -> dict:
+        r = TofuEvaluator(dec, self.sets, max_new_tokens=32, batch_size=16).run()
         return {"forget_RL": r["forget"].rouge_l, "retain_RL": r["retain"].rouge_l,
                 "forget_TR": r["forget"].truth_ratio, "retain_P": r["retain"].prob}
 
-    def instruct(dec) -> dict:
+    def instruct(self, dec) -> dict:
         gens = []
-        for s in range(0, len(prompts), 16):
-            gens += dec.generate([p.text for p in prompts[s:s + 16]], GenerationConfig(max_new_tokens=32))
-        m = evaluate_outputs(dec, prompts, [g.text for g in gens], None, 16)
+        for s in range(0, len(self.prompts), 16):
+            gens += dec.generate([p.text for p in self.prompts[s:s + 16]], GenerationConfig(max_new_tokens=32))
+        m = evaluate_outputs(dec, self.prompts, [g.text for g in gens], None, 16)
         return {"RL": m["rouge_l_recall"], "ref_ll": m["ref_loglik"]}
 
-    # ---- Table 1: instruction tuning over seeds
-    seeds = [int(s) for s in args.seeds.split(",")]
-    t1 = {k: {"alone": instruct(decoder(f"{k}-base", None))} for k in KEYS}
+
+def table1(w: World, seeds: list[int]) -> tuple[dict, dict]:
+    """Instruction tuning over seeds; also the instruction deltas by seed."""
+    t1 = {k: {"alone": w.instruct(w.decoder(f"{k}-base", None))} for k in KEYS}
     per_seed = {k: [] for k in KEYS}
     inst_dirs = {}
     for s in seeds:
-        inst_dirs[s] = train("instruct", f"instruct-s{s}", seed=s)
+        inst_dirs[s] = w.train("instruct", f"instruct-s{s}", seed=s)
         for k in KEYS:
-            per_seed[k].append(instruct(decoder(f"{k}-base", inst_dirs[s])))
+            per_seed[k].append(w.instruct(w.decoder(f"{k}-base", inst_dirs[s])))
     for k in KEYS:
         for m in ("RL", "ref_ll"):
             vals = [x[m] for x in per_seed[k]]
             t1[k][m] = (statistics.mean(vals), (max(vals) - min(vals)) / 2)
-    t1["other"]["shuffled"] = instruct(decoder("other-base", inst_dirs[seeds[0]], tm="shuffled"))
-    results["table1"] = t1
+    t1["other"]["shuffled"] = w.instruct(w.decoder("other-base", inst_dirs[seeds[0]], tm="shuffled"))
+    return t1, inst_dirs
 
-    # ---- Table 2: the demo's delta and a milder one
-    strong = train("unlearn", "unlearn")
-    mild = train("unlearn", "unlearn-mild", stop_forget_loss=3.0)  # stops as soon as forget CE reaches 3
+
+def table2(w: World, strong: Path, mild: Path) -> dict:
+    """The demo's delta and a milder one, on every model, with the shuffled control on `other`."""
     t2 = {}
     for name, d in (("alone", None), ("strong", strong), ("mild", mild)):
         for k in KEYS:
-            t2[f"{k} {name}"] = tofu(decoder(f"{k}-tofu", d))
+            t2[f"{k} {name}"] = w.tofu(w.decoder(f"{k}-tofu", d))
         if d is not None:
-            t2[f"other {name} shuffled"] = tofu(decoder("other-tofu", d, tm="shuffled"))
-    results["table2"] = t2
+            t2[f"other {name} shuffled"] = w.tofu(w.decoder("other-tofu", d, tm="shuffled"))
+    return t2
 
-    # ---- Table 3: delta sizes
+
+def table3(w: World, strong: Path) -> dict:
+    """Delta sizes (the strong delta is the tiny one)."""
     t3 = {}
     for preset in ("tiny", "mini", "small"):
-        d = strong if preset == "tiny" else train("unlearn", f"unlearn-{preset}", delta=preset)
+        d = strong if preset == "tiny" else w.train("unlearn", f"unlearn-{preset}", delta=preset)
         for k in KEYS:
-            t3[f"{preset} {k}"] = tofu(decoder(f"{k}-tofu", d))
-    results["table3"] = t3
+            t3[f"{preset} {k}"] = w.tofu(w.decoder(f"{k}-tofu", d))
+    return t3
 
-    # ---- Figure 4: alpha sweep
-    alphas = [float(a) for a in args.alphas.split(",")]
+
+def alpha_sweep(w: World, alphas: list[float], strong: Path, instruct_delta: Path) -> dict:
     sweep = {"unlearn": {k: [] for k in KEYS}, "instruct": {k: [] for k in KEYS}}
     for a in alphas:
         for k in KEYS:
-            sweep["unlearn"][k].append(tofu(decoder(f"{k}-tofu", strong, alpha=a)))
-            sweep["instruct"][k].append(instruct(decoder(f"{k}-base", inst_dirs[seeds[0]], alpha=a)))
-    results["alpha_sweep"] = {"alphas": alphas, **sweep}
+            sweep["unlearn"][k].append(w.tofu(w.decoder(f"{k}-tofu", strong, alpha=a)))
+            sweep["instruct"][k].append(w.instruct(w.decoder(f"{k}-base", instruct_delta, alpha=a)))
+    return {"alphas": alphas, **sweep}
 
-    # ---- Table 4: ablations on the other-vocabulary model (strong and mild deltas)
+
+def table4(w: World, strong: Path, mild: Path) -> dict:
+    """Ablations on the other-vocabulary model (strong and mild deltas)."""
     t4 = {}
     for dname, d in (("strong", strong), ("mild", mild)):
         for tm in ("pm-mined", "min-ed", "exact-only", "exact-ext", "shuffled"):
-            t4[f"{dname} {tm}"] = tofu(decoder("other-tofu", d, tm=tm))
-        t4[f"{dname} pm-mined, no LogSoftmax"] = tofu(decoder("other-tofu", d, combine="sum"))
-    results["table4"] = t4
-    results["map_counts"] = {k: v.counts() for k, v in maps.items() if k != "shuffled"}
+            t4[f"{dname} {tm}"] = w.tofu(w.decoder("other-tofu", d, tm=tm))
+        t4[f"{dname} pm-mined, no LogSoftmax"] = w.tofu(w.decoder("other-tofu", d, combine="sum"))
+    return t4
 
-    # ---- upper bounds (each model fine-tuned directly) and proxy-tuning (the paper's baselines)
-    results["baselines"] = baselines_section(zoo, models, lim, tofu, instruct)
 
-    # ---- logit-shift similarity
-    results["shift"] = shift_section(zoo, models, maps["pm-mined"], out, lim)
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="full")
+    ap.add_argument("--out", default="results/world")
+    ap.add_argument("--limit", type=int, default=60)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--alphas", default="0.25,0.5,1,1.5,2")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    w = World(args.size, args.limit)
+    results: dict = {"size": args.size, "limit": args.limit}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results["table1"], inst_dirs = table1(w, seeds)
+    strong = w.train("unlearn", "unlearn")
+    mild = w.train("unlearn", "unlearn-mild", stop_forget_loss=3.0)  # stops as soon as forget CE reaches 3
+    results["table2"] = table2(w, strong, mild)
+    results["table3"] = table3(w, strong)
+    results["alpha_sweep"] = alpha_sweep(w, [float(a) for a in args.alphas.split(",")], strong, inst_dirs[seeds[0]])
+    results["table4"] = table4(w, strong, mild)
+    results["map_counts"] = {k: v.counts() for k, v in w.maps.items() if k != "shuffled"}
+    # upper bounds (each model fine-tuned directly) and proxy-tuning (the paper's baselines)
+    results["baselines"] = baselines_section(w.zoo, w.models, args.limit, w.tofu, w.instruct)
+    results["shift"] = shift_section(w.zoo, w.models, w.maps["pm-mined"], out, args.limit)
     results["seconds"] = time.perf_counter() - t_start
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -41,6 +41,43 @@ def read_prompts(path: str | None, limit: int) -> list[str]:
     return out[:limit]
 
 
+def parse_served(specs: list[str]) -> dict[str, tuple[str, float]]:
+    """--delta NAME=PATH[:ALPHA] values -> {name: (path, alpha)}."""
+    served = {}
+    for text in specs:
+        name, _, rest = text.partition("=")
+        path, _, a = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        served[name] = (str(Path(path).expanduser()), float(a) if a else 1.0)
+    return served
+
+
+def reference(user_path: str, served: dict, jobs: list, new: int) -> tuple[list, int, int, float, int | None]:
+    """cmc's own decoder on every job: (token ids per job, answers the deltas changed, jobs with deltas, seconds,
+    the user's EOS id); the models are freed before the server starts."""
+    from cmc_cli.engine.decode import Decoder
+    from cmc_cli.engine.models import load_delta, load_lm
+    from cmc_cli.engine.sampling import GenerationConfig
+
+    user = load_lm(user_path)
+    eos = user.tokenizer.eos_token_id
+    t = time.perf_counter()
+    want = []
+    for p, x in jobs:
+        alphas = {}
+        for item in x["cmc_deltas"]:
+            n, _, a = item.partition(":")
+            alphas[n] = float(a) if a else served[n][1]
+        deltas = [load_delta(served[n][0], user, alpha=a) for n, a in alphas.items()]
+        want.append(Decoder(user, deltas, user_format="raw").generate([p], GenerationConfig(max_new_tokens=new))[0].token_ids)
+    plain = Decoder(user, [], user_format="raw")
+    with_d = [(p, w) for (p, x), w in zip(jobs, want) if x["cmc_deltas"]]
+    moved = sum(w != plain.generate([p], GenerationConfig(max_new_tokens=new))[0].token_ids for p, w in with_d)
+    ref_s = time.perf_counter() - t
+    del user, deltas, plain  # the server needs the memory
+    gc.collect()
+    return want, moved, len(with_d), ref_s, eos
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--user", required=True)
@@ -52,40 +89,16 @@ def main() -> None:
     ap.add_argument("--vllm-args", default="--gpu-memory-utilization 0.1 --max-model-len 1024 --seed 0")
     args = ap.parse_args()
 
-    from cmc_cli.engine.decode import Decoder
-    from cmc_cli.engine.models import load_delta, load_lm
-    from cmc_cli.engine.sampling import GenerationConfig
     from cmc_cli.serve.launch import ServerProcess
 
-    served = {}
-    for text in args.delta:
-        name, _, rest = text.partition("=")
-        path, _, a = rest.rpartition(":") if ":" in rest else (rest, "", "")
-        served[name] = (str(Path(path).expanduser()), float(a) if a else 1.0)
+    served = parse_served(args.delta)
     names = list(served)
     choices = [{"cmc_deltas": []}] + [{"cmc_deltas": [n]} for n in names] + [{"cmc_deltas": [f"{n}:0.5"]} for n in names]
     if len(names) > 1:
         choices.append({"cmc_deltas": [f"{names[0]}:0.7", f"{names[1]}:1.3"]})
     prompts = read_prompts(args.prompts, args.limit)
     jobs = [(p, choices[i % len(choices)]) for i, p in enumerate(prompts)]
-
-    user = load_lm(args.user)
-    eos = user.tokenizer.eos_token_id
-    t = time.perf_counter()
-    want = []
-    for p, x in jobs:
-        alphas = {}
-        for item in x["cmc_deltas"]:
-            n, _, a = item.partition(":")
-            alphas[n] = float(a) if a else served[n][1]
-        deltas = [load_delta(served[n][0], user, alpha=a) for n, a in alphas.items()]
-        want.append(Decoder(user, deltas, user_format="raw").generate([p], GenerationConfig(max_new_tokens=args.new))[0].token_ids)
-    plain = Decoder(user, [], user_format="raw")
-    with_d = [(p, w) for (p, x), w in zip(jobs, want) if x["cmc_deltas"]]
-    moved = sum(w != plain.generate([p], GenerationConfig(max_new_tokens=args.new))[0].token_ids for p, w in with_d)
-    ref_s = time.perf_counter() - t
-    del user, deltas, plain  # the server needs the memory
-    gc.collect()
+    want, moved, n_with, ref_s, eos = reference(args.user, served, jobs, args.new)
 
     log = Path(tempfile.mkdtemp()) / "serve.log"
     serve_args = [args.user] + sum((["-d", f"{n}={pa}:{a}"] for n, (pa, a) in served.items()), [])
@@ -107,7 +120,7 @@ def main() -> None:
             print(f"  DIFFERS {x['cmc_deltas']} {p[:50]!r}: serve {g[:12]}... generate {w[:12]}...")
     for k, v in by_choice.items():
         print(f"  cmc_deltas {k}: {sum(v)}/{len(v)} equal token for token")
-    print(f"  answers the deltas changed (against the user alone): {moved}/{len(with_d)}")
+    print(f"  answers the deltas changed (against the user alone): {moved}/{n_with}")
     sys.exit(0 if all(all(v) for v in by_choice.values()) else 1)
 
 
