@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -77,6 +78,17 @@ def resumed(out: Path, res: dict) -> dict:
     return res | {k: old[k] for k in ("rows", "calibration", "delta_params")} | {"seconds": old.get("seconds", 0)}
 
 
+@contextmanager
+def phase(res: dict, name: str):
+    """Adds the wall time of the block to res["phases"][name] (seconds; printed at the end and in fleet.md), so
+    that a run shows where its time went."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        res.setdefault("phases", {})[name] = res.get("phases", {}).get(name, 0.0) + time.perf_counter() - t0
+
+
 def done(res: dict, label: str, seed: int) -> dict | None:
     return next((r for r in res["rows"].get(label, []) if r.get("seed", 0) == seed), None)
 
@@ -85,16 +97,20 @@ def one_template(t, users, lms, fmt, dirs, paths, sets, brown, work, args, res, 
     formats = list(dict.fromkeys(fmt[u] for u in users))
     maps = {u: TokenMap.build(lms[t].vocab, lms[u].vocab) for u in users}
     for seed in range(args.seeds):
-        d_dir = train_idk(dirs[t], work / f"{t}-idk-s{seed}-{args.retain_loss}", formats, paths, seed, args)
+        with phase(res, "training the delta (or loading it)"):
+            d_dir = train_idk(dirs[t], work / f"{t}-idk-s{seed}-{args.retain_loss}", formats, paths, seed, args)
         res["delta_params"][t] = sum(p.numel() for p in load_lm(str(d_dir)).model.parameters())
-        texts = training_texts(d_dir, 32, lms[t], {}, None)
+        with phase(res, "calibrating"):
+            texts = training_texts(d_dir, 32, lms[t], {}, None)
         for u in users:
-            alpha = calibrated(t, u, seed, d_dir, lms, texts, maps[u], fmt[u], res)
+            with phase(res, "calibrating"):
+                alpha = calibrated(t, u, seed, d_dir, lms, texts, maps[u], fmt[u], res)
             for label, tm in (("delta", maps[u]), ("shuffled", maps[u].shuffled(seed))):
                 if done(res, f"{t} -> {u} | {label}", seed):
                     continue
-                d = load_delta(d_dir, lms[u], alpha, [tm])
-                r = row(Decoder(lms[u], [d], user_format=fmt[u]), sets, brown, args) | {"alpha": alpha, "seed": seed}
+                with phase(res, "evaluating with the delta"):
+                    d = load_delta(d_dir, lms[u], alpha, [tm])
+                    r = row(Decoder(lms[u], [d], user_format=fmt[u]), sets, brown, args) | {"alpha": alpha, "seed": seed}
                 res["rows"].setdefault(f"{t} -> {u} | {label}", []).append(r)
                 save()
                 print(f"    {label}: refusal {r['forget']['refusal']:.2f} retain {r['retain']['key_accuracy']:.2f} "
@@ -149,14 +165,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     wanted = sorted(set(args.users.split(",")) | set(args.templates.split(",")), key=MODELS.index)
     work = (Path(args.work) if args.work else assets.cache_dir() / "fleet") / "+".join(wanted)
+    t_load = time.perf_counter()
     dirs = fetcher.fetch_models(wanted)
     lms = {k: load_lm(str(dirs[k])) for k in wanted}
     fmt = {k: assets.MODELS[k].prompt_format for k in lms}
+    t_facts = time.perf_counter()
     paths, sets = fact_sets(lms, fmt, work, args)
     sets = {k: v[: args.eval_items] for k, v in sets.items()}
     brown, _ = general_texts(None, args.brown, 4)
     res = {"settings": vars(args), "facts": {k: len(v) for k, v in sets.items()}, "rows": {}, "calibration": [],
-           "params": {k: sum(p.numel() for p in lm.model.parameters()) for k, lm in lms.items()}, "delta_params": {}}
+           "params": {k: sum(p.numel() for p in lm.model.parameters()) for k, lm in lms.items()}, "delta_params": {},
+           "phases": {"loading the models": t_facts - t_load,
+                      "screening the facts (or loading them)": time.perf_counter() - t_facts}}
     out = Path(args.out) / "fleet.json"
     res = resumed(out, res)
     t0 = time.perf_counter() - res.get("seconds", 0)  # a resumed run's wall time includes the cut run's
@@ -167,7 +187,8 @@ def main() -> None:
     for u in lms:
         if not done(res, f"{u} alone", 0):
             print(f"{u} alone", flush=True)
-            res["rows"][f"{u} alone"] = [row(Decoder(lms[u], [], user_format=fmt[u]), sets, brown, args) | {"seed": 0}]
+            with phase(res, "evaluating the models alone"):
+                res["rows"][f"{u} alone"] = [row(Decoder(lms[u], [], user_format=fmt[u]), sets, brown, args) | {"seed": 0}]
             save()
     for t in args.templates.split(","):
         users = [u for u in lms if u != t and u in args.users.split(",")]
@@ -176,6 +197,7 @@ def main() -> None:
     atomic_write_json(out, res)
     atomic_write_text(out.with_suffix(".md"), markdown(res))
     print(markdown(res))
+    print("seconds by phase (this process): " + ", ".join(f"{k} {v:.0f}" for k, v in res["phases"].items()))
 
 
 def _alphas(runs) -> str:
@@ -221,7 +243,8 @@ def markdown(res: dict) -> str:
         lines.append("\nCalibration: " + "; ".join(f"{c['template']} → {c['user']} seed {c['seed']}: {c['alpha']:g} "
                                                      f"({c['seconds']:.0f} s)" for c in res["calibration"]))
     if "seconds" in res:
-        lines.append(f"\nWall time: {res['seconds']:.0f} s.")
+        lines.append(f"\nWall time: {res['seconds']:.0f} s." + ("" if not res.get("phases") else " By phase (the last "
+                     "process): " + ", ".join(f"{k} {v:.0f} s" for k, v in res["phases"].items()) + "."))
     return "\n".join(lines) + "\n"
 
 
