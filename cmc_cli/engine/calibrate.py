@@ -193,11 +193,11 @@ def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=()
     cost = {k: [v[0] - x for x in v[1:]] for k, v in u_hits.items()}
     bound = cost if texts.budgeted else {}
     alpha, why = choose(list(grid), u_top[1:], t_top[1], texts.direction, bound, budget)
-    if not texts.budgeted:
-        why += " (an instruction delta: the off-target cost is shown, not bound)"
     scans = behaviour_scan(texts, dec_t, dec_u, list(grid), within_budget(grid, bound, budget), alpha)
     if scans[2]:  # nothing within budget: no scan, the hits rule's choice stands
-        alpha, why = scans[0], scans[1] + (" (the off-target cost is shown, not bound)" if not texts.budgeted else "")
+        alpha, why = scans[0], scans[1]
+    if not texts.budgeted:
+        why += " (an instruction delta: the off-target cost is shown, not bound)"
     cal = Calibration(alpha, why, list(grid), t_fit[1], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[1],
                       {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0)
     if texts.scan == "refusal":
