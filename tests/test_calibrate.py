@@ -305,3 +305,43 @@ def test_an_idk_delta_is_calibrated_on_its_greedy_refusals(refusing, train_world
     assert reached and cal.alpha == reached[0] == scanned[-1] and "within one prompt" in cal.reason
     assert len(scanned) > 1 and cal.refusal[0][1] < cal.target_refusal - 1 / len(prompts)  # 0.25 was too weak
     assert cal.as_dict()["refusal"] == cal.refusal  # recorded
+
+
+def test_the_template_side_is_kept_and_equals_measuring_again(refusing, train_world, tmp_path):
+    """The template's side of a calibration (its fit, greedy hits and refusal rate) is kept beside the delta: the
+    next calibration reads it without loading the template and chooses exactly what measuring again chooses;
+    other texts, other delta weights or a damaged file are measured again."""
+    from safetensors.torch import load_file, save_file
+
+    from cmc_cli.engine import calibrate as C
+    from cmc_cli.engine.calkeep import KEPT_TEMPLATE, LazyTemplate
+    from cmc_cli.engine.models import load_lm
+
+    delta = tmp_path / "delta"
+    shutil.copytree(refusing, delta, ignore=shutil.ignore_patterns(KEPT_TEMPLATE))  # other tests calibrated it
+    user = load_lm(str(train_world / "template"))
+    fmt = json.loads((delta / "cmc.json").read_text())["prompt_format"]
+    lazy = LazyTemplate(str(train_world / "template"), next(user.model.parameters()).dtype)
+    texts = C.training_texts(delta, 8, lazy, {}, None)
+    first, _ = C.calibrate(delta, user, lazy, texts, (), fmt)
+    assert not first.template_kept and lazy.model is not None and (delta / KEPT_TEMPLATE).is_file()
+
+    def same(a, b):
+        return {k: v for k, v in a.as_dict().items() if k not in ("seconds", "template_kept")} == \
+            {k: v for k, v in b.as_dict().items() if k not in ("seconds", "template_kept")}
+
+    lazy2 = LazyTemplate(str(train_world / "template"), lazy.dtype)
+    again, _ = C.calibrate(delta, user, lazy2, C.training_texts(delta, 8, lazy2, {}, None), (), fmt)
+    assert again.template_kept and lazy2.model is None and same(again, first)  # the template never loaded
+    (delta / KEPT_TEMPLATE).unlink()
+    fresh, _ = C.calibrate(delta, user, load_lm(str(train_world / "template")), texts, (), fmt)
+    assert not fresh.template_kept and same(fresh, first) and first.target_refusal == 1.0
+    fewer = C.training_texts(delta, 6, lazy, {}, None)
+    assert not C.calibrate(delta, user, lazy, fewer, (), fmt)[0].template_kept  # other texts: another key
+    (delta / KEPT_TEMPLATE).write_text("{damaged")
+    assert not C.calibrate(delta, user, lazy, texts, (), fmt)[0].template_kept
+    assert C.calibrate(delta, user, lazy, texts, (), fmt)[0].template_kept  # rewritten
+    w = load_file(delta / "model.safetensors")  # a retrained delta: its weights' fingerprint changes
+    save_file({k: v * 0.5 for k, v in w.items()}, delta / "model.safetensors", metadata={"format": "pt"})
+    weak, _ = C.calibrate(delta, user, lazy, texts, (), fmt)
+    assert not weak.template_kept and weak.target_top1 != first.target_top1

@@ -66,9 +66,12 @@ def test_scorer_equals_decoder_under_teacher_forcing(world, user_key, deltas):
         assert g.token_logprobs == pytest.approx(r, abs=2e-4)
 
 
-def test_profile_gives_every_alpha_from_one_pass_as_separate_decoders_do(world):
+@pytest.mark.parametrize("sparse", [0.5, 1.0], ids=["default", "moved-columns-only"])
+def test_profile_gives_every_alpha_from_one_pass_as_separate_decoders_do(world, sparse, monkeypatch):
     """Scorer.profile's per-alpha log-probabilities, KL to the user alone and argmax hits equal a Decoder built
-    at each alpha (teacher-forced), from one forward pass of each model."""
+    at each alpha (teacher-forced), from one forward pass of each model; also with grid_normalisers reducing
+    the columns the delta moves apart from the others (this map moves 85% of the user's ids: dense by default)."""
+    monkeypatch.setattr("cmc_cli.engine.score.SPARSE_SHARE", sparse)
     user = load_lm(str(world["user_bl"]))
     prompts, answers = random_texts(4, 3), random_texts(4, 4)
     prof = Scorer(Decoder(user, [load_delta(world["delta"], user, 1.0)]), chunk=5).profile(prompts, answers, [0.0, 0.5, 2.0])
@@ -131,3 +134,26 @@ def test_answers_are_tokenized_in_context(world):
     prompt = tok("Question: Where?\nAnswer:")["input_ids"]
     assert ids == full[len(prompt):]
     assert tok.decode(ids) == " the harbour"  # byte-level: the space belongs to the answer's first token
+
+
+@pytest.mark.parametrize("moved", [0, 3, 9, 40])
+def test_grid_normalisers_reduce_only_the_moved_columns_exactly(moved):
+    """grid_normalisers' logsumexp and argmax equal a dense reduction of z = base + sum a*t at every strength,
+    whether the terms move no column, a few (the sparse path) or most (dense); ties between a moved and an
+    unmoved column go to the smaller id, as torch.argmax does on the full row."""
+    from cmc_cli.engine.score import grid_normalisers
+
+    g = torch.Generator().manual_seed(moved)
+    base = torch.randint(-3, 3, (6, 40), generator=g).float()  # integers: ties everywhere
+    terms = []
+    for _ in range(2):
+        t = torch.zeros(6, 40)
+        cols = torch.randperm(40, generator=g)[:moved]
+        t[:, cols] = torch.randint(-2, 3, (6, moved), generator=g).float()
+        terms.append(t)
+    strengths = [[0.0, 0.0], [1.0, 0.0], [0.5, 2.0], [3.0, -1.0]]
+    for alphas, (lse, arg) in zip(strengths, grid_normalisers(base, terms, strengths)):
+        z = base + alphas[0] * terms[0] + alphas[1] * terms[1]
+        assert torch.allclose(lse, torch.logsumexp(z, -1), atol=1e-5)
+        assert torch.equal(arg, z.argmax(-1))
+        assert torch.equal(arg, torch.tensor([int((r == r.max()).nonzero()[0]) for r in z]))  # the first maximum

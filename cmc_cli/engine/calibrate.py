@@ -51,12 +51,12 @@ The choice is recorded in DELTA/calibration.json (engine/calibrecord.py) with bo
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmc_cli.engine.calkeep import KEPT_TEXTS, LazyTemplate, budget_texts, template_fingerprint, template_side  # noqa: F401
 from cmc_cli.engine.calscan import ANSWER_ITEMS, REFUSAL_ITEMS, answer_rouge, refusal_rate, scan_answers, scan_refusals
 from cmc_cli.errors import CmcError
 
@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 GRID = tuple(i / 4 for i in range(1, 17))  # 0.25 .. 4.0
 COST_FLOOR = 0.02  # share of tokens: losing this few greedy hits is allowed even to a delta whose own loss is smaller
 TIE = 0.005  # hit rates this close are one plateau: the smallest alpha on it is chosen
-KEPT_TEXTS = "calibration-texts.json"  # the template's sampled general texts, kept beside the delta
 RAISE_METHODS = ("grad-diff", "grad-ascent", "kl", "npo")  # their objective raises the forget answers' NLL
 
 
@@ -107,6 +106,7 @@ class Calibration:
     target_refusal: float | None = None  # idk: template + delta's greedy refusal rate on the same prompts
     rouge_l: list[list[float]] = field(default_factory=list)  # instruct: [alpha, ROUGE-L of greedy answers] per scan step
     target_rouge_l: float | None = None  # instruct: template + delta's on the same prompts (shown, not a target)
+    template_kept: bool = False  # the template's side read from DELTA/calibration-template.json (engine/calkeep.py)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,43 +174,59 @@ def raw_decoder(dec):
 
 def calibrate(delta_dir: str | Path, user, template, texts: Texts, token_maps=(), user_format: str = "auto",
               grid=GRID) -> tuple[Calibration, object]:
-    """Measure and choose; returns the Calibration and the Delta loaded for the user (its map)."""
+    """Measure and choose; returns the Calibration and the Delta loaded for the user (its map). template: a
+    LoadedModel or a calkeep.LazyTemplate (loaded only if its side is not kept beside the delta)."""
     from cmc_cli.engine.decode import Decoder
     from cmc_cli.engine.models import load_delta
 
     t0 = time.perf_counter()
-    d_t = load_delta(delta_dir, template, 1.0)
-    if d_t.index is not None and d_t.token_map is not None:
-        raise CmcError(f"the template {template.name} has another vocabulary than delta {delta_dir}; give the template "
-                       "the delta was trained beside (--template)")
     d_u = load_delta(delta_dir, user, 1.0, token_maps)
     dec_u = Decoder(user, [d_u], user_format=user_format)
     fmt = dec_u.deltas[0].prompt_format  # of a delta trained in several formats: the one it reads for this user
-    dec_t = Decoder(template, [dataclasses.replace(d_t, prompt_format=fmt)], user_format=fmt)
-    t_fit, _, t_top, t_hits = measure(dec_t, texts, [0.0, 1.0])
+
+    def measure_side(tpl, lm) -> dict:
+        d_t = load_delta(delta_dir, tpl, 1.0, lm=lm)  # the delta's model and tokenizer loaded once
+        if d_t.index is not None and d_t.token_map is not None:
+            raise CmcError(f"the template {tpl.name} has another vocabulary than delta {delta_dir}; give the template "
+                           "the delta was trained beside (--template)")
+        dec_t = Decoder(tpl, [dataclasses.replace(d_t, prompt_format=fmt)], user_format=fmt)
+        fit, _, top, hits = measure(dec_t, texts, [0.0, 1.0])
+        return {"fit": fit, "top1": top, "hits": hits, "target": scan_target(texts, dec_t)}
+
+    side, kept = template_side(Path(delta_dir), template, texts, fmt, d_u.lm, measure_side)
+    t_fit, t_top, t_hits = side["fit"], side["top1"], side["hits"]
     u_fit, u_kl, u_top, u_hits = measure(dec_u, texts, [0.0, *grid])
     budget = {k: max(COST_FLOOR, v[0] - v[1]) for k, v in t_hits.items()}
     cost = {k: [v[0] - x for x in v[1:]] for k, v in u_hits.items()}
     bound = cost if texts.budgeted else {}
     alpha, why = choose(list(grid), u_top[1:], t_top[1], texts.direction, bound, budget)
-    scans = behaviour_scan(texts, dec_t, dec_u, list(grid), within_budget(grid, bound, budget), alpha)
+    scans = behaviour_scan(texts, side["target"], dec_u, list(grid), within_budget(grid, bound, budget), alpha)
     if scans[2]:  # nothing within budget: no scan, the hits rule's choice stands
         alpha, why = scans[0], scans[1]
     if not texts.budgeted:
         why += " (an instruction delta: the off-target cost is shown, not bound)"
     cal = Calibration(alpha, why, list(grid), t_fit[1], budget, u_fit[1:], cost, u_fit[0], u_top[1:], t_top[1],
-                      {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0)
+                      {k: v[1:] for k, v in u_kl.items()}, u_top[0], time.perf_counter() - t0, template_kept=kept)
     if texts.scan == "refusal":
-        cal.refusal, cal.target_refusal = scans[2], scans[3]
+        cal.refusal, cal.target_refusal = scans[2], side["target"]
     elif texts.scan == "rouge_l":
-        cal.rouge_l, cal.target_rouge_l = scans[2], scans[3]
+        cal.rouge_l, cal.target_rouge_l = scans[2], side["target"]
     return cal, d_u
 
 
-def behaviour_scan(texts: Texts, dec_t, dec_u, grid: list, allowed: list[int], start: float) -> tuple:
-    """The scan that follows the hits rule's choice `start` (Texts.scan): (alpha, why, [[alpha, value], ...],
-    template + delta's value on the same prompts); no scan: (start, "", [], None). dec_t: template + delta,
-    dec_u: user + delta (its strength replaced per step)."""
+def scan_target(texts: Texts, dec_t) -> float | None:
+    """Template + delta's value in the behaviour scan (Texts.scan) on the scan's prompts; None: no scan."""
+    if texts.scan == "refusal":
+        return refusal_rate(dec_t, [p for p, _ in texts.objective[:REFUSAL_ITEMS]], texts.refusals)
+    if texts.scan == "rouge_l":
+        return answer_rouge(dec_t, texts.objective[:ANSWER_ITEMS])
+    return None
+
+
+def behaviour_scan(texts: Texts, target: float | None, dec_u, grid: list, allowed: list[int], start: float) -> tuple:
+    """The scan that follows the hits rule's choice `start` (Texts.scan): (alpha, why, [[alpha, value], ...]);
+    no scan: (start, "", []). target: template + delta's value (scan_target); dec_u: user + delta (its strength
+    replaced per step)."""
     from cmc_cli.engine.decode import Decoder
 
     d_u = dec_u.deltas[0]
@@ -220,14 +236,12 @@ def behaviour_scan(texts: Texts, dec_t, dec_u, grid: list, allowed: list[int], s
 
     if texts.scan == "refusal":
         prompts = [p for p, _ in texts.objective[:REFUSAL_ITEMS]]
-        target = refusal_rate(dec_t, prompts, texts.refusals)
-        return *scan_refusals(grid, allowed, start, target, lambda a: refusal_rate(at(a), prompts, texts.refusals),
-                              len(prompts)), target
+        return scan_refusals(grid, allowed, start, target, lambda a: refusal_rate(at(a), prompts, texts.refusals),
+                             len(prompts))
     if texts.scan == "rouge_l":
         items = texts.objective[:ANSWER_ITEMS]
-        return *scan_answers(grid, allowed, start, lambda a: answer_rouge(at(a), items), len(items)), \
-            answer_rouge(dec_t, items)
-    return start, "", [], None
+        return scan_answers(grid, allowed, start, lambda a: answer_rouge(at(a), items), len(items))
+    return start, "", []
 
 
 def training_texts(delta_dir: Path, items: int, template, data: dict, general: str | None, seed: int = 0) -> Texts:
@@ -263,39 +277,8 @@ def training_texts(delta_dir: Path, items: int, template, data: dict, general: s
     retain = load_tofu(cfg["retain"])[:items] if cfg.get("retain") and Path(cfg["retain"]).is_file() else []
     texts = Texts([(e.prompt, e.response) for e in objective[:items]], direction, [(e.prompt, e.response) for e in retain],
                   budgeted=cfg.get("task") != "instruct", refusals=refusals)
-    texts.general = budget_texts(template, items, general, seed, Path(delta_dir) / KEPT_TEXTS)
-    return texts
-
-
-def budget_texts(template, n: int, path: str | None, seed: int, keep: Path | None = None) -> list[str]:
-    """The general text of the off-target budget: `path`'s first paragraphs, else `n` texts the template samples,
-    kept in `keep` (DELTA/calibration-texts.json) for the next user of the same delta and template: sampling
-    them is a large share of a calibration on 2 cores."""
-    from cmc_cli.data.general import read_plain_text
-    from cmc_cli.engine.calibrecord import weights_fingerprint
-    from cmc_cli.engine.general import sample_ids
-
-    if path:
-        return read_plain_text(path)[:n]
-    key = {"template": template.vocab.fingerprint, "weights": weights_fingerprint(template.path), "n": n, "seed": seed + 1000, "length": 48}
-    if keep is not None and keep.is_file():
-        try:
-            kept = json.loads(keep.read_text(encoding="utf-8"))
-            if kept.get("key") == key and isinstance(kept.get("texts"), list):
-                return [str(t) for t in kept["texts"]]
-        except (OSError, ValueError):
-            pass  # damaged: sampled again and rewritten
-    device = next(template.model.parameters()).device
-    ids = sample_ids(template.model, template.tokenizer, n, key["length"], key["seed"], device)
-    texts = [template.tokenizer.decode(r, skip_special_tokens=True) for r in ids.tolist()]
-    texts = [" ".join(t.split()) for t in texts if len(t.split()) > 5]
-    if keep is not None:
-        try:
-            from cmc_cli.fileio import atomic_write_json
-
-            atomic_write_json(keep, {"key": key, "texts": texts})
-        except OSError as e:
-            log.warning("cannot keep the calibration texts in %s (%s); they are sampled again next time", keep, e)
+    texts.general = budget_texts(template, items, general, seed, Path(delta_dir) / KEPT_TEXTS,
+                                 template_fingerprint(Path(delta_dir), template))
     return texts
 
 
@@ -327,8 +310,8 @@ def run_calibrate(cfg, on_phase=None) -> tuple[Calibration, dict, Path]:
     template_ref = cfg.template or meta.get("template", {}).get("ref")
     if not template_ref:
         raise CmcError(f"{delta_dir / 'cmc.json'} names no template; give the one the delta was trained beside with --template")
-    phase(f"loading template {template_ref}")
-    template = load_lm(str(template_ref), dtype=dt, device=str(dev))
+    # loaded only if what calibrations keep beside the delta (engine/calkeep.py) does not fit
+    template = LazyTemplate(str(template_ref), dt, str(dev), on_load=phase)
     phase(f"loading user model {cfg.user}")
     user = load_lm(cfg.user, dtype=dt, device=str(dev))
     texts = training_texts(delta_dir, cfg.items, template,

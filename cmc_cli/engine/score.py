@@ -194,8 +194,8 @@ class Scorer:
         """One chunk's per-strength log-probabilities of the targets, KL(user alone || combined) and argmax hits
         (the last two when u_logits is given), into acc. For final = z - logsumexp(z), z = base + sum a*t:
         log p(target) = z[target] - lse, sum_v p_alone*final = sum p_alone*base + sum a*(p_alone . t) - lse and
-        argmax final = argmax z, so each strength costs one sum, one logsumexp and one argmax over the vocabulary
-        (the dot products with the user's distribution are taken once)."""
+        argmax final = argmax z, so each strength costs one sum, one logsumexp and one argmax over the columns a
+        delta moves (grid_normalisers; the dot products with the user's distribution are taken once)."""
         tgt = targets[:, None]
         base_t, terms_t = base.gather(-1, tgt)[:, 0], [t.gather(-1, tgt)[:, 0] for t in terms]
         if u_logits is not None:
@@ -204,19 +204,15 @@ class Scorer:
             p = alone.exp()
             p_alone = (p * alone).sum(-1)
             p_base, p_terms = p_alone if plain else (p * base).sum(-1), [(p * t).sum(-1) for t in terms]
-        for key in keys:
-            alphas_k = [d.alpha if key is None else key for d in self.dec.deltas]
-            z = base
-            for a, t in zip(alphas_k, terms):
-                z = torch.add(z, t, alpha=a)
-            lse = torch.logsumexp(z, dim=-1)
+        strengths = [[d.alpha if key is None else key for d in self.dec.deltas] for key in keys]
+        for key, alphas_k, (lse, top) in zip(keys, strengths, grid_normalisers(base, terms, strengths)):
             acc[key][0].append(base_t + sum(a * t for a, t in zip(alphas_k, terms_t)) - lse)
             if u_logits is not None:
                 kl = p_alone - (p_base + sum(a * t for a, t in zip(alphas_k, p_terms)) - lse)
                 if self.dec.expert is None and not any(alphas_k):  # the user alone: exactly nothing changed
                     kl = torch.zeros_like(kl)
                 acc[key][1].append(kl.clamp(min=0.0))  # >= 0; float32 rounding of the logsumexp: ~1e-5 relative
-                acc[key][2].append((z.argmax(-1) == targets).float())
+                acc[key][2].append((top == targets).float())
 
     def _score_by_decoding(self, prompts: list[str], a_ids: list[list[int]]) -> list[Scored]:
         """With a look-ahead map, each step's candidates depend on that step's user logits, so the answers are
@@ -263,3 +259,46 @@ class Scorer:
             want.append(items)
             extras.append(sum(len(c) for _, c in conts))
         return _tree_hidden(lm.model, rows, want, lm.pad_id), extras
+
+
+SPARSE_SHARE = 0.5  # columns some delta moves, at most this share of the vocabulary: the others are reduced once
+
+
+def grid_normalisers(base: torch.Tensor, terms: list[torch.Tensor], strengths: list[list[float]],
+                     sparse: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per strength list (one alpha per term): (logsumexp z, argmax z) per row, z = base + sum_i a_i * terms_i.
+    A column where every term is 0 in this chunk (a user id no delta id maps to: delta_term gives it exactly 0)
+    has z = base at every strength, so its part of the logsumexp and its maximum are taken once and each
+    strength reduces only the moved columns: lse = logaddexp(lse_rest, lse_moved), the argmax the larger side's,
+    on a tie the smaller id (torch's argmax: the first). Through exact-ext 21% of Gemma-3's ids and 28% of
+    Qwen2.5's are moved by a SmolLM2 delta: a calibration's 17 strengths cost ~1/4 of the dense reductions."""
+    live = torch.zeros(base.shape[-1], dtype=torch.bool, device=base.device)
+    for t in terms:
+        live |= (t != 0).any(0)
+    n_live = int(live.sum())
+    if not terms or n_live == 0 or n_live > (SPARSE_SHARE if sparse is None else sparse) * base.shape[-1]:
+        return [_dense(base, terms, alphas) for alphas in strengths]
+    cols, rest = live.nonzero()[:, 0], (~live).nonzero()[:, 0]
+    b_rest = base[:, rest]
+    lse_rest, arg_rest = torch.logsumexp(b_rest, -1), b_rest.argmax(-1)
+    max_rest, arg_rest = b_rest.gather(-1, arg_rest[:, None])[:, 0], rest[arg_rest]
+    sub = _dense(base[:, cols], [t[:, cols] for t in terms], None)
+    out = []
+    for alphas in strengths:
+        lse, arg, top = sub(alphas)
+        arg = cols[arg]
+        best = torch.where(top > max_rest, arg, torch.where(top < max_rest, arg_rest, torch.minimum(arg, arg_rest)))
+        out.append((torch.logaddexp(lse_rest, lse), best))
+    return out
+
+
+def _dense(base: torch.Tensor, terms: list[torch.Tensor], alphas):
+    """(logsumexp z, argmax z) of z = base + sum a*t; alphas None: a function of the alphas giving (lse, argmax, max)."""
+    def at(alphas_k):
+        z = base
+        for a, t in zip(alphas_k, terms):
+            z = torch.add(z, t, alpha=a)
+        arg = z.argmax(-1)
+        return torch.logsumexp(z, dim=-1), arg, z.gather(-1, arg[:, None])[:, 0]
+
+    return at if alphas is None else at(alphas)[:2]
