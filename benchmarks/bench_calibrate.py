@@ -8,7 +8,7 @@ exact-ext from SmolLM2 moves 21% of Gemma-3's ids), and _chunk_stats reducing on
 (score.grid_normalisers) is timed against the same with every column reduced per strength.
 
     python benchmarks/bench_calibrate.py [--vocab 262144] [--tokens 256] [--repeats 5] [--moved 0.21]
-    python benchmarks/bench_calibrate.py --delta DELTA --user USER [--template T]
+    python benchmarks/bench_calibrate.py --delta DELTA --user USER [--template T] [--dtype bf16]
 
 Gemma-3's vocabulary (262,144) is the default: the real pair's user, where calibration spent most of its time.
 The second form times whole calibrations of a real delta (a copy of it, in-process, models loaded): the first,
@@ -72,9 +72,10 @@ def main() -> None:
     ap.add_argument("--delta", help="time whole calibrations of this delta (with --user)")
     ap.add_argument("--user")
     ap.add_argument("--template", help="(default: the one the delta's cmc.json names)")
+    ap.add_argument("--dtype", default="fp32", help="fp32 | bf16: both models' (cmc calibrate --dtype)")
     args = ap.parse_args()
     if args.delta:
-        return whole(args.delta, args.user, args.template)
+        return whole(args.delta, args.user, args.template, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     g = torch.Generator().manual_seed(0)
     u = torch.randn(args.tokens, args.vocab, generator=g) * 3
     base = F.log_softmax(u, dim=-1)
@@ -107,7 +108,7 @@ def main() -> None:
               f"columns only {t_sparse:.2f} s ({t_dense / t_sparse:.2f}x); error {err_c:.1e}, argmax hits equal: {same}")
 
 
-def whole(delta: str, user_ref: str, template_ref: str | None) -> None:
+def whole(delta: str, user_ref: str, template_ref: str | None, dtype) -> None:
     """Two calibrations of a copy of `delta` for `user_ref`: the template's side measured, then kept."""
     import shutil
     import tempfile
@@ -120,12 +121,12 @@ def whole(delta: str, user_ref: str, template_ref: str | None) -> None:
     work = Path(tempfile.mkdtemp()) / "delta"
     shutil.copytree(delta, work, ignore=shutil.ignore_patterns("checkpoints", KEPT_TEMPLATE, "calibration.json"))
     t0 = time.perf_counter()
-    user = load_lm(user_ref, dtype=torch.float32)
-    print(f"{platform.machine()}, {torch.get_num_threads()} threads; {delta} on {user_ref}; user loaded in "
+    user = load_lm(user_ref, dtype=dtype)
+    print(f"{platform.machine()}, {torch.get_num_threads()} threads, {dtype}; {delta} on {user_ref}; user loaded in "
           f"{time.perf_counter() - t0:.1f} s")
     ref = template_ref or read_delta_meta(work)["template"]["ref"]
     for what in ("first (template side measured and kept)", "next (template side read)"):
-        lazy = LazyTemplate(str(ref), torch.float32)
+        lazy = LazyTemplate(str(ref), dtype)
         t0 = time.perf_counter()
         cal, _ = calibrate(work, user, lazy, training_texts(work, 32, lazy, {}, None))
         print(f"{what}: {time.perf_counter() - t0:.1f} s, alpha {cal.alpha:g}, template loaded: {lazy.model is not None}")
