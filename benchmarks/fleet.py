@@ -61,7 +61,7 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-SHAPING = ("eval_items", "delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown", "retain_loss")
+SHAPING = ("eval_items", "delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown", "retain_loss", "eval_batch")
 
 
 def resumed(out: Path, res: dict) -> dict:

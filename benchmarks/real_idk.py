@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_facts import answers_correctly, candidates  # noqa: E402
-from real_unlearn import FORGET_TOPICS, STOP, screen, write_jsonl  # noqa: E402
+from real_facts import candidates  # noqa: E402
+from real_unlearn import FORGET_TOPICS, STOP, screen_kept, write_jsonl  # noqa: E402
 
 from cmc_cli import assets  # noqa: E402
 from cmc_cli import fetch as fetcher  # noqa: E402
@@ -88,8 +88,7 @@ def fact_sets(lms, fmt, work: Path, args) -> tuple[dict, dict]:
     """The facts every model answers correctly, split into forget (capitals), retain and held-out (each other
     topic alternately), written as TOFU files; returns their paths and the loaded sets."""
     facts = candidates()
-    answers = screen(facts, lms, fmt, work / "screen", args)
-    kept = [i for i in range(len(facts)) if all(answers_correctly(answers[k][i], facts[i].key) for k in lms)]
+    kept = screen_kept(facts, lms, fmt, work / "screen", args)
     by_topic: dict[str, list[int]] = {}
     for i in kept:
         by_topic.setdefault(facts[i].topic, []).append(i)
@@ -107,7 +106,8 @@ def fact_sets(lms, fmt, work: Path, args) -> tuple[dict, dict]:
 def evaluate(dec: Decoder, sets: dict[str, list[TofuItem]], args) -> dict:
     out = {}
     for name, items in sets.items():
-        ev = TofuEvaluator(dec, {"forget" if name == "forget" else "heldout": items}, batch_size=8, truth_ratio=False)
+        ev = TofuEvaluator(dec, {"forget" if name == "forget" else "heldout": items}, batch_size=getattr(args, "eval_batch", 8),
+                           truth_ratio=False)
         ev.gen_cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=STOP)
         out[name] = next(iter(ev.run().values()))
     return out

@@ -60,7 +60,7 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-SHAPING = ("delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown", "retain_loss")  # settings a row depends on
+SHAPING = ("delta", "lr", "batch_size", "max_steps", "max_new_tokens", "brown", "retain_loss", "eval_batch")  # a row depends on
 
 
 def reusable(files: str, args, facts: dict) -> dict:
@@ -92,14 +92,16 @@ def run_args(ap: argparse.ArgumentParser, brown: int) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--brown", type=int, default=brown, help="Brown-corpus sentences scored per row")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-batch", type=int, default=8, help="questions answered per batch (README's tour: 16, a "
+                    "10-item set in one batch; the same greedy answers up to padding's float rounding)")
     ap.add_argument("--retain-loss", default=UNLEARN_METHODS["idk"][1], choices=RETAIN_TERMS,
                     help="the idk delta's retain term (default: cmc unlearn's; recorded, and part of each delta's name)")
 
 
 def old_settings(s: dict) -> dict:
     """An earlier run's settings, with the retain term it trained with where it predates the option (nll,
-    the default then)."""
-    return {"retain_loss": "nll"} | s
+    the default then) and the batch it answered in (8)."""
+    return {"retain_loss": "nll", "eval_batch": 8} | s
 
 
 def train(tk, uk, dirs, paths, fmt, work: Path, seed: int, silence: float | None, args) -> Path:
