@@ -345,3 +345,22 @@ def test_the_template_side_is_kept_and_equals_measuring_again(refusing, train_wo
     save_file({k: v * 0.5 for k, v in w.items()}, delta / "model.safetensors", metadata={"format": "pt"})
     weak, _ = C.calibrate(delta, user, lazy, texts, (), fmt)
     assert not weak.template_kept and weak.target_top1 != first.target_top1
+
+
+def test_a_template_without_a_path_is_measured_every_time(refusing, train_world, tmp_path):
+    """Nothing identifies the weights of a template built in memory (path None): its side is never kept."""
+    import dataclasses
+
+    from cmc_cli.engine import calibrate as C
+    from cmc_cli.engine.calkeep import KEPT_TEMPLATE
+    from cmc_cli.engine.models import load_lm
+
+    delta = tmp_path / "delta"
+    shutil.copytree(refusing, delta, ignore=shutil.ignore_patterns(KEPT_TEMPLATE))
+    user = load_lm(str(train_world / "template"))
+    template = dataclasses.replace(load_lm(str(train_world / "template")), path=None)
+    fmt = json.loads((delta / "cmc.json").read_text())["prompt_format"]
+    texts = C.training_texts(delta, 6, load_lm(str(train_world / "template")), {}, None)
+    for _ in range(2):
+        assert not C.calibrate(delta, user, template, texts, (), fmt)[0].template_kept
+    assert not (delta / KEPT_TEMPLATE).exists()

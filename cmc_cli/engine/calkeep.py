@@ -109,6 +109,7 @@ def budget_texts(template, n: int, path: str | None, seed: int, keep: Path | Non
 
     if path:
         return read_plain_text(path)[:n]
+    keep = keep if template.path is not None else None  # a template built in memory: nothing identifies it
     key = {"template": fingerprint or loaded(template).vocab.fingerprint, "weights": weights_fingerprint(template.path),
            "n": n, "seed": seed + 1000, "length": 48}
     kept = _read(keep, key) if keep is not None else None
@@ -144,6 +145,8 @@ def template_side(delta_dir: Path, template, texts, fmt: str, delta_lm, measure_
     """({"fit", "top1", "hits", "target"}, kept): the template's side, from DELTA/calibration-template.json when
     its key matches, else measure_side(template LoadedModel) (engine/calibrate.py) and kept."""
     path = Path(delta_dir) / KEPT_TEMPLATE
+    if template.path is None:  # a model built in memory: nothing identifies its weights, so nothing is kept
+        return measure_side(loaded(template), delta_lm), False
     key = side_key(delta_dir, template, texts, fmt)
     kept = _read(path, key)
     if kept is not None and all(k in kept for k in ("fit", "top1", "hits", "target")):
