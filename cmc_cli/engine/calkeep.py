@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,12 @@ class LazyTemplate:
     device: str = "cpu"
     on_load: object = None  # called with a message before loading (the CLI's phase line)
     model: object = None
+    path: Path | None = field(init=False)  # resolved once, without loading
 
-    @property
-    def path(self) -> Path | None:
+    def __post_init__(self):
         from cmc_cli.refs import resolve
 
-        return resolve(self.ref).path
+        self.path = resolve(self.ref).path
 
     def get(self):
         if self.model is None:

@@ -277,28 +277,25 @@ def grid_normalisers(base: torch.Tensor, terms: list[torch.Tensor], strengths: l
         live |= (t != 0).any(0)
     n_live = int(live.sum())
     if not terms or n_live == 0 or n_live > (SPARSE_SHARE if sparse is None else sparse) * base.shape[-1]:
-        return [_dense(base, terms, alphas) for alphas in strengths]
+        return [_reduce(base, terms, alphas)[:2] for alphas in strengths]
     cols, rest = live.nonzero()[:, 0], (~live).nonzero()[:, 0]
     b_rest = base[:, rest]
     lse_rest, arg_rest = torch.logsumexp(b_rest, -1), b_rest.argmax(-1)
     max_rest, arg_rest = b_rest.gather(-1, arg_rest[:, None])[:, 0], rest[arg_rest]
-    sub = _dense(base[:, cols], [t[:, cols] for t in terms], None)
+    b_live, t_live = base[:, cols], [t[:, cols] for t in terms]
     out = []
     for alphas in strengths:
-        lse, arg, top = sub(alphas)
+        lse, arg, top = _reduce(b_live, t_live, alphas)
         arg = cols[arg]
         best = torch.where(top > max_rest, arg, torch.where(top < max_rest, arg_rest, torch.minimum(arg, arg_rest)))
         out.append((torch.logaddexp(lse_rest, lse), best))
     return out
 
 
-def _dense(base: torch.Tensor, terms: list[torch.Tensor], alphas):
-    """(logsumexp z, argmax z) of z = base + sum a*t; alphas None: a function of the alphas giving (lse, argmax, max)."""
-    def at(alphas_k):
-        z = base
-        for a, t in zip(alphas_k, terms):
-            z = torch.add(z, t, alpha=a)
-        arg = z.argmax(-1)
-        return torch.logsumexp(z, dim=-1), arg, z.gather(-1, arg[:, None])[:, 0]
-
-    return at if alphas is None else at(alphas)[:2]
+def _reduce(base: torch.Tensor, terms: list[torch.Tensor], alphas) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logsumexp z, argmax z, max z) per row of z = base + sum a*t."""
+    z = base
+    for a, t in zip(alphas, terms):
+        z = torch.add(z, t, alpha=a)
+    arg = z.argmax(-1)
+    return torch.logsumexp(z, dim=-1), arg, z.gather(-1, arg[:, None])[:, 0]
