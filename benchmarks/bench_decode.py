@@ -13,6 +13,7 @@ segmentation). Variants, each decoding `--new` tokens greedily for batch 1 and 8
   (c) cmc-cross   + a delta with another vocabulary (text re-tokenized, KV prefix reused); its output layer
                   gathered to the ids the map uses and the vocabulary mean (engine/heads.GatheredHead)
   (c') cmc-cross-full  the same through the delta's full output layer
+  (c'') cmc-cross-hf    the same through `transformers`' trunk instead of engine/leantrunk.py
   (d) proxy       proxy-tuning: + expert - anti-expert, both shaped like the user (the paper's setting:
                   tuned and untuned copies of a template-sized model)
 Prints tokens/s and the ratios (b)/(a), (c)/(a), (c)/(d), and for (c) how many delta tokens are
@@ -101,13 +102,14 @@ def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
 
 def one_batch(B: int, variants: dict, prompts: list[str], args, device) -> None:
     """Every variant at batch B (median of args.repeats), then the ratios."""
-    from cmc_cli.engine import heads
+    from cmc_cli.engine import heads, leantrunk
     from cmc_cli.engine.sampling import GenerationConfig
 
     cfg = GenerationConfig(max_new_tokens=args.new)
     rates = {}
     for name, dec in variants.items():
         heads.GATHER = name != "cmc-cross-full"
+        leantrunk.LEAN = name != "cmc-cross-hf"
         med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
         rates[name] = B * args.new / med
         extra = ""
@@ -121,10 +123,11 @@ def one_batch(B: int, variants: dict, prompts: list[str], args, device) -> None:
             extra = (f"   delta tokens computed per generated token {per:.2f}, per delta token of the text "
                      f"{fed / max(1, needed):.2f} (random models' output)")
         print(f"batch {B}  {name:<10} {rates[name]:9.1f} tok/s  {med * 1000 / args.new:8.1f} ms/step{extra}")
-    heads.GATHER = True
+    heads.GATHER, leantrunk.LEAN = True, True
     print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
           f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}   (c)/(c') gathered/full head "
-          f"{rates['cmc-cross'] / rates['cmc-cross-full']:.2f}")
+          f"{rates['cmc-cross'] / rates['cmc-cross-full']:.2f}   (c)/(c'') lean/transformers trunk "
+          f"{rates['cmc-cross'] / rates['cmc-cross-hf']:.2f}")
 
 
 def teacher_forced_prose(user, delta, prompt: str) -> None:
@@ -175,6 +178,7 @@ def main() -> None:
         "cmc-same": Decoder(user, [Delta(d_same, 1.0, fmt, None)]),
         "cmc-cross": Decoder(user, [Delta(d_cross, 1.0, fmt, tm.index_tensor())]),
         "cmc-cross-full": Decoder(user, [Delta(d_cross, 1.0, fmt, tm.index_tensor())]),
+        "cmc-cross-hf": Decoder(user, [Delta(d_cross, 1.0, fmt, tm.index_tensor())]),  # transformers' trunk
         "proxy": Decoder(user, expert=expert, anti_expert=anti),
     }
     params = lambda m: sum(p.numel() for p in m.model.parameters()) / 1e6  # noqa: E731

@@ -18,6 +18,10 @@ median wall time gives tokens/s. Variants:
   vllm+cmc    vLLM with cmc's processor, every request using the delta
   cmc         `cmc generate`'s decoder at batch N (transformers), with the delta
   user        `cmc generate`'s decoder at batch N, the user alone
+  vllm+noop   (on request) vLLM with cmc's processor loaded and no request using a delta: what the
+              processor's interface costs by itself
+  paired      (on request) one vLLM engine with cmc's processor, runs without (paired:noop) and with the
+              delta (paired:cmc) alternating: the delta's own cost, free of the drift between processes
 """
 
 from __future__ import annotations
@@ -91,9 +95,8 @@ def build(workdir: Path, shape: str) -> tuple[Path, Path]:
     return user_dir, delta_dir
 
 
-def run_vllm(user: Path, delta: Path | None, batches: list[int], new: int, repeats: int, dtype: str,
-             mem: float = 0.3) -> dict:
-    from vllm import LLM, SamplingParams
+def _engine(user: Path, delta: Path | None, dtype: str, mem: float):
+    from vllm import LLM
 
     kw = {}
     if delta is not None:
@@ -104,21 +107,53 @@ def run_vllm(user: Path, delta: Path | None, batches: list[int], new: int, repea
     import torch
 
     cpu = not torch.cuda.is_available()
-    llm = LLM(model=str(user), dtype=dtype, enforce_eager=cpu, max_model_len=1024, seed=0,
-              gpu_memory_utilization=mem if cpu else 0.85, **kw)
-    extra = {"cmc_deltas": ["d"]} if delta is not None else None
-    sp = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True, extra_args=extra)
+    return LLM(model=str(user), dtype=dtype, enforce_eager=cpu, max_model_len=1024, seed=0,
+               gpu_memory_utilization=mem if cpu else 0.85, **kw)
+
+
+def _timed(llm, prompts: list[str], sp, new: int) -> float:
+    t = time.perf_counter()
+    res = llm.generate(prompts, sp, use_tqdm=False)
+    dt = time.perf_counter() - t
+    assert all(len(r.outputs[0].token_ids) == new for r in res)
+    return dt
+
+
+def _params(new: int, deltas: list[str] | None):
+    from vllm import SamplingParams
+
+    extra = {"cmc_deltas": deltas} if deltas is not None else None
+    return SamplingParams(temperature=0, max_tokens=new, ignore_eos=True, extra_args=extra)
+
+
+def run_vllm(user: Path, delta: Path | None, batches: list[int], new: int, repeats: int, dtype: str,
+             mem: float = 0.3, noop: bool = False) -> dict:
+    llm = _engine(user, delta, dtype, mem)
+    sp = _params(new, None if delta is None else [] if noop else ["d"])
     out = {}
     for B in batches:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(B)]
-        llm.generate(prompts, sp, use_tqdm=False)  # warm-up at full size
-        times = []
+        _timed(llm, prompts, sp, new)  # warm-up at full size
+        out[B] = B * new / statistics.median([_timed(llm, prompts, sp, new) for _ in range(repeats)])
+    return out
+
+
+def run_paired(user: Path, delta: Path, batches: list[int], new: int, repeats: int, dtype: str, mem: float = 0.3) -> dict:
+    """One engine with cmc's processor; runs without and with the delta alternate, so the machine's drift
+    (±10% between processes here) falls on both alike."""
+    llm = _engine(user, delta, dtype, mem)
+    sps = {"paired:noop": _params(new, []), "paired:cmc": _params(new, ["d"])}
+    out = {name: {} for name in sps}
+    for B in batches:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(B)]
+        times = {name: [] for name in sps}
+        for sp in sps.values():
+            _timed(llm, prompts, sp, new)  # warm-up at full size
         for _ in range(repeats):
-            t = time.perf_counter()
-            res = llm.generate(prompts, sp, use_tqdm=False)
-            times.append(time.perf_counter() - t)
-            assert all(len(r.outputs[0].token_ids) == new for r in res)
-        out[B] = B * new / statistics.median(times)
+            for name, sp in sps.items():
+                times[name].append(_timed(llm, prompts, sp, new))
+        for name in sps:
+            out[name][B] = B * new / statistics.median(times[name])
     return out
 
 
@@ -149,7 +184,8 @@ def run_cmc(user: Path, delta: Path | None, batches: list[int], new: int, repeat
     return out
 
 
-VARIANTS = {"vllm": (run_vllm, False), "vllm+cmc": (run_vllm, True), "cmc": (run_cmc, True), "user": (run_cmc, False)}
+VARIANTS = {"vllm": (run_vllm, False), "vllm+cmc": (run_vllm, True), "cmc": (run_cmc, True), "user": (run_cmc, False),
+            "vllm+noop": (run_vllm, True), "paired": (run_paired, True)}  # the last two on request
 
 
 def main() -> None:
@@ -159,7 +195,8 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32", help="concurrent requests")
     ap.add_argument("--repeats", type=int, default=3, help="median of N")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cmc-bench-serve")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="vllm,vllm+cmc,cmc,user",
+                    help="any of " + ",".join(VARIANTS) + " (vllm+noop: the processor's own cost)")
     ap.add_argument("--user", type=Path, help="a real user model directory (instead of the random --shape ones)")
     ap.add_argument("--delta", type=Path, help="a trained delta directory, with --user")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: bfloat16 on a GPU, else float32")
@@ -176,7 +213,8 @@ def main() -> None:
     user, delta = (args.user, args.delta) if args.user else build(args.workdir, args.shape)
     if args.only:
         fn, with_delta = VARIANTS[args.only]
-        extra = {"mem": args.mem_fraction} if fn is run_vllm else {}
+        extra = {"mem": args.mem_fraction} if fn in (run_vllm, run_paired) else {}
+        extra.update({"noop": args.only == "vllm+noop"} if fn is run_vllm else {})
         print("RESULT " + json.dumps(fn(user, delta if with_delta else None, batches, args.new, args.repeats, dtype, **extra)))
         return
     ucfg, dcfg = (text_config(json.loads((p / "config.json").read_text())) for p in (user, delta))
@@ -197,14 +235,17 @@ def main() -> None:
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if res.returncode != 0 or line is None:
             raise SystemExit(f"{name} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-        rates[name] = {int(k): v for k, v in json.loads(line[7:]).items()}
+        got = json.loads(line[7:])
+        for n, r in (got.items() if name == "paired" else [(name, got)]):
+            rates[n] = {int(k): v for k, v in r.items()}
         print(f"  {name}: done in {time.perf_counter() - t:.0f} s", flush=True)
-    print(f"{'concurrent':>10} " + " ".join(f"{n:>9}" for n in rates) + "   vllm+cmc/vllm  cmc/user")
+    print(f"{'concurrent':>10} " + " ".join(f"{n:>11}" for n in rates) + "   vllm+cmc/vllm  cmc/user  paired cmc/noop")
     for B in batches:
-        row = " ".join(f"{rates[n][B]:9.1f}" for n in rates)
+        row = " ".join(f"{rates[n][B]:11.1f}" for n in rates)
         r1 = rates.get("vllm+cmc", {}).get(B, float("nan")) / rates.get("vllm", {}).get(B, float("nan"))
         r2 = rates.get("cmc", {}).get(B, float("nan")) / rates.get("user", {}).get(B, float("nan"))
-        print(f"{B:>10} {row}   {r1:13.2f}  {r2:8.2f}")
+        r3 = rates.get("paired:cmc", {}).get(B, float("nan")) / rates.get("paired:noop", {}).get(B, float("nan"))
+        print(f"{B:>10} {row}   {r1:13.2f}  {r2:8.2f}  {r3:15.2f}")
     print("(tokens/s: generated tokens of all requests / wall time)")
 
 

@@ -54,11 +54,12 @@ def test_idk_delta_makes_the_other_vocabulary_refuse_beyond_the_shuffled_control
     assert _mean(alone, "forget", "refusal") == 0.0
     # stated bounds for the reduced world's short run (150 steps, batch 4; docs/world.md): retain key accuracy
     # within 0.15 of the model alone, held-out within 0.5 (it falls to 0.60 from 1.00 here; on the full
-    # world 0.96), and no refusals of retain or held-out questions
+    # world 0.96), and no refusals of retain or held-out questions. The world is built on the machine that runs
+    # the test: on an AVX2-only x86-64 the exact map's retain accuracy is 0.85, on the bound.
     for m in ("exact", "exact-ext"):  # pm-suppress costs retain more (0.82 here, 0.92 on the full world)
         r = _row(rows, f"other + delta ({m} map)")
         for kind, bound in (("retain", 0.15), ("heldout", 0.5)):
-            assert _mean(r, kind, "key_accuracy") > _mean(alone, kind, "key_accuracy") - bound, (m, kind)
+            assert _mean(r, kind, "key_accuracy") >= _mean(alone, kind, "key_accuracy") - bound - 1e-9, (m, kind)
             assert _mean(r, kind, "refusal") <= 0.1, (m, kind)
     tmpl = _row(rows, "template + delta")
     assert _mean(tmpl, "forget", "refusal") > 0.4  # the template itself refuses

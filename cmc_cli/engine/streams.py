@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from cmc_cli.engine.heads import head_logits
+from cmc_cli.engine.leantrunk import LeanTrunk
 from cmc_cli.errors import CmcError
 
 
@@ -98,12 +99,13 @@ class ResyncLM:
     def __init__(self, model, batch_size: int, pad_id: int = 0, head=None):
         self.model = model
         self.head = head  # hidden -> the logits feed returns (default the model's own output layer)
-        self.trunk = model.get_decoder()
-        self.cache_kw = cache_kwarg(self.trunk)
+        lean = LeanTrunk.for_model(model)  # engine/leantrunk.py, where it applies
+        self.trunk = lean or model.get_decoder()
+        self.cache_kw = "cache" if lean else cache_kwarg(self.trunk)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self.B = batch_size
-        self.cache = _new_cache(model)
+        self.cache = lean.new_cache() if lean else _new_cache(model)
         self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
         self.slots: list[list[int]] = [[] for _ in range(batch_size)]  # cache positions of each row's tokens
         self.tokens_fed = 0
@@ -174,8 +176,9 @@ class ResyncLM:
             self.tokens_fed += k
             self.fed[r] += k
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
+        live = {"live": new_mask.to(self.device).bool()} if isinstance(self.trunk, LeanTrunk) else {}
         out = self.trunk(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos.to(self.device),
-                         use_cache=True, **{self.cache_kw: self.cache})
+                         use_cache=True, **{self.cache_kw: self.cache}, **live)
         if T == 0:  # the first feed built the cache's layers: check them once
             self._check_full_attention()
         h = out.last_hidden_state[torch.arange(self.B, device=self.device), last.to(self.device)]
