@@ -45,6 +45,8 @@ class GatheredHead:
         self.used = used  # delta ids, ascending
         w = weight.detach().float()
         self.weight = torch.cat([w.index_select(0, used.to(w.device)), w.mean(dim=0, keepdim=True)])
+        # the same transposed, (H, mapped + 1), for one or two rows (below)
+        self.weight_t = self.weight.T.contiguous() if self.weight.device.type == "cpu" else None
         self.index = torch.full_like(index, -1)
         self.index[index >= 0] = inverse
         self.full_width = int(weight.shape[0])
@@ -73,10 +75,18 @@ class GatheredHead:
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., len(used) + 1) float32: the used ids' logits, then the mean of all V_delta."""
-        # weight @ hidden^T: for a few rows MKL's kernel for this order is up to 2x faster on CPU than
-        # hidden @ weight^T (benchmarks/bench_serve.py's delta step)
+        # A decode step's few rows: on CPU MKL's fastest order depends on their number (docs/decoding.md):
+        # hidden @ weight_t for one or two (3x faster than hidden @ weight^T at 1), weight @ hidden^T up to 64
+        # (up to 2x faster at 8); a scorer's long chunks keep the plain order (and a contiguous result).
         flat = hidden.reshape(-1, hidden.shape[-1]).float()
-        return (self.weight.to(hidden.device) @ flat.T).T.reshape(*hidden.shape[:-1], -1)
+        w = self.weight.to(hidden.device)
+        if self.weight_t is not None and flat.shape[0] <= 2 and flat.device.type == "cpu":
+            out = flat @ self.weight_t
+        elif flat.shape[0] <= 64:
+            out = (w @ flat.T).T
+        else:
+            out = flat @ w.T
+        return out.reshape(*hidden.shape[:-1], -1)
 
     def of_full(self, logits: torch.Tensor) -> torch.Tensor:
         """The same columns taken from full logits (..., V_delta): what __call__ must equal."""

@@ -139,10 +139,8 @@ class LeanTrunk:
         return x @ w if b is None else torch.addmm(b, x, w)
 
     def _norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """`transformers`' Llama RMSNorm, the same operations."""
-        x = h.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * x.to(h.dtype)
+        """`transformers`' Llama RMSNorm (normalised in float32, cast back, then scaled), in one fused op."""
+        return weight * F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(h.dtype)
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -196,10 +194,10 @@ class LeanTrunk:
     def _layer(self, h, layer, kv: KVBuffer, cos, sin, allowed, shape, at) -> torch.Tensor:
         """One decoder layer on the live tokens' hidden states h (N, H)."""
         ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd = layer
-        d, q_end, k_end = self.head_dim, self.heads * self.head_dim, (self.heads + self.kv_heads) * self.head_dim
+        d, k_end = self.head_dim, (self.heads + self.kv_heads) * self.head_dim
         qkv = self._linear(self._norm(h, ln1), wqkv, bqkv)
-        q = self._rotate(qkv[:, :q_end].view(-1, self.heads, d), cos, sin)
-        k = self._rotate(qkv[:, q_end:k_end].view(-1, self.kv_heads, d), cos, sin)
+        qk = self._rotate(qkv[:, :k_end].view(-1, self.heads + self.kv_heads, d), cos, sin)  # q and k at once
+        q, k = qk[:, :self.heads], qk[:, self.heads:]
         keys, values = kv.append(self._padded(k, shape, at), self._padded(qkv[:, k_end:].view(-1, self.kv_heads, d), shape, at))
         a = F.scaled_dot_product_attention(self._padded(q, shape, at), keys, values, attn_mask=allowed,
                                            scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
