@@ -18,7 +18,9 @@ segmentation). Variants, each decoding `--new` tokens greedily for batch 1 and 8
                   tuned and untuned copies of a template-sized model)
 Prints tokens/s and the ratios (b)/(a), (c)/(a), (c)/(d), and for (c) how many delta tokens are
 computed per generated token (ideal 1): on the random models' output, and teacher-forced on English
-prose, where re-tokenization behaves as it does on real text.
+prose, where re-tokenization behaves as it does on real text. After one warm-up run of each variant, the
+variants' runs alternate, --repeats rounds, and each gets the median of its runs: this machine drifts by
+±10% within minutes, and alternating puts the drift on every variant alike.
 """
 
 from __future__ import annotations
@@ -80,37 +82,41 @@ def bench_setup():
     return device, dtype, toks
 
 
-def median_time(dec, batch: list[str], cfg, repeats: int, device) -> float:
-    """Median of `repeats` wall times of decoding `batch`, after a full-size warm-up run, every row at full
-    length (EOS ignored); dec.stats holds the last repeat's counters."""
-    import statistics
-
+def timed(dec, batch: list[str], cfg, device) -> float:
+    """Wall time of decoding `batch`, every row at full length (EOS ignored); dec.stats holds its counters."""
     dec.eos_ids = set()
-    dec.generate(batch, cfg)  # warm-up: the same shapes as the timed runs
-    times = []
-    for _ in range(repeats):
-        dec.reset_stats()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        dec.generate(batch, cfg)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    dec.reset_stats()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    dec.generate(batch, cfg)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def one_batch(B: int, variants: dict, prompts: list[str], args, device) -> None:
-    """Every variant at batch B (median of args.repeats), then the ratios."""
+    """Every variant at batch B, then the ratios: after a full-size warm-up of each, the variants' runs
+    alternate (one of each, args.repeats times), so the machine's drift falls on all alike; medians."""
+    import statistics
+
     from cmc_cli.engine import heads, leantrunk
     from cmc_cli.engine.sampling import GenerationConfig
 
     cfg = GenerationConfig(max_new_tokens=args.new)
+    batch = (prompts * 2)[:B]
+    times = {name: [] for name in variants}
+    for r in range(args.repeats + 1):
+        for name, dec in variants.items():
+            heads.GATHER = name != "cmc-cross-full"
+            leantrunk.LEAN = name != "cmc-cross-hf"
+            t = timed(dec, batch, cfg, device)
+            if r:  # the first round warms up
+                times[name].append(t)
+    heads.GATHER, leantrunk.LEAN = True, True
     rates = {}
     for name, dec in variants.items():
-        heads.GATHER = name != "cmc-cross-full"
-        leantrunk.LEAN = name != "cmc-cross-hf"
-        med = median_time(dec, (prompts * 2)[:B], cfg, args.repeats, device)
+        med = statistics.median(times[name])
         rates[name] = B * args.new / med
         extra = ""
         if name == "cmc-cross" and dec.streams[0].gathered is not None:
@@ -123,7 +129,6 @@ def one_batch(B: int, variants: dict, prompts: list[str], args, device) -> None:
             extra = (f"   delta tokens computed per generated token {per:.2f}, per delta token of the text "
                      f"{fed / max(1, needed):.2f} (random models' output)")
         print(f"batch {B}  {name:<10} {rates[name]:9.1f} tok/s  {med * 1000 / args.new:8.1f} ms/step{extra}")
-    heads.GATHER, leantrunk.LEAN = True, True
     print(f"batch {B}  ratios: (b)/(a) {rates['cmc-same'] / rates['user']:.2f}   (c)/(a) {rates['cmc-cross'] / rates['user']:.2f}"
           f"   (c)/(d) {rates['cmc-cross'] / rates['proxy']:.2f}   (c)/(c') gathered/full head "
           f"{rates['cmc-cross'] / rates['cmc-cross-full']:.2f}   (c)/(c'') lean/transformers trunk "
