@@ -79,13 +79,12 @@ class GatheredHead:
         # hidden @ weight_t for one or two (3x faster than hidden @ weight^T at 1), weight @ hidden^T up to 64
         # (up to 2x faster at 8); a scorer's long chunks keep the plain order (and a contiguous result).
         flat = hidden.reshape(-1, hidden.shape[-1]).float()
-        w = self.weight.to(hidden.device)
         if self.weight_t is not None and flat.shape[0] <= 2 and flat.device.type == "cpu":
             out = flat @ self.weight_t
         elif flat.shape[0] <= 64:
-            out = (w @ flat.T).T
+            out = (self.weight.to(hidden.device) @ flat.T).T
         else:
-            out = flat @ w.T
+            out = flat @ self.weight.to(hidden.device).T
         return out.reshape(*hidden.shape[:-1], -1)
 
     def of_full(self, logits: torch.Tensor) -> torch.Tensor:

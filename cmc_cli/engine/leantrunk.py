@@ -172,7 +172,11 @@ class LeanTrunk:
             self._fuse()
         B, n = input_ids.shape
         at = None if live is None or bool(live.all()) else live.reshape(-1).nonzero().squeeze(1)
-        flat = (lambda t: t.reshape(B * n, *t.shape[2:])) if at is None else (lambda t: t.reshape(B * n, *t.shape[2:])[at])
+
+        def flat(t):  # (B, n, ...) -> (live tokens, ...)
+            t = t.reshape(B * n, *t.shape[2:])
+            return t if at is None else t[at]
+
         h = self.trunk.embed_tokens(flat(input_ids))
         cos, sin = self.trunk.rotary_emb(h, position_ids=position_ids)
         cos, sin = flat(cos)[:, None], flat(sin)[:, None]
@@ -184,7 +188,8 @@ class LeanTrunk:
             h = h.new_zeros((B * n, h.shape[-1])).index_copy_(0, at, h)
         return SimpleNamespace(last_hidden_state=h.view(B, n, -1))
 
-    def _padded(self, x: torch.Tensor, shape: tuple[int, int], at: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _padded(x: torch.Tensor, shape: tuple[int, int], at: torch.Tensor | None) -> torch.Tensor:
         """(N, heads, d) of the live tokens -> (B, heads, n, d), zeros at padding."""
         B, n = shape
         if at is not None:

@@ -99,13 +99,13 @@ class ResyncLM:
     def __init__(self, model, batch_size: int, pad_id: int = 0, head=None):
         self.model = model
         self.head = head  # hidden -> the logits feed returns (default the model's own output layer)
-        lean = LeanTrunk.for_model(model)  # engine/leantrunk.py, where it applies
-        self.trunk = lean or model.get_decoder()
-        self.cache_kw = "cache" if lean else cache_kwarg(self.trunk)
+        self.lean = LeanTrunk.for_model(model)  # engine/leantrunk.py, where it applies
+        self.trunk = self.lean or model.get_decoder()
+        self.cache_kw = "cache" if self.lean else cache_kwarg(self.trunk)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self.B = batch_size
-        self.cache = lean.new_cache() if lean else _new_cache(model)
+        self.cache = self.lean.new_cache() if self.lean else _new_cache(model)
         self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
         self.slots: list[list[int]] = [[] for _ in range(batch_size)]  # cache positions of each row's tokens
         self.tokens_fed = 0
@@ -175,8 +175,9 @@ class ResyncLM:
             self.slots[r].extend(range(T, T + k))
             self.tokens_fed += k
             self.fed[r] += k
-        self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
-        live = {"live": new_mask.to(self.device).bool()} if isinstance(self.trunk, LeanTrunk) else {}
+        new_mask = new_mask.to(self.device)
+        self.mask = torch.cat([self.mask, new_mask], dim=1)
+        live = {"live": new_mask.bool()} if self.lean else {}  # the lean trunk multiplies only the new tokens
         out = self.trunk(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos.to(self.device),
                          use_cache=True, **{self.cache_kw: self.cache}, **live)
         if T == 0:  # the first feed built the cache's layers: check them once
