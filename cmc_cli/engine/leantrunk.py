@@ -6,7 +6,7 @@ the multiply-adds. LeanTrunk computes the same function with the model's own wei
 
 - q, k, v in one matrix product and gate, up in another (the weights concatenated once, and again if the
   model's weights change in place, e.g. by an optimizer step);
-- the model's own rotary-embedding module and the same RMSNorm operations as `transformers`;
+- the model's own rotary-embedding module, and `transformers`' RMSNorm (float32, cast back, scaled) as one fused op;
 - a KV cache (LeanCache) whose layers keep room to grow, so a step writes only its new entries.
 
 It applies to LlamaModel and Qwen2Model trunks with full attention, SiLU MLPs and no sliding window (cmc's
